@@ -1,0 +1,455 @@
+"""The model catalog: what each Workers AI model accepts, how it is called, and what it costs.
+
+Built-in entries follow ../shared/reference/cloudflare.md. An operator can override prices, hide
+models or add new ones with a TOML file (``MODELS_FILE``); see ``load_catalog``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from bot.errors import ConfigError, InvalidModel
+from bot.money import (
+    ceil_div,
+    nano_to_micro_usd,
+    nano_usd_to_milli_neurons,
+    neurons_to_nano,
+    usd_to_nano,
+)
+
+TEXT_TO_IMAGE = "text-to-image"
+IMAGE_TO_IMAGE = "image-to-image"
+TEXT_GENERATION = "text-generation"
+
+TILE_SIDE = 512
+
+
+@dataclass(frozen=True)
+class Price:
+    """A linear price formula; every term in nano-dollars (exact integers).
+
+    tiles = ceil(w/512) × ceil(h/512) of the output; input_tiles the same for an init image;
+    further_megapixels = output megapixels beyond the first, rounded up.
+    """
+
+    per_image: int = 0
+    per_tile: int = 0
+    per_step: int = 0
+    per_tile_step: int = 0
+    per_input_tile: int = 0
+    per_input_tile_step: int = 0
+    first_megapixel: int = 0
+    per_further_megapixel: int = 0
+    per_input_megapixel: int = 0
+    per_million_input_tokens: int = 0
+    per_million_output_tokens: int = 0
+
+    def image_nano_usd(
+        self, width: int, height: int, steps: int, input_size: tuple[int, int] | None = None
+    ) -> int:
+        tiles = ceil_div(width, TILE_SIDE) * ceil_div(height, TILE_SIDE)
+        in_tiles = 0
+        in_megapixels = 0
+        if input_size is not None:
+            in_tiles = ceil_div(input_size[0], TILE_SIDE) * ceil_div(input_size[1], TILE_SIDE)
+            in_megapixels = ceil_div(input_size[0] * input_size[1], 1_000_000)
+        further_mp = max(0, ceil_div(width * height - 1_000_000, 1_000_000))
+        return (
+            self.per_image
+            + self.per_tile * tiles
+            + self.per_step * steps
+            + self.per_tile_step * tiles * steps
+            + self.per_input_tile * in_tiles
+            + self.per_input_tile_step * in_tiles * steps
+            + self.first_megapixel
+            + self.per_further_megapixel * further_mp
+            + self.per_input_megapixel * in_megapixels
+        )
+
+    def tokens_nano_usd(self, input_tokens: int, output_tokens: int) -> int:
+        return ceil_div(
+            self.per_million_input_tokens * input_tokens
+            + self.per_million_output_tokens * output_tokens,
+            1_000_000,
+        )
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What one call costs, in the two integer units the ledger keeps."""
+
+    micro_usd: int
+    milli_neurons: int
+
+    @classmethod
+    def from_nano_usd(cls, nano_usd: int) -> Cost:
+        return cls(nano_to_micro_usd(nano_usd), nano_usd_to_milli_neurons(nano_usd))
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(self.micro_usd + other.micro_usd, self.milli_neurons + other.milli_neurons)
+
+
+ZERO_COST = Cost(0, 0)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model: its limits, its parameters, how its request is sent and its price."""
+
+    id: str
+    name: str
+    capabilities: frozenset[str]
+    price: Price
+    request_format: Literal["json", "multipart"] = "json"
+    min_side: int = 256
+    max_side: int = 2048
+    size_multiple: int = 8
+    default_width: int = 1024
+    default_height: int = 1024
+    fixed_size: bool = False
+    min_steps: int = 1
+    max_steps: int = 20
+    default_steps: int = 20
+    fixed_steps: bool = False
+    steps_param: str | None = "num_steps"
+    supports_seed: bool = True
+    supports_negative_prompt: bool = False
+    guidance: tuple[float, float, float] | None = None  # (min, max, default)
+    supports_strength: bool = False
+    image_param: str | None = None  # 'image_b64' (JSON) or 'input_image_0' (multipart)
+    max_input_side: int | None = None
+    max_prompt_chars: int = 2048
+    typical_seconds: float = 5.0
+    enabled: bool = True
+    description: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_text_model(self) -> bool:
+        return TEXT_GENERATION in self.capabilities
+
+    @property
+    def image_to_image(self) -> bool:
+        return IMAGE_TO_IMAGE in self.capabilities
+
+    @property
+    def text_to_image(self) -> bool:
+        return TEXT_TO_IMAGE in self.capabilities
+
+    def image_cost(
+        self, width: int, height: int, steps: int, input_size: tuple[int, int] | None = None
+    ) -> Cost:
+        return Cost.from_nano_usd(self.price.image_nano_usd(width, height, steps, input_size))
+
+    def default_cost(self) -> Cost:
+        return self.image_cost(self.default_width, self.default_height, self.default_steps)
+
+
+def _neurons(text: str) -> int:
+    return neurons_to_nano(text)
+
+
+def _usd(text: str) -> int:
+    return usd_to_nano(text)
+
+
+T2I = frozenset({TEXT_TO_IMAGE})
+I2I = frozenset({IMAGE_TO_IMAGE})
+BOTH = frozenset({TEXT_TO_IMAGE, IMAGE_TO_IMAGE})
+SD_SIZES: dict[str, Any] = {"min_side": 256, "max_side": 2048, "size_multiple": 8}
+
+BUILTIN_MODELS: tuple[ModelSpec, ...] = (
+    ModelSpec(
+        id="@cf/black-forest-labs/flux-1-schnell",
+        name="FLUX.1 [schnell]",
+        capabilities=T2I,
+        price=Price(per_tile=_neurons("4.8"), per_step=_neurons("9.6")),
+        fixed_size=True,
+        min_side=1024,
+        max_side=1024,
+        min_steps=1,
+        max_steps=8,
+        default_steps=4,
+        steps_param="steps",
+        supports_seed=False,
+        typical_seconds=3.0,
+        description="Fast, good all-rounder. Always 1024×1024.",
+    ),
+    ModelSpec(
+        id="@cf/stabilityai/stable-diffusion-xl-base-1.0",
+        name="Stable Diffusion XL",
+        capabilities=T2I,
+        price=Price(),
+        **SD_SIZES,
+        supports_negative_prompt=True,
+        guidance=(0.0, 30.0, 7.5),
+        typical_seconds=12.0,
+        description="Detailed images; slower. Price not published: override it if billed.",
+    ),
+    ModelSpec(
+        id="@cf/bytedance/stable-diffusion-xl-lightning",
+        name="SDXL Lightning",
+        capabilities=T2I,
+        price=Price(),
+        **SD_SIZES,
+        supports_negative_prompt=True,
+        guidance=(0.0, 30.0, 7.5),
+        typical_seconds=3.0,
+        description="SDXL in a few steps. Listed free while in beta.",
+    ),
+    ModelSpec(
+        id="@cf/lykon/dreamshaper-8-lcm",
+        name="DreamShaper 8 LCM",
+        capabilities=T2I,
+        price=Price(),
+        **SD_SIZES,
+        supports_negative_prompt=True,
+        guidance=(0.0, 30.0, 7.5),
+        typical_seconds=4.0,
+        description="Photographic and painterly styles.",
+    ),
+    ModelSpec(
+        id="@cf/runwayml/stable-diffusion-v1-5-img2img",
+        name="Stable Diffusion 1.5 img2img",
+        capabilities=I2I,
+        price=Price(),
+        **SD_SIZES,
+        supports_negative_prompt=True,
+        guidance=(0.0, 30.0, 7.5),
+        supports_strength=True,
+        image_param="image_b64",
+        typical_seconds=8.0,
+        description="Reworks a starting image following the prompt.",
+    ),
+    ModelSpec(
+        id="@cf/leonardo/phoenix-1.0",
+        name="Leonardo Phoenix 1.0",
+        capabilities=T2I,
+        price=Price(per_tile=_usd("0.0058"), per_step=_usd("0.00011")),
+        min_side=256,
+        max_side=2048,
+        min_steps=1,
+        max_steps=50,
+        default_steps=25,
+        supports_negative_prompt=True,
+        guidance=(2.0, 10.0, 2.0),
+        typical_seconds=10.0,
+        description="Strong prompt adherence and legible text in images.",
+    ),
+    ModelSpec(
+        id="@cf/leonardo/lucid-origin",
+        name="Leonardo Lucid Origin",
+        capabilities=T2I,
+        price=Price(per_tile=_usd("0.007"), per_step=_usd("0.00013")),
+        min_side=256,
+        max_side=2500,
+        default_width=1120,
+        default_height=1120,
+        min_steps=1,
+        max_steps=40,
+        default_steps=25,
+        guidance=(0.0, 10.0, 4.5),
+        typical_seconds=10.0,
+        description="Vivid, highly detailed images.",
+    ),
+    ModelSpec(
+        id="@cf/black-forest-labs/flux-2-dev",
+        name="FLUX.2 [dev]",
+        capabilities=BOTH,
+        price=Price(per_input_tile_step=_usd("0.00021"), per_tile_step=_usd("0.00041")),
+        request_format="multipart",
+        min_side=256,
+        max_side=1920,
+        default_width=1024,
+        default_height=768,
+        min_steps=1,
+        max_steps=50,
+        default_steps=25,
+        steps_param="steps",
+        guidance=(0.0, 20.0, 4.0),
+        image_param="input_image_0",
+        max_input_side=512,
+        typical_seconds=15.0,
+        description="Highest quality FLUX; accepts reference images.",
+    ),
+    ModelSpec(
+        id="@cf/black-forest-labs/flux-2-klein-4b",
+        name="FLUX.2 [klein] 4B",
+        capabilities=BOTH,
+        price=Price(per_input_tile=_usd("0.000059"), per_tile=_usd("0.000287")),
+        request_format="multipart",
+        min_side=256,
+        max_side=1920,
+        default_width=1024,
+        default_height=768,
+        min_steps=4,
+        max_steps=4,
+        default_steps=4,
+        fixed_steps=True,
+        steps_param=None,
+        image_param="input_image_0",
+        max_input_side=512,
+        typical_seconds=3.0,
+        description="Fast and cheap FLUX.2; accepts reference images.",
+    ),
+    ModelSpec(
+        id="@cf/black-forest-labs/flux-2-klein-9b",
+        name="FLUX.2 [klein] 9B",
+        capabilities=BOTH,
+        price=Price(
+            first_megapixel=_usd("0.015"),
+            per_further_megapixel=_usd("0.002"),
+            per_input_megapixel=_usd("0.002"),
+        ),
+        request_format="multipart",
+        min_side=256,
+        max_side=1920,
+        default_width=1024,
+        default_height=768,
+        min_steps=4,
+        max_steps=4,
+        default_steps=4,
+        fixed_steps=True,
+        steps_param=None,
+        image_param="input_image_0",
+        max_input_side=512,
+        typical_seconds=5.0,
+        description="Sharper FLUX.2 klein; accepts reference images.",
+    ),
+    ModelSpec(
+        id="@cf/meta/llama-3.1-8b-instruct-fp8-fast",
+        name="Llama 3.1 8B (prompt enhancer)",
+        capabilities=frozenset({TEXT_GENERATION}),
+        price=Price(
+            per_million_input_tokens=_neurons("4119"),
+            per_million_output_tokens=_neurons("34868"),
+        ),
+        steps_param=None,
+        supports_seed=False,
+        typical_seconds=1.0,
+        description="Rewrites short prompts into detailed ones.",
+    ),
+)
+
+PRICE_TERMS = {f for f in Price.__dataclass_fields__}
+_SPEC_FIELDS = set(ModelSpec.__dataclass_fields__)
+_TYPED_FIELDS = {"id", "name", "capabilities", "price", "guidance", "extra"}
+
+
+class Catalog:
+    """The models an operator offers. Lookups by id; hidden models are kept but not offered."""
+
+    def __init__(self, models: Iterable[ModelSpec]) -> None:
+        self._models = {m.id: m for m in models}
+
+    def __iter__(self) -> Any:
+        return iter(self._models.values())
+
+    def all(self) -> list[ModelSpec]:
+        return list(self._models.values())
+
+    def enabled_image_models(self) -> list[ModelSpec]:
+        return [m for m in self._models.values() if m.enabled and not m.is_text_model]
+
+    def get(self, model_id: str) -> ModelSpec:
+        """The enabled model with this id (or unambiguous short name); InvalidModel otherwise."""
+        spec = self._models.get(model_id) or self._by_suffix(model_id)
+        if spec is None or not spec.enabled:
+            raise InvalidModel(model_id)
+        return spec
+
+    def find(self, model_id: str) -> ModelSpec | None:
+        """Any model with this id, enabled or not (for pricing history and details)."""
+        return self._models.get(model_id)
+
+    def _by_suffix(self, short: str) -> ModelSpec | None:
+        matches = [m for m in self._models.values() if m.id.rsplit("/", 1)[-1] == short]
+        return matches[0] if len(matches) == 1 else None
+
+
+def _price_from_table(where: str, table: Mapping[str, Any], base: Price) -> Price:
+    """Price terms come as ``<term>_neurons`` or ``<term>_usd`` keys, e.g. per_tile_usd."""
+    terms: dict[str, int] = {}
+    for key, value in table.items():
+        for suffix, convert in (("_neurons", neurons_to_nano), ("_usd", usd_to_nano)):
+            term = key.removesuffix(suffix)
+            if key.endswith(suffix) and term in PRICE_TERMS:
+                try:
+                    terms[term] = convert(str(value))
+                except ValueError as exc:
+                    raise ConfigError("MODELS_FILE", f"{where}.price.{key}: {exc}") from None
+                break
+        else:
+            raise ConfigError(
+                "MODELS_FILE",
+                f"{where}.price.{key}: unknown price term (use e.g. per_tile_neurons or "
+                "per_step_usd)",
+            )
+    return replace(base, **terms)
+
+
+def _spec_from_table(where: str, table: Mapping[str, Any], base: ModelSpec | None) -> ModelSpec:
+    unknown = set(table) - _SPEC_FIELDS
+    if unknown:
+        raise ConfigError("MODELS_FILE", f"{where}: unknown keys {sorted(unknown)}")
+    values: dict[str, Any] = {
+        k: v for k, v in table.items() if k not in _TYPED_FIELDS or k == "name"
+    }
+    if "capabilities" in table:
+        values["capabilities"] = frozenset(table["capabilities"])
+    if "guidance" in table:
+        values["guidance"] = tuple(float(x) for x in table["guidance"])
+    if "price" in table:
+        values["price"] = _price_from_table(where, table["price"], base.price if base else Price())
+    try:
+        if base is not None:
+            return replace(base, **values)
+        values.setdefault("capabilities", T2I)
+        values.setdefault("price", Price())
+        values.setdefault("name", table.get("id", where))
+        return ModelSpec(id=str(table["id"]), **values)
+    except (TypeError, KeyError) as exc:
+        raise ConfigError("MODELS_FILE", f"{where}: {exc}") from None
+
+
+def load_catalog(path: Path | None) -> Catalog:
+    """The built-in catalog, with the operator's TOML overrides applied when a file is given.
+
+    Format::
+
+        [[model]]                      # override a built-in model
+        id = "@cf/leonardo/phoenix-1.0"
+        enabled = false                # hide it
+
+        [[model]]
+        id = "@cf/stabilityai/stable-diffusion-xl-base-1.0"
+        price = { per_step_neurons = 2.5 }
+
+        [[model]]                      # add a new one
+        id = "@cf/vendor/new-model"
+        name = "New model"
+        max_steps = 30
+        price = { per_tile_usd = 0.001 }
+    """
+    models = {m.id: m for m in BUILTIN_MODELS}
+    if path is None:
+        return Catalog(models.values())
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError("MODELS_FILE", "file not found") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError("MODELS_FILE", f"cannot be read as TOML ({exc})") from None
+    entries = data.get("model", [])
+    if not isinstance(entries, list):
+        raise ConfigError("MODELS_FILE", "expected [[model]] tables")
+    for index, entry in enumerate(entries):
+        where = f"model[{index}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
+            raise ConfigError("MODELS_FILE", f"{where}: needs an id")
+        models[entry["id"]] = _spec_from_table(where, entry, models.get(entry["id"]))
+    return Catalog(models.values())

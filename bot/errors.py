@@ -1,0 +1,179 @@
+"""Domain errors: a small hierarchy, each with a message that is safe to show a user.
+
+Fronts map these in one place (the Discord command tree's ``on_error``, the HTTP API's error
+middleware, the CLI's exit path). ``user_message`` never contains a secret, a path or a stack
+trace; ``code`` is a stable machine-readable name for APIs and tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+class BotError(Exception):
+    """Base of every error a user may see. ``str(error)`` is the user-safe message."""
+
+    code = "error"
+    http_status = 500
+
+    def __init__(self, user_message: str, **details: Any) -> None:
+        super().__init__(user_message)
+        self.user_message = user_message
+        self.details: dict[str, Any] = details
+
+
+class ConfigError(BotError):
+    """Bad configuration: names the variable and what is wrong (never its value)."""
+
+    code = "config"
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}", variable=variable)
+        self.variable = variable
+
+
+class InvalidRequest(BotError):
+    """A request that can never succeed as sent; ``field`` names the offending input."""
+
+    code = "invalid_request"
+    http_status = 400
+
+    def __init__(self, field: str, message: str, **details: Any) -> None:
+        super().__init__(message, field=field, **details)
+        self.field = field
+
+
+class InvalidPrompt(InvalidRequest):
+    code = "invalid_prompt"
+
+    def __init__(self, message: str) -> None:
+        super().__init__("prompt", message)
+
+
+class InvalidModel(InvalidRequest):
+    code = "invalid_model"
+
+    def __init__(self, model: str, message: str | None = None) -> None:
+        super().__init__("model", message or f"Unknown or disabled model: {model!r}.", model=model)
+
+
+class InvalidImage(InvalidRequest):
+    """An attachment or upload that is not an acceptable image (type, size, dimensions, corrupt)."""
+
+    code = "invalid_image"
+
+    def __init__(self, message: str, problem: str = "invalid") -> None:
+        super().__init__("image", message, problem=problem)
+        self.problem = problem
+
+
+class NotFound(BotError):
+    code = "not_found"
+    http_status = 404
+
+
+class Forbidden(BotError):
+    code = "forbidden"
+    http_status = 403
+
+
+class Conflict(BotError):
+    code = "conflict"
+    http_status = 409
+
+
+class QuotaExceeded(BotError):
+    """A reservation would cross a limit. Says which limit and when it resets."""
+
+    code = "quota_exceeded"
+    http_status = 403
+
+    def __init__(self, limit: str, message: str, resets_at: datetime) -> None:
+        super().__init__(message, limit=limit, resets_at=resets_at.isoformat())
+        self.limit = limit
+        self.resets_at = resets_at
+
+
+class Busy(BotError):
+    """The queue is full or the user already has too much waiting: try again shortly."""
+
+    code = "busy"
+    http_status = 429
+
+
+class ProviderError(BotError):
+    """The image provider failed. Subclasses say whether it is worth trying again later."""
+
+    code = "provider_error"
+    http_status = 502
+    retryable = False
+
+
+class ProviderUnavailable(ProviderError):
+    """Connection errors, timeouts, 5xx, capacity: retried, then given up on."""
+
+    code = "provider_unavailable"
+    retryable = True
+
+
+class ProviderRateLimited(ProviderUnavailable):
+    code = "provider_rate_limited"
+
+    def __init__(self, user_message: str, retry_after: float | None = None) -> None:
+        super().__init__(user_message, retry_after=retry_after)
+        self.retry_after = retry_after
+
+
+class DailyAllocationExhausted(ProviderError):
+    """Cloudflare error 3036: the account's free daily Neurons are used up until 00:00 UTC."""
+
+    code = "daily_allocation_exhausted"
+    http_status = 429
+
+    def __init__(self, resets_at: datetime) -> None:
+        super().__init__(
+            "The image service's free daily allowance is used up; it resets at 00:00 UTC.",
+            resets_at=resets_at.isoformat(),
+        )
+        self.resets_at = resets_at
+
+
+class ContentFlagged(ProviderError):
+    """The provider refused the prompt or flagged the output (Cloudflare 3030)."""
+
+    code = "content_flagged"
+    http_status = 400
+
+
+class ProviderRejected(ProviderError):
+    """The provider said the request itself is wrong (400/404/413): not worth retrying."""
+
+    code = "provider_rejected"
+
+
+class ProviderAuthError(ProviderError):
+    """The operator's credentials were refused (401/403): only the operator can fix it."""
+
+    code = "provider_auth"
+
+
+class StoreError(BotError):
+    """The image store failed to save, fetch or delete."""
+
+    code = "store_error"
+    http_status = 502
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """A flattened error for fronts that serialise it (HTTP JSON, CLI --json)."""
+
+    code: str
+    message: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, error: BotError) -> ErrorInfo:
+        return cls(error.code, error.user_message, dict(error.details))

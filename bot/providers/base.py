@@ -1,0 +1,64 @@
+"""The provider protocol: something that turns an ImageRequest into image bytes.
+
+Two implementations: Cloudflare Workers AI (``cloudflare.py``) and the embedded local preview
+renderer (``local.py``). The service picks one at start-up and never looks inside it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from bot.catalog import ModelSpec
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """A fully validated generation request: every value is inside the model's limits."""
+
+    model: ModelSpec
+    prompt: str
+    width: int
+    height: int
+    steps: int
+    seed: int | None = None
+    negative_prompt: str | None = None
+    guidance: float | None = None
+    strength: float | None = None
+    init_image: bytes | None = None
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    """Image bytes as the provider returned them, with the format sniffed from magic bytes."""
+
+    data: bytes
+    content_type: str
+    format: str
+
+
+@dataclass(frozen=True)
+class TextCompletion:
+    """A text model's answer and the tokens it was billed for."""
+
+    text: str
+    input_tokens: int
+    output_tokens: int
+
+
+class ImageProvider(Protocol):
+    name: str
+
+    async def generate(self, request: ImageRequest) -> GeneratedImage:
+        """Generate one image. Raises a ``bot.errors.ProviderError`` subclass on failure."""
+        ...
+
+    async def complete(
+        self, model: ModelSpec, system: str, user: str, *, max_tokens: int
+    ) -> TextCompletion:
+        """Run a text model (prompt enhancement). Raises ``ProviderError`` on failure."""
+        ...
+
+    async def check(self) -> None:
+        """Cheap reachability check for health endpoints; raises ``ProviderError`` if down."""
+        ...

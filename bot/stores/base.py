@@ -1,0 +1,48 @@
+"""The store protocol: permanent hosting of image bytes behind a URL.
+
+Two implementations: Cloudflare Images (``cloudflare.py``) and the embedded local store
+(``local.py``) served by the built-in web server. Keys are the store's own ids for an image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    key: str
+    url: str
+
+
+class ImageStore(Protocol):
+    name: str
+    # True when the URLs it hands out can be fetched from the internet (Discord can embed them).
+    public: bool
+
+    async def put(
+        self, image_id: str, data: bytes, content_type: str, metadata: dict[str, str]
+    ) -> StoredImage:
+        """Store bytes under our ``image_id`` (img_…); metadata is small text (≤ 1024 bytes)."""
+        ...
+
+    async def get(self, key: str) -> bytes:
+        """The original bytes; ``bot.errors.NotFound`` when the store does not hold the key."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Remove the image. Deleting what is already gone is not an error."""
+        ...
+
+    async def find(self, image_id: str) -> str | None:
+        """The key under which our ``image_id`` was stored, if it was (crash recovery)."""
+        ...
+
+    def url(self, key: str, variant: str = "public") -> str:
+        """The delivery URL of a variant ('public' or 'w=…,h=…,fit=…')."""
+        ...
+
+    async def check(self) -> None:
+        """Cheap reachability check; raises ``bot.errors.StoreError`` if down."""
+        ...
