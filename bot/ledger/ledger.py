@@ -1,0 +1,553 @@
+"""The SQLite ledger (aiosqlite): reservations, charges, images, templates and quota policies.
+
+Every write that money depends on is ONE SQL statement in autocommit mode, so it is atomic on
+its own: the quota check and the reservation are the same ``INSERT … SELECT … WHERE``, and
+triggers keep the daily counters in step with the jobs table. No transaction spans an ``await``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from bot.catalog import Cost
+from bot.config import QuotaDefaults
+from bot.errors import Conflict, NotFound, QuotaExceeded
+from bot.ledger.migrations import MIGRATIONS
+from bot.ledger.records import (
+    OPEN_STATES,
+    ImageRecord,
+    Job,
+    Limits,
+    Template,
+    Usage,
+    UsageReport,
+    UserUsage,
+    new_id,
+    next_utc_midnight,
+    utc_day,
+)
+from bot.money import format_usd
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class DuplicateRequest(Exception):
+    """The idempotency key was seen before; ``job`` is the first request's job."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(job.id)
+        self.job = job
+
+
+@dataclass(frozen=True)
+class NewJob:
+    kind: str
+    user_id: str
+    guild_id: str
+    cost: Cost
+    images: int
+    model: str | None = None
+    idempotency_key: str | None = None
+    params: dict[str, Any] | None = None
+
+
+_RESERVE_SQL = """
+INSERT INTO jobs (id, idempotency_key, kind, user_id, guild_id, day, model, state,
+                  images, micro_usd, milli_neurons, params, created_at, updated_at)
+SELECT :id, :key, :kind, :user, :guild, :day, :model, 'reserved',
+       :images, :usd, :mn, :params, :now, :now
+WHERE
+    (SELECT COALESCE(SUM(images), 0) FROM usage_counters
+        WHERE day = :day AND scope = 'user' AND scope_id = :user) + :images <= :user_images
+    AND (SELECT COALESCE(SUM(micro_usd), 0) FROM usage_counters
+        WHERE day = :day AND scope = 'user' AND scope_id = :user) + :usd <= :user_usd
+    AND (:guild = '' OR (SELECT COALESCE(SUM(micro_usd), 0) FROM usage_counters
+        WHERE day = :day AND scope = 'guild' AND scope_id = :guild) + :usd <= :guild_usd)
+    AND (SELECT COALESCE(SUM(milli_neurons), 0) FROM usage_counters
+        WHERE day = :day AND scope = 'all' AND scope_id = '') + :mn <= :neurons
+"""
+
+
+class Ledger:
+    """Owns the database connection. Open with ``await Ledger.open(path, defaults)``."""
+
+    def __init__(self, db: aiosqlite.Connection, defaults: QuotaDefaults, clock: Clock) -> None:
+        self._db = db
+        self.defaults = defaults
+        self.clock = clock
+
+    @classmethod
+    async def open(
+        cls, path: Path, defaults: QuotaDefaults = QuotaDefaults(), clock: Clock = utc_now
+    ) -> Ledger:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(path, isolation_level=None)
+        db.row_factory = aiosqlite.Row
+        try:
+            await db.execute("PRAGMA busy_timeout = 10000")
+            await db.execute("PRAGMA journal_mode = WAL")
+            await db.execute("PRAGMA synchronous = NORMAL")
+            await db.execute("PRAGMA foreign_keys = ON")
+            ledger = cls(db, defaults, clock)
+            await ledger._migrate()
+        except BaseException:
+            await db.close()
+            raise
+        return ledger
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def _migrate(self) -> None:
+        version = await self._scalar("PRAGMA user_version")
+        for number, script in enumerate(MIGRATIONS, start=1):
+            if number <= version:
+                continue
+            await self._db.executescript(
+                f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;"
+            )
+            log.info("database migrated to schema version %d", number)
+
+    async def schema_version(self) -> int:
+        return await self._scalar("PRAGMA user_version")
+
+    async def ping(self) -> None:
+        await self._scalar("SELECT 1")
+
+    # -- small helpers -------------------------------------------------------------------
+
+    async def _scalar(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> int:
+        async with self._db.execute(sql, params) as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row is not None and row[0] is not None else 0
+
+    async def _one(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
+        async with self._db.execute(sql, params) as cursor:
+            return await cursor.fetchone()
+
+    async def _all(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Any]:
+        async with self._db.execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
+
+    async def _write(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> int:
+        """One statement, its own transaction; retried briefly if another process holds it."""
+        for attempt in range(5):
+            try:
+                cursor = await self._db.execute(sql, params)
+                return cursor.rowcount
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc) or attempt == 4:
+                    raise
+                await asyncio.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def now_iso(self) -> str:
+        return self.clock().astimezone(UTC).isoformat(timespec="milliseconds")
+
+    def today(self) -> str:
+        return utc_day(self.clock())
+
+    # -- quota policy ---------------------------------------------------------------------
+
+    async def limits_for(self, user_id: str, guild_id: str) -> Limits:
+        """Per-user override in this guild, else the guild's user defaults, else global."""
+        d = self.defaults
+        guild = await self._one("SELECT * FROM guild_settings WHERE guild_id = ?", (guild_id,))
+        user = await self._one(
+            "SELECT * FROM user_quotas WHERE guild_id = ? AND user_id = ?", (guild_id, user_id)
+        )
+
+        def pick(*values: int | None) -> int:
+            return next(v for v in values if v is not None)
+
+        return Limits(
+            user_images=pick(
+                user and user["daily_images"],
+                guild and guild["user_daily_images"],
+                d.user_daily_images,
+            ),
+            user_micro_usd=pick(
+                user and user["daily_micro_usd"],
+                guild and guild["user_daily_micro_usd"],
+                d.user_daily_micro_usd,
+            ),
+            guild_micro_usd=pick(guild and guild["daily_micro_usd"], d.guild_daily_micro_usd),
+            milli_neurons=d.daily_milli_neurons,
+        )
+
+    async def set_user_quota(
+        self, guild_id: str, user_id: str, daily_images: int | None, daily_micro_usd: int | None
+    ) -> None:
+        await self._write(
+            """INSERT INTO user_quotas (guild_id, user_id, daily_images, daily_micro_usd,
+                                        updated_at) VALUES (?, ?, ?, ?, ?)
+               ON CONFLICT (guild_id, user_id) DO UPDATE SET
+                   daily_images = excluded.daily_images,
+                   daily_micro_usd = excluded.daily_micro_usd,
+                   updated_at = excluded.updated_at""",
+            (guild_id, user_id, daily_images, daily_micro_usd, self.now_iso()),
+        )
+
+    async def set_guild_quota(
+        self,
+        guild_id: str,
+        daily_micro_usd: int | None,
+        user_daily_images: int | None,
+        user_daily_micro_usd: int | None,
+    ) -> None:
+        await self._write(
+            """INSERT INTO guild_settings (guild_id, daily_micro_usd, user_daily_images,
+                                           user_daily_micro_usd, updated_at)
+               VALUES (?, ?, ?, ?, ?)
+               ON CONFLICT (guild_id) DO UPDATE SET
+                   daily_micro_usd = excluded.daily_micro_usd,
+                   user_daily_images = excluded.user_daily_images,
+                   user_daily_micro_usd = excluded.user_daily_micro_usd,
+                   updated_at = excluded.updated_at""",
+            (guild_id, daily_micro_usd, user_daily_images, user_daily_micro_usd, self.now_iso()),
+        )
+
+    async def usage(self, scope: str, scope_id: str, day: str | None = None) -> Usage:
+        row = await self._one(
+            "SELECT images, micro_usd, milli_neurons FROM usage_counters "
+            "WHERE day = ? AND scope = ? AND scope_id = ?",
+            (day or self.today(), scope, scope_id),
+        )
+        return Usage(*row) if row else Usage()
+
+    # -- reservations ---------------------------------------------------------------------
+
+    async def reserve(self, new: NewJob, limits: Limits) -> Job:
+        """Atomically check every limit and reserve the estimate. QuotaExceeded if any fails;
+        DuplicateRequest if the idempotency key was used before."""
+        now = self.clock()
+        job_id = new_id("job")
+        params = {
+            "id": job_id,
+            "key": new.idempotency_key,
+            "kind": new.kind,
+            "user": new.user_id,
+            "guild": new.guild_id,
+            "day": utc_day(now),
+            "model": new.model,
+            "images": new.images,
+            "usd": new.cost.micro_usd,
+            "mn": new.cost.milli_neurons,
+            "params": json.dumps(new.params or {}, sort_keys=True),
+            "now": now.astimezone(UTC).isoformat(timespec="milliseconds"),
+            "user_images": limits.user_images,
+            "user_usd": limits.user_micro_usd,
+            "guild_usd": limits.guild_micro_usd,
+            "neurons": limits.milli_neurons,
+        }
+        try:
+            inserted = await self._write(_RESERVE_SQL, params)
+        except sqlite3.IntegrityError:
+            existing = await self.job_by_key(new.idempotency_key or "")
+            if existing is None:
+                raise
+            raise DuplicateRequest(existing) from None
+        if inserted != 1:
+            raise await self._explain_refusal(new, limits, now)
+        job = await self.get_job(job_id)
+        assert job is not None
+        return job
+
+    async def _explain_refusal(self, new: NewJob, limits: Limits, now: datetime) -> QuotaExceeded:
+        day = utc_day(now)
+        resets = next_utc_midnight(now)
+        user = await self.usage("user", new.user_id, day)
+        if user.images + new.images > limits.user_images:
+            return QuotaExceeded(
+                "user_daily_images",
+                f"You have used {user.images} of your {limits.user_images} images for today.",
+                resets,
+            )
+        if user.micro_usd + new.cost.micro_usd > limits.user_micro_usd:
+            return QuotaExceeded(
+                "user_daily_usd",
+                f"This would cost {format_usd(new.cost.micro_usd)}; you have "
+                f"{format_usd(max(0, limits.user_micro_usd - user.micro_usd))} of your "
+                f"{format_usd(limits.user_micro_usd)} daily budget left.",
+                resets,
+            )
+        guild = await self.usage("guild", new.guild_id, day)
+        if new.guild_id and guild.micro_usd + new.cost.micro_usd > limits.guild_micro_usd:
+            return QuotaExceeded(
+                "guild_daily_usd",
+                f"This server has used {format_usd(guild.micro_usd)} of its "
+                f"{format_usd(limits.guild_micro_usd)} daily budget.",
+                resets,
+            )
+        return QuotaExceeded(
+            "daily_neurons",
+            "The bot has reached its daily image allowance for everyone.",
+            resets,
+        )
+
+    async def set_state(
+        self, job_id: str, state: str, planned_image_ids: list[str] | None = None
+    ) -> None:
+        if planned_image_ids is None:
+            await self._write(
+                "UPDATE jobs SET state = ?, updated_at = ? WHERE id = ? AND state IN "
+                "('reserved', 'generating', 'storing')",
+                (state, self.now_iso(), job_id),
+            )
+        else:
+            await self._write(
+                "UPDATE jobs SET state = ?, planned_image_ids = ?, updated_at = ? "
+                "WHERE id = ? AND state IN ('reserved', 'generating', 'storing')",
+                (state, json.dumps(planned_image_ids), self.now_iso(), job_id),
+            )
+
+    async def settle(self, job_id: str, images: int, cost: Cost) -> bool:
+        """Replace the reserved estimate by the actual charge. False if not open."""
+        changed = await self._write(
+            "UPDATE jobs SET state = 'settled', images = ?, micro_usd = ?, milli_neurons = ?, "
+            "updated_at = ? WHERE id = ? AND state IN ('reserved', 'generating', 'storing')",
+            (images, cost.micro_usd, cost.milli_neurons, self.now_iso(), job_id),
+        )
+        return changed == 1
+
+    async def refund(
+        self, job_id: str, error_code: str | None = None, error_message: str | None = None
+    ) -> bool:
+        """Give the reservation back. False if the job was not open (never refunds twice)."""
+        changed = await self._write(
+            "UPDATE jobs SET state = 'refunded', error_code = ?, error_message = ?, "
+            "updated_at = ? WHERE id = ? AND state IN ('reserved', 'generating', 'storing')",
+            (error_code, error_message, self.now_iso(), job_id),
+        )
+        return changed == 1
+
+    async def record_free_job(self, new: NewJob, image_ids: list[str]) -> Job:
+        """A request that costs nothing (a cache hit) still gets a job for idempotency."""
+        now = self.now_iso()
+        job_id = new_id("job")
+        try:
+            await self._write(
+                "INSERT INTO jobs (id, idempotency_key, kind, user_id, guild_id, day, model, "
+                "state, planned_image_ids, params, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, 'settled', ?, ?, ?, ?)",
+                (
+                    job_id, new.idempotency_key, new.kind, new.user_id, new.guild_id,
+                    self.today(), new.model, json.dumps(image_ids),
+                    json.dumps(new.params or {}, sort_keys=True), now, now,
+                ),
+            )  # fmt: skip
+        except sqlite3.IntegrityError:
+            existing = await self.job_by_key(new.idempotency_key or "")
+            if existing is None:
+                raise
+            raise DuplicateRequest(existing) from None
+        job = await self.get_job(job_id)
+        assert job is not None
+        return job
+
+    async def get_job(self, job_id: str) -> Job | None:
+        row = await self._one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return Job.from_row(row) if row else None
+
+    async def job_by_key(self, key: str) -> Job | None:
+        row = await self._one("SELECT * FROM jobs WHERE idempotency_key = ?", (key,))
+        return Job.from_row(row) if row else None
+
+    async def open_jobs(self) -> list[Job]:
+        rows = await self._all(
+            "SELECT * FROM jobs WHERE state IN ('reserved', 'generating', 'storing') "
+            "ORDER BY created_at"
+        )
+        return [Job.from_row(r) for r in rows]
+
+    async def note_job(self, job_id: str, note: str) -> None:
+        await self._write("UPDATE jobs SET note = ? WHERE id = ?", (note, job_id))
+
+    # -- images ---------------------------------------------------------------------------
+
+    async def add_image(self, image: ImageRecord) -> None:
+        placeholders = ", ".join("?" for _ in ImageRecord.COLUMNS)
+        await self._write(
+            f"INSERT INTO images ({', '.join(ImageRecord.COLUMNS)}) VALUES ({placeholders})",  # noqa: S608
+            image.to_row(),
+        )
+
+    async def get_image(self, image_id: str) -> ImageRecord:
+        row = await self._one("SELECT * FROM images WHERE id = ?", (image_id,))
+        if row is None:
+            raise NotFound(f"No image with id {image_id}.")
+        return ImageRecord.from_row(row)
+
+    async def images_for_job(self, job_id: str) -> list[ImageRecord]:
+        rows = await self._all(
+            "SELECT * FROM images WHERE job_id = ? ORDER BY created_at, id", (job_id,)
+        )
+        return [ImageRecord.from_row(r) for r in rows]
+
+    async def images_by_ids(self, image_ids: list[str]) -> list[ImageRecord]:
+        found = {}
+        for image_id in image_ids:
+            row = await self._one("SELECT * FROM images WHERE id = ?", (image_id,))
+            if row is not None:
+                found[image_id] = ImageRecord.from_row(row)
+        return [found[i] for i in image_ids if i in found]
+
+    async def find_cached(self, cache_key: str, cache_scope: str) -> ImageRecord | None:
+        row = await self._one(
+            "SELECT * FROM images WHERE cache_key = ? AND cache_scope = ? AND is_deleted = 0 "
+            "ORDER BY cached, created_at LIMIT 1",
+            (cache_key, cache_scope),
+        )
+        return ImageRecord.from_row(row) if row else None
+
+    async def list_images(
+        self, user_id: str, *, limit: int = 25, before: str | None = None, prefix: str = ""
+    ) -> list[ImageRecord]:
+        """A user's live images, newest first; ``prefix`` filters ids or prompts."""
+        rows = await self._all(
+            "SELECT * FROM images WHERE user_id = ? AND is_deleted = 0 "
+            "AND (? IS NULL OR created_at < ?) "
+            "AND (id LIKE ? OR prompt LIKE ?) ORDER BY created_at DESC LIMIT ?",
+            (user_id, before, before, f"{prefix}%", f"%{prefix}%", limit),
+        )
+        return [ImageRecord.from_row(r) for r in rows]
+
+    async def mark_deleted(self, image_id: str) -> bool:
+        changed = await self._write(
+            "UPDATE images SET is_deleted = 1, deleted_at = ? WHERE id = ? AND is_deleted = 0",
+            (self.now_iso(), image_id),
+        )
+        return changed == 1
+
+    async def storage_key_in_use(self, storage_key: str) -> bool:
+        """True while any live record (an original or a cache hit) points at these bytes."""
+        return bool(
+            await self._scalar(
+                "SELECT EXISTS (SELECT 1 FROM images WHERE storage_key = ? AND is_deleted = 0)",
+                (storage_key,),
+            )
+        )
+
+    # -- templates ------------------------------------------------------------------------
+
+    async def add_template(self, template: Template) -> None:
+        placeholders = ", ".join("?" for _ in Template.COLUMNS)
+        try:
+            await self._write(
+                f"INSERT INTO templates ({', '.join(Template.COLUMNS)}) VALUES ({placeholders})",  # noqa: S608
+                tuple(getattr(template, c) for c in Template.COLUMNS),
+            )
+        except sqlite3.IntegrityError:
+            raise Conflict(f"A template named {template.name!r} already exists here.") from None
+
+    async def get_template(self, guild_id: str, name_or_id: str) -> Template:
+        row = await self._one(
+            "SELECT * FROM templates WHERE guild_id = ? AND (name = ? OR id = ?)",
+            (guild_id, name_or_id, name_or_id),
+        )
+        if row is None:
+            raise NotFound(f"No template named {name_or_id!r} in this server.")
+        return Template.from_row(row)
+
+    async def list_templates(self, guild_id: str, prefix: str = "") -> list[Template]:
+        rows = await self._all(
+            "SELECT * FROM templates WHERE guild_id = ? AND name LIKE ? ORDER BY name LIMIT 100",
+            (guild_id, f"{prefix}%"),
+        )
+        return [Template.from_row(r) for r in rows]
+
+    async def delete_template(self, template_id: str) -> bool:
+        return await self._write("DELETE FROM templates WHERE id = ?", (template_id,)) == 1
+
+    # -- reports --------------------------------------------------------------------------
+
+    async def report(
+        self,
+        start_day: str,
+        end_day: str,
+        *,
+        guild_id: str | None = None,
+        user_id: str | None = None,
+    ) -> UsageReport:
+        """Settled charges between two UTC days inclusive, optionally for one guild or user."""
+        where = "state = 'settled' AND day BETWEEN ? AND ?"
+        params: list[Any] = [start_day, end_day]
+        if guild_id is not None:
+            where += " AND guild_id = ?"
+            params.append(guild_id)
+        if user_id is not None:
+            where += " AND user_id = ?"
+            params.append(user_id)
+        totals = await self._one(
+            f"SELECT COALESCE(SUM(images), 0), COALESCE(SUM(micro_usd), 0), "  # noqa: S608
+            f"COALESCE(SUM(milli_neurons), 0) FROM jobs WHERE {where}",
+            params,
+        )
+        users = await self._all(
+            f"SELECT user_id, SUM(images), SUM(micro_usd) FROM jobs WHERE {where} "  # noqa: S608
+            "GROUP BY user_id ORDER BY SUM(micro_usd) DESC, SUM(images) DESC, user_id",
+            params,
+        )
+        models = await self._all(
+            f"SELECT COALESCE(model, ''), SUM(images), SUM(micro_usd) FROM jobs "  # noqa: S608
+            f"WHERE {where} GROUP BY model ORDER BY SUM(micro_usd) DESC",
+            params,
+        )
+        days = await self._all(
+            f"SELECT day, SUM(images), SUM(micro_usd) FROM jobs WHERE {where} "  # noqa: S608
+            "GROUP BY day ORDER BY day",
+            params,
+        )
+        return UsageReport(
+            start_day=start_day,
+            end_day=end_day,
+            total_images=totals[0],
+            total_micro_usd=totals[1],
+            total_milli_neurons=totals[2],
+            users=[UserUsage(r[0], r[1], r[2]) for r in users],
+            by_model={r[0]: (r[1], r[2]) for r in models},
+            by_day={r[0]: (r[1], r[2]) for r in days},
+        )
+
+    async def audit(self) -> dict[str, int]:
+        """Invariant check: counters must equal the sum of non-refunded jobs. Returns the
+        number of mismatching counter rows (0 when consistent) and open reservations."""
+        mismatches = await self._scalar(
+            """
+            WITH sums AS (
+                SELECT day, 'user' AS scope, user_id AS scope_id, SUM(images) AS i,
+                       SUM(micro_usd) AS u, SUM(milli_neurons) AS n
+                  FROM jobs WHERE state != 'refunded' GROUP BY day, user_id
+                UNION ALL
+                SELECT day, 'guild', guild_id, SUM(images), SUM(micro_usd), SUM(milli_neurons)
+                  FROM jobs WHERE state != 'refunded' AND guild_id != '' GROUP BY day, guild_id
+                UNION ALL
+                SELECT day, 'all', '', SUM(images), SUM(micro_usd), SUM(milli_neurons)
+                  FROM jobs WHERE state != 'refunded' GROUP BY day
+            )
+            SELECT COUNT(*) FROM usage_counters c
+            LEFT JOIN sums s ON s.day = c.day AND s.scope = c.scope AND s.scope_id = c.scope_id
+            WHERE c.images != COALESCE(s.i, 0) OR c.micro_usd != COALESCE(s.u, 0)
+               OR c.milli_neurons != COALESCE(s.n, 0)
+            """
+        )
+        open_count = await self._scalar(
+            f"SELECT COUNT(*) FROM jobs WHERE state IN {OPEN_STATES!r}"  # noqa: S608
+        )
+        return {"counter_mismatches": mismatches, "open_jobs": open_count}

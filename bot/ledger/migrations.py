@@ -1,0 +1,162 @@
+"""Numbered schema migrations, applied in order at start-up; ``PRAGMA user_version`` records them.
+
+Usage counters are maintained by triggers on ``jobs``, so the counters a quota check reads can
+never disagree with the jobs they summarise: the same statement changes both.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the whole first schema.
+    """
+    CREATE TABLE guild_settings (
+        guild_id TEXT PRIMARY KEY,
+        daily_micro_usd INTEGER,
+        user_daily_images INTEGER,
+        user_daily_micro_usd INTEGER,
+        blocklist TEXT NOT NULL DEFAULT '[]',
+        updated_at TEXT NOT NULL
+    );
+
+    CREATE TABLE user_quotas (
+        guild_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        daily_images INTEGER,
+        daily_micro_usd INTEGER,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (guild_id, user_id)
+    );
+
+    -- One row per request that can cost money: its reservation, its state and its charge.
+    -- images/micro_usd/milli_neurons hold the reserved estimate until settled, then the
+    -- actual charge; a refunded job counts as nothing.
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        idempotency_key TEXT UNIQUE,
+        kind TEXT NOT NULL CHECK (kind IN ('generate', 'enhance', 'upload')),
+        user_id TEXT NOT NULL,
+        guild_id TEXT NOT NULL DEFAULT '',
+        day TEXT NOT NULL,
+        model TEXT,
+        state TEXT NOT NULL CHECK (state IN
+            ('reserved', 'generating', 'storing', 'settled', 'refunded')),
+        images INTEGER NOT NULL DEFAULT 0,
+        micro_usd INTEGER NOT NULL DEFAULT 0,
+        milli_neurons INTEGER NOT NULL DEFAULT 0,
+        planned_image_ids TEXT NOT NULL DEFAULT '[]',
+        params TEXT NOT NULL DEFAULT '{}',
+        error_code TEXT,
+        error_message TEXT,
+        note TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX jobs_open ON jobs (state) WHERE state IN ('reserved', 'generating', 'storing');
+    CREATE INDEX jobs_user_day ON jobs (user_id, day);
+    CREATE INDEX jobs_guild_day ON jobs (guild_id, day);
+    CREATE INDEX jobs_day ON jobs (day);
+
+    CREATE TABLE usage_counters (
+        day TEXT NOT NULL,
+        scope TEXT NOT NULL CHECK (scope IN ('user', 'guild', 'all')),
+        scope_id TEXT NOT NULL,
+        images INTEGER NOT NULL DEFAULT 0,
+        micro_usd INTEGER NOT NULL DEFAULT 0,
+        milli_neurons INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (day, scope, scope_id)
+    ) WITHOUT ROWID;
+
+    CREATE TRIGGER jobs_count_insert AFTER INSERT ON jobs WHEN NEW.state != 'refunded'
+    BEGIN
+        INSERT INTO usage_counters (day, scope, scope_id, images, micro_usd, milli_neurons)
+        VALUES (NEW.day, 'user', NEW.user_id, NEW.images, NEW.micro_usd, NEW.milli_neurons)
+        ON CONFLICT DO UPDATE SET images = images + excluded.images,
+            micro_usd = micro_usd + excluded.micro_usd,
+            milli_neurons = milli_neurons + excluded.milli_neurons;
+        INSERT INTO usage_counters (day, scope, scope_id, images, micro_usd, milli_neurons)
+        SELECT NEW.day, 'guild', NEW.guild_id, NEW.images, NEW.micro_usd, NEW.milli_neurons
+        WHERE NEW.guild_id != ''
+        ON CONFLICT DO UPDATE SET images = images + excluded.images,
+            micro_usd = micro_usd + excluded.micro_usd,
+            milli_neurons = milli_neurons + excluded.milli_neurons;
+        INSERT INTO usage_counters (day, scope, scope_id, images, micro_usd, milli_neurons)
+        VALUES (NEW.day, 'all', '', NEW.images, NEW.micro_usd, NEW.milli_neurons)
+        ON CONFLICT DO UPDATE SET images = images + excluded.images,
+            micro_usd = micro_usd + excluded.micro_usd,
+            milli_neurons = milli_neurons + excluded.milli_neurons;
+    END;
+
+    -- Any change of state or amount applies the difference between what the row counted
+    -- before and what it counts now.
+    CREATE TRIGGER jobs_count_update AFTER UPDATE OF state, images, micro_usd, milli_neurons
+    ON jobs
+    BEGIN
+        UPDATE usage_counters SET
+            images = images
+                + (CASE WHEN NEW.state = 'refunded' THEN 0 ELSE NEW.images END)
+                - (CASE WHEN OLD.state = 'refunded' THEN 0 ELSE OLD.images END),
+            micro_usd = micro_usd
+                + (CASE WHEN NEW.state = 'refunded' THEN 0 ELSE NEW.micro_usd END)
+                - (CASE WHEN OLD.state = 'refunded' THEN 0 ELSE OLD.micro_usd END),
+            milli_neurons = milli_neurons
+                + (CASE WHEN NEW.state = 'refunded' THEN 0 ELSE NEW.milli_neurons END)
+                - (CASE WHEN OLD.state = 'refunded' THEN 0 ELSE OLD.milli_neurons END)
+        WHERE day = NEW.day AND (
+            (scope = 'user' AND scope_id = NEW.user_id)
+            OR (scope = 'guild' AND scope_id = NEW.guild_id AND NEW.guild_id != '')
+            OR (scope = 'all' AND scope_id = '')
+        );
+    END;
+
+    CREATE TABLE images (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('generated', 'upload')),
+        job_id TEXT REFERENCES jobs (id),
+        user_id TEXT NOT NULL,
+        guild_id TEXT NOT NULL DEFAULT '',
+        prompt TEXT,
+        prompt_used TEXT,
+        negative_prompt TEXT,
+        model TEXT,
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        steps INTEGER,
+        seed INTEGER,
+        guidance REAL,
+        strength REAL,
+        source_image_id TEXT,
+        store TEXT NOT NULL,
+        storage_key TEXT NOT NULL,
+        url TEXT NOT NULL,
+        content_type TEXT NOT NULL,
+        bytes INTEGER NOT NULL,
+        cost_micro_usd INTEGER NOT NULL DEFAULT 0,
+        cost_milli_neurons INTEGER NOT NULL DEFAULT 0,
+        cached INTEGER NOT NULL DEFAULT 0,
+        cache_key TEXT,
+        cache_scope TEXT,
+        metadata TEXT NOT NULL DEFAULT '{}',
+        is_deleted INTEGER NOT NULL DEFAULT 0,
+        deleted_at TEXT,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX images_cache ON images (cache_key, cache_scope) WHERE is_deleted = 0;
+    CREATE INDEX images_user ON images (user_id, created_at);
+    CREATE INDEX images_job ON images (job_id);
+    CREATE INDEX images_storage ON images (storage_key);
+
+    CREATE TABLE templates (
+        id TEXT PRIMARY KEY,
+        guild_id TEXT NOT NULL,
+        name TEXT NOT NULL COLLATE NOCASE,
+        prompt TEXT NOT NULL,
+        model TEXT,
+        negative_prompt TEXT,
+        aspect_ratio TEXT,
+        steps INTEGER,
+        created_by TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        UNIQUE (guild_id, name)
+    );
+    """,
+)
