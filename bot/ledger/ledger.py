@@ -94,7 +94,7 @@ class Ledger:
 
     @classmethod
     async def open(
-        cls, path: Path, defaults: QuotaDefaults = QuotaDefaults(), clock: Clock = utc_now
+        cls, path: Path, defaults: QuotaDefaults | None = None, clock: Clock = utc_now
     ) -> Ledger:
         path.parent.mkdir(parents=True, exist_ok=True)
         db = await aiosqlite.connect(path, isolation_level=None)
@@ -104,7 +104,7 @@ class Ledger:
             await db.execute("PRAGMA journal_mode = WAL")
             await db.execute("PRAGMA synchronous = NORMAL")
             await db.execute("PRAGMA foreign_keys = ON")
-            ledger = cls(db, defaults, clock)
+            ledger = cls(db, defaults or QuotaDefaults(), clock)
             await ledger._migrate()
         except BaseException:
             await db.close()
@@ -152,7 +152,7 @@ class Ledger:
                 cursor = await self._db.execute(sql, params)
                 return cursor.rowcount
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc) or attempt == 4:
+                if ("locked" not in str(exc) and "busy" not in str(exc)) or attempt == 4:
                     raise
                 await asyncio.sleep(0.05 * (attempt + 1))
         raise AssertionError("unreachable")
