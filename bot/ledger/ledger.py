@@ -435,12 +435,13 @@ class Ledger:
         )
         return changed == 1
 
-    async def storage_key_in_use(self, storage_key: str) -> bool:
-        """True while any live record (an original or a cache hit) points at these bytes."""
+    async def storage_key_shared(self, storage_key: str, excluding_id: str) -> bool:
+        """True while another live record (an original or a cache hit) uses these bytes."""
         return bool(
             await self._scalar(
-                "SELECT EXISTS (SELECT 1 FROM images WHERE storage_key = ? AND is_deleted = 0)",
-                (storage_key,),
+                "SELECT EXISTS (SELECT 1 FROM images WHERE storage_key = ? AND id != ? "
+                "AND is_deleted = 0)",
+                (storage_key, excluding_id),
             )
         )
 

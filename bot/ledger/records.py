@@ -200,3 +200,32 @@ class UsageReport:
     @property
     def average_micro_usd(self) -> int:
         return self.total_micro_usd // self.total_images if self.total_images else 0
+
+
+def image_to_public(image: ImageRecord) -> dict[str, Any]:
+    """The image record as fronts show it (HTTP API, CLI --json); cost in USD."""
+    from bot.money import micro_to_usd_decimal
+
+    return {
+        "id": image.id,
+        "kind": image.kind,
+        "prompt": image.prompt,
+        "prompt_used": image.prompt_used,
+        "negative_prompt": image.negative_prompt,
+        "model": image.model,
+        "storage_key": image.storage_key,
+        "url": image.url,
+        "width": image.width,
+        "height": image.height,
+        "steps": image.steps,
+        "seed": image.seed,
+        "created_at": image.created_at,
+        "user_id": image.user_id,
+        "guild_id": image.guild_id or None,
+        "cost": float(micro_to_usd_decimal(image.cost_micro_usd)),
+        "cost_micro_usd": image.cost_micro_usd,
+        "cached": image.cached,
+        "is_deleted": image.is_deleted,
+        "source_image_id": image.source_image_id,
+        "metadata": image.metadata,
+    }

@@ -1,0 +1,284 @@
+"""``python -m bot``: the command line. Sub-commands are thin fronts over the same service.
+
+- (none)   run the Discord bot and the built-in web server
+- serve    run only the web server (hosts local-store images)
+- imagine  generate an image and print its hosted URL
+- models   the catalog with prices
+- usage    a day's totals
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from bot.catalog import Catalog, load_catalog
+from bot.config import Settings, load_settings, read_environment
+from bot.errors import BotError, ConfigError
+from bot.ledger.records import image_to_public
+from bot.logs import configure_logging
+from bot.money import format_neurons, format_usd, micro_to_usd_decimal
+from bot.requests import GenerateRequest, GenerationResult, Progress
+from bot.runtime import Runtime, open_runtime
+from bot.stores.local import LocalImageStore
+
+log = logging.getLogger("bot")
+
+EXIT_ERROR = 1
+EXIT_CONFIG = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bot",
+        description="Discord image bot: Cloudflare Workers AI + Cloudflare Images, or the "
+        "embedded local backend. With no sub-command, runs the Discord bot.",
+    )
+    commands = parser.add_subparsers(dest="command")
+
+    imagine = commands.add_parser("imagine", help="generate an image and print its URL")
+    imagine.add_argument("prompt")
+    imagine.add_argument("--model", help="model id or short name (see 'models')")
+    imagine.add_argument("--width", type=int)
+    imagine.add_argument("--height", type=int)
+    imagine.add_argument("--seed", type=int)
+    imagine.add_argument("--steps", type=int)
+    imagine.add_argument("--negative", help="negative prompt")
+    imagine.add_argument("--count", type=int, default=1, help="1 to 4 images")
+    imagine.add_argument("--enhance", action="store_true", help="rewrite the prompt first")
+    imagine.add_argument("--fresh", action="store_true", help="skip the cache")
+    imagine.add_argument("--user", default="cli", help="charge this user id (default: cli)")
+    imagine.add_argument("--json", action="store_true", help="print JSON")
+
+    models = commands.add_parser("models", help="list the models and their prices")
+    models.add_argument("--json", action="store_true")
+
+    usage = commands.add_parser("usage", help="totals for one UTC day")
+    usage.add_argument("--day", type=date.fromisoformat, help="YYYY-MM-DD (default: today)")
+    usage.add_argument("--json", action="store_true")
+
+    commands.add_parser("serve", help="run only the built-in web server")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(read_environment(Path(".env")))
+    except ConfigError as exc:
+        print(f"configuration error: {exc.user_message}", file=sys.stderr)
+        return EXIT_CONFIG
+    env_level = "WARNING" if args.command in ("imagine", "models", "usage") else settings.log_level
+    configure_logging(env_level, _secrets(settings))
+    if args.command is None and not settings.discord_token:
+        print(
+            "DISCORD_TOKEN is not set: put the bot's token in the environment or .env to run "
+            "the Discord bot (try 'python -m bot imagine \"a prompt\"' without one).",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    try:
+        return asyncio.run(_run(args, settings))
+    except ConfigError as exc:
+        print(f"configuration error: {exc.user_message}", file=sys.stderr)
+        return EXIT_CONFIG
+    except BotError as exc:
+        if getattr(args, "json", False):
+            print(json.dumps({"error": exc.user_message, "code": exc.code}))
+        else:
+            print(f"error: {exc.user_message}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+def _secrets(settings: Settings) -> list[str]:
+    return [
+        value
+        for value in (
+            settings.discord_token,
+            settings.cloudflare_api_token,
+            settings.cloudflare_images_signing_key,
+        )
+        if value
+    ]
+
+
+async def _run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "models":
+        return _print_models(load_catalog(settings.models_file), args.json)
+    log.info("backends: %s", settings.backend_reason)
+    async with open_runtime(settings) as runtime:
+        if args.command == "imagine":
+            return await _imagine(runtime, args)
+        if args.command == "usage":
+            return await _usage(runtime, args)
+        if args.command == "serve":
+            return await _serve(runtime)
+        from bot.discord_bot import run_discord
+
+        await run_discord(runtime)
+        return 0
+
+
+async def _imagine(runtime: Runtime, args: argparse.Namespace) -> int:
+    def progress(event: Progress) -> None:
+        if not args.json and event.stage == "queued":
+            print(f"queued: position {event.position}", file=sys.stderr)
+
+    result = await runtime.service.generate(
+        GenerateRequest(
+            prompt=args.prompt,
+            user_id=args.user,
+            model=args.model,
+            width=args.width,
+            height=args.height,
+            seed=args.seed,
+            steps=args.steps,
+            negative_prompt=args.negative,
+            count=args.count,
+            enhance=args.enhance,
+            fresh=args.fresh,
+            progress=progress,
+        )
+    )
+    store = runtime.store
+    if args.json:
+        print(json.dumps(_result_json(result, store), indent=2))
+        return 0
+    for image in result.images:
+        print(image.url)
+        if isinstance(store, LocalImageStore):
+            print(f"  file: {store.path_for(image.storage_key).resolve()}")
+        seed = image.seed if image.seed is not None else "n/a"
+        print(f"  {image.model} · {image.width}×{image.height} · seed {seed} · id {image.id}")
+    if result.enhanced:
+        print(f"prompt used: {result.prompt_used}")
+    cost = "free (cached)" if result.cached else format_usd(result.cost.micro_usd)
+    print(
+        f"cost: {cost} ({format_neurons(result.cost.milli_neurons)} Neurons) · left today: "
+        f"{result.remaining.images} images, {format_usd(result.remaining.micro_usd)}"
+    )
+    if result.failed:
+        print(f"{result.failed} image(s) failed and were not charged", file=sys.stderr)
+    if runtime.settings.image_provider == "local":
+        print("(local preview renderer: set Cloudflare credentials for AI images)")
+    return 0
+
+
+def _result_json(result: GenerationResult, store: object) -> dict[str, Any]:
+    images = []
+    for image in result.images:
+        item = image_to_public(image)
+        if isinstance(store, LocalImageStore):
+            item["file"] = str(store.path_for(image.storage_key).resolve())
+        images.append(item)
+    return {
+        "job_id": result.job_id,
+        "images": images,
+        "prompt": result.prompt,
+        "prompt_used": result.prompt_used,
+        "cached": result.cached,
+        "cost": float(micro_to_usd_decimal(result.cost.micro_usd)),
+        "cost_micro_usd": result.cost.micro_usd,
+        "cost_milli_neurons": result.cost.milli_neurons,
+        "failed": result.failed,
+        "remaining": {
+            "images": result.remaining.images,
+            "cost": float(micro_to_usd_decimal(result.remaining.micro_usd)),
+            "resets_at": result.remaining.resets_at.isoformat(),
+        },
+    }
+
+
+def _print_models(catalog: Catalog, as_json: bool) -> int:
+    models = catalog.enabled_image_models()
+    if as_json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "id": m.id,
+                        "name": m.name,
+                        "capabilities": sorted(m.capabilities),
+                        "cost_per_image": float(micro_to_usd_decimal(m.default_cost().micro_usd)),
+                        "cost_per_image_micro_usd": m.default_cost().micro_usd,
+                        "neurons_per_image": float(m.default_cost().milli_neurons) / 1000,
+                        "default_size": [m.default_width, m.default_height],
+                        "sizes": "fixed" if m.fixed_size else [m.min_side, m.max_side],
+                        "steps": [m.min_steps, m.max_steps, m.default_steps],
+                        "typical_seconds": m.typical_seconds,
+                        "description": m.description,
+                    }
+                    for m in models
+                ],
+                indent=2,
+            )
+        )
+        return 0
+    for m in models:
+        cost = m.default_cost()
+        print(f"{m.id}\n  {m.name}: {m.description}")
+        print(
+            f"  {format_usd(cost.micro_usd)} per image at {m.default_width}×{m.default_height}"
+            f", {m.default_steps} steps ({format_neurons(cost.milli_neurons)} Neurons)"
+            f" · ~{m.typical_seconds:g} s · {', '.join(sorted(m.capabilities))}"
+        )
+    return 0
+
+
+async def _usage(runtime: Runtime, args: argparse.Namespace) -> int:
+    day = (args.day or date.fromisoformat(runtime.ledger.today())).isoformat()
+    report = await runtime.service.usage_report(day)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "day": day,
+                    "total_images": report.total_images,
+                    "total_cost": float(micro_to_usd_decimal(report.total_micro_usd)),
+                    "total_cost_micro_usd": report.total_micro_usd,
+                    "total_neurons": report.total_milli_neurons / 1000,
+                    "average_cost": float(micro_to_usd_decimal(report.average_micro_usd)),
+                    "users": [
+                        {
+                            "user_id": u.user_id,
+                            "images": u.images,
+                            "cost": float(micro_to_usd_decimal(u.micro_usd)),
+                            "cost_micro_usd": u.micro_usd,
+                        }
+                        for u in report.users
+                    ],
+                    "by_model": {
+                        model: {"images": images, "cost": float(micro_to_usd_decimal(usd))}
+                        for model, (images, usd) in report.by_model.items()
+                    },
+                },
+                indent=2,
+            )
+        )
+        return 0
+    print(f"{day} (UTC): {report.total_images} images, {format_usd(report.total_micro_usd)}"
+          f" ({format_neurons(report.total_milli_neurons)} Neurons), average "
+          f"{format_usd(report.average_micro_usd)} per image")  # fmt: skip
+    for user in report.users:
+        print(f"  {user.user_id}: {user.images} images, {format_usd(user.micro_usd)}")
+    return 0
+
+
+async def _serve(runtime: Runtime) -> int:
+    from bot.web.app import start_web_server
+
+    runner = await start_web_server(runtime)
+    print(f"serving on {runtime.settings.public_base_url} (Ctrl+C to stop)", file=sys.stderr)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+    return 0

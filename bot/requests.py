@@ -1,0 +1,76 @@
+"""What fronts hand the service, and what they get back."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from bot.catalog import Cost
+from bot.ledger.records import ImageRecord
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A step of a job, for progress messages. ``position`` is set while queued."""
+
+    stage: str  # 'queued' | 'generating' | 'storing' | 'done'
+    position: int | None = None
+    started_at: datetime | None = None
+    eta: datetime | None = None
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """One /imagine (or CLI / API call). Only ``prompt`` and ``user_id`` are required."""
+
+    prompt: str
+    user_id: str
+    guild_id: str = ""
+    model: str | None = None
+    template: str | None = None
+    negative_prompt: str | None = None
+    width: int | None = None
+    height: int | None = None
+    aspect_ratio: str | None = None
+    seed: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    count: int = 1
+    image_id: str | None = None
+    init_image: bytes | None = None
+    strength: float | None = None
+    enhance: bool = False
+    fresh: bool = False
+    idempotency_key: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    progress: ProgressCallback | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Remaining:
+    """What is left of the user's quota today."""
+
+    images: int
+    micro_usd: int
+    resets_at: datetime
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    images: list[ImageRecord]
+    prompt: str
+    prompt_used: str
+    enhanced: bool
+    cost: Cost
+    remaining: Remaining
+    job_id: str
+    replayed: bool = False
+    failed: int = 0
+
+    @property
+    def cached(self) -> bool:
+        return all(image.cached for image in self.images)

@@ -1,0 +1,102 @@
+"""Builds every part from Settings, once, and closes them in reverse order.
+
+Fronts (the Discord bot, the CLI, the web server) receive a ``Runtime`` and call
+``runtime.service``; nothing here reads the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+import httpx
+
+from bot.catalog import Catalog, load_catalog
+from bot.cloudflare_api import CloudflareAPI
+from bot.config import Settings
+from bot.errors import ConfigError, InvalidModel
+from bot.ledger import Ledger
+from bot.providers.base import ImageProvider
+from bot.providers.cloudflare import CloudflareProvider
+from bot.providers.local import LocalProvider
+from bot.scheduler import JobScheduler
+from bot.service import ImageService
+from bot.stores.base import ImageStore
+from bot.stores.cloudflare import CloudflareImagesStore
+from bot.stores.local import LocalImageStore
+
+log = logging.getLogger(__name__)
+
+HTTP_TIMEOUT = httpx.Timeout(connect=10.0, read=120.0, write=60.0, pool=30.0)
+HTTP_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=32)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    settings: Settings
+    catalog: Catalog
+    ledger: Ledger
+    provider: ImageProvider
+    store: ImageStore
+    service: ImageService
+
+
+def check_catalog(settings: Settings, catalog: Catalog) -> None:
+    try:
+        spec = catalog.get(settings.default_model)
+    except InvalidModel:
+        raise ConfigError("DEFAULT_MODEL", "is not an enabled model in the catalog") from None
+    if not spec.text_to_image:
+        raise ConfigError("DEFAULT_MODEL", "must be a text-to-image model")
+
+
+@asynccontextmanager
+async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIterator[Runtime]:
+    catalog = load_catalog(settings.models_file)
+    check_catalog(settings, catalog)
+    async with AsyncExitStack() as stack:
+        api: CloudflareAPI | None = None
+        if "cloudflare" in (settings.image_provider, settings.image_store):
+            http = await stack.enter_async_context(
+                httpx.AsyncClient(timeout=HTTP_TIMEOUT, limits=HTTP_LIMITS)
+            )
+            assert settings.cloudflare_account_id and settings.cloudflare_api_token
+            api = CloudflareAPI(
+                http,
+                account_id=settings.cloudflare_account_id,
+                api_token=settings.cloudflare_api_token,
+                base_url=settings.cloudflare_api_base_url,
+            )
+        provider: ImageProvider = CloudflareProvider(api) if api else LocalProvider()
+        store: ImageStore
+        if settings.image_store == "cloudflare" and api is not None:
+            assert settings.cloudflare_image_account_hash
+            store = CloudflareImagesStore(
+                api,
+                account_hash=settings.cloudflare_image_account_hash,
+                delivery_url=settings.cloudflare_image_delivery_url,
+                signing_key=settings.cloudflare_images_signing_key,
+            )
+        else:
+            store = LocalImageStore(settings.data_dir / "images", settings.public_base_url)
+        ledger = await Ledger.open(settings.database_path, settings.quotas)
+        stack.push_async_callback(ledger.close)
+        service = ImageService(
+            ledger=ledger,
+            provider=provider,
+            store=store,
+            catalog=catalog,
+            scheduler=JobScheduler(
+                max_per_user=settings.max_jobs_per_user,
+                max_running=settings.max_concurrent_jobs,
+                max_queue=settings.max_queue,
+            ),
+            default_model=settings.default_model,
+            enhance_model=settings.enhance_model,
+            cache_scope=settings.cache_scope,
+        )
+        if recover:
+            await service.recover()
+        yield Runtime(settings, catalog, ledger, provider, store, service)
