@@ -1,0 +1,61 @@
+"""Shared fixtures: settings on a temporary DATA_DIR, a runtime on the embedded backends, and
+a runtime wired to the fake Cloudflare over real sockets."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from bot.config import Settings, load_settings
+from bot.runtime import Runtime, open_runtime
+from tests.fakes.cloudflare import FakeCloudflare
+
+FAKE_CF_TOKEN = "cfut_TEST-SECRET-token-0b7e41d9"
+FAKE_DISCORD_TOKEN = "MTIz.TEST-SECRET-discord-token.4c2f"
+FAKE_SIGNING_KEY = "TEST-SECRET-signing-key-93ad"
+
+
+def png(width: int = 64, height: int = 48, colour: str = "teal") -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), colour).save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    """Settings from a clean environment: DATA_DIR is the test's own folder."""
+
+    def build(**env: Any) -> Settings:
+        values = {"DATA_DIR": str(tmp_path / "data"), "WEB_PORT": "0"}
+        values.update({k: str(v) for k, v in env.items()})
+        return load_settings(values)
+
+    return build
+
+
+@pytest.fixture
+async def local_runtime(make_settings: Callable[..., Settings]) -> AsyncIterator[Runtime]:
+    async with open_runtime(make_settings()) as runtime:
+        yield runtime
+
+
+@pytest.fixture
+async def fake_cloudflare() -> AsyncIterator[FakeCloudflare]:
+    async with FakeCloudflare(api_token=FAKE_CF_TOKEN, account_id="acct-test") as fake:
+        yield fake
+
+
+@pytest.fixture
+def cloudflare_env(fake_cloudflare: FakeCloudflare) -> dict[str, str]:
+    return {
+        "CLOUDFLARE_ACCOUNT_ID": fake_cloudflare.account_id,
+        "CLOUDFLARE_API_TOKEN": FAKE_CF_TOKEN,
+        "CLOUDFLARE_IMAGE_ACCOUNT_HASH": fake_cloudflare.account_hash,
+        "CLOUDFLARE_API_BASE_URL": fake_cloudflare.api_base,
+        "CLOUDFLARE_IMAGE_DELIVERY_URL": fake_cloudflare.delivery_base,
+    }
