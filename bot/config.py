@@ -152,7 +152,7 @@ def _choose_backends(read: _Reader) -> tuple[Backend, Backend, str]:
     store: Backend = "cloudflare" if store_wanted == "cloudflare" else "local"
     if store_wanted == "auto":
         store = "cloudflare" if has_images else "local"
-    for name, wanted, needed in (
+    for name, backend, needed in (
         ("IMAGE_PROVIDER", provider, ("CLOUDFLARE_ACCOUNT_ID", "CLOUDFLARE_API_TOKEN")),
         (
             "IMAGE_STORE",
@@ -160,7 +160,7 @@ def _choose_backends(read: _Reader) -> tuple[Backend, Backend, str]:
             ("CLOUDFLARE_ACCOUNT_ID", "CLOUDFLARE_API_TOKEN", "CLOUDFLARE_IMAGE_ACCOUNT_HASH"),
         ),
     ):
-        if wanted == "cloudflare":
+        if backend == "cloudflare":
             for variable in needed:
                 if not read.text(variable):
                     raise ConfigError(variable, f"is required when {name} is cloudflare")

@@ -43,10 +43,7 @@ class JobScheduler:
         return len(self._waiting)
 
     def _can_run(self, user_id: str) -> bool:
-        return (
-            self._total_running < self.max_running
-            and self._running[user_id] < self.max_per_user
-        )
+        return self._total_running < self.max_running and self._running[user_id] < self.max_per_user
 
     def _start(self, user_id: str) -> None:
         self._running[user_id] += 1
@@ -57,7 +54,9 @@ class JobScheduler:
         self, user_id: str, on_position: PositionCallback | None = None
     ) -> AsyncIterator[None]:
         """Hold a running slot for the body. Busy when the queue is full."""
-        if not self._waiting and self._can_run(user_id):
+        # Waiters left in the queue are all blocked by a limit (releases start any that can
+        # run), so a newcomer who can run now jumps no one who could.
+        if self._can_run(user_id):
             self._start(user_id)
         else:
             await self._wait(user_id, on_position)
@@ -85,6 +84,8 @@ class JobScheduler:
             if waiter.future.done() and not waiter.future.cancelled():
                 # Granted a slot just as we were cancelled: hand it back.
                 self._running[user_id] -= 1
+                if not self._running[user_id]:
+                    del self._running[user_id]
                 self._total_running -= 1
                 self._wake()
             elif waiter in self._waiting:
@@ -99,7 +100,10 @@ class JobScheduler:
         index = 0
         while index < len(self._waiting) and self._total_running < self.max_running:
             waiter = self._waiting[index]
-            if self._running[waiter.user_id] < self.max_per_user:
+            if waiter.future.done():  # cancelled while queued; it removes itself when resumed
+                self._waiting.pop(index)
+                first_changed = index if first_changed is None else first_changed
+            elif self._running[waiter.user_id] < self.max_per_user:
                 self._waiting.pop(index)
                 self._start(waiter.user_id)
                 waiter.future.set_result(None)

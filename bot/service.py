@@ -135,7 +135,16 @@ class ImageService:
             for index, future in joined.items():
                 hits[index] = await future
             return await self._free_result(request, plan, slots, hits)
-        return await self._paid_result(request, plan, own, hits, joined)
+        # Claimed with no await since the cache check, so an identical request arriving now
+        # joins this one instead of generating again.
+        futures = self._claim(plan, own)
+        try:
+            return await self._paid_result(request, plan, own, hits, joined, futures)
+        except BaseException as exc:
+            self._fail(futures, exc)
+            raise
+        finally:
+            self._release(plan, own, futures)
 
     async def _paid_result(
         self,
@@ -144,6 +153,7 @@ class ImageService:
         own: list[_Slot],
         hits: dict[int, ImageRecord],
         joined: dict[int, asyncio.Future[ImageRecord]],
+        futures: dict[int, asyncio.Future[ImageRecord]],
     ) -> GenerationResult:
         prompt_used, enhance_cost, enhance_job = plan.prompt, ZERO_COST, None
         if request.enhance:
@@ -159,7 +169,6 @@ class ImageService:
             if enhance_job is not None:  # no image, so the enhancement is not charged either
                 await self.ledger.refund(enhance_job, "not_used")
             raise
-        futures = self._claim(plan, own)
         done = asyncio.get_running_loop().create_future()
         if request.idempotency_key:
             self._by_key[request.idempotency_key] = done
@@ -173,11 +182,7 @@ class ImageService:
                     hits[index] = await future
                 except BotError as exc:
                     failures.append(exc)
-        except BaseException as exc:
-            self._fail(futures, exc)
-            raise
         finally:
-            self._release(plan, own, futures)
             done.set_result(None)
             if request.idempotency_key:
                 self._by_key.pop(request.idempotency_key, None)
@@ -817,7 +822,8 @@ class ImageService:
         data = await self.store.get(key)
         info = await asyncio.to_thread(imaging.probe, data)
         params: dict[str, Any] = job.params
-        slot = next((s for s in params.get("slots", []) if s.get("id") == image_id), {})
+        slots: list[dict[str, Any]] = params.get("slots", [])
+        slot = next((s for s in slots if s.get("id") == image_id), {})
         generated = job.kind == "generate"
         record = ImageRecord(
             id=image_id,

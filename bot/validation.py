@@ -51,9 +51,7 @@ def clean_negative(text: str | None, spec: ModelSpec) -> str | None:
     if not cleaned:
         return None
     if not spec.supports_negative_prompt:
-        raise InvalidRequest(
-            "negative_prompt", f"{spec.name} does not take a negative prompt."
-        )
+        raise InvalidRequest("negative_prompt", f"{spec.name} does not take a negative prompt.")
     if len(cleaned) > spec.max_prompt_chars:
         raise InvalidRequest(
             "negative_prompt",
@@ -123,9 +121,7 @@ def resolve_steps(spec: ModelSpec, steps: int | None) -> int:
     if steps is None:
         return spec.default_steps
     if spec.fixed_steps and steps != spec.default_steps:
-        raise InvalidRequest(
-            "steps", f"{spec.name} always uses {spec.default_steps} steps."
-        )
+        raise InvalidRequest("steps", f"{spec.name} always uses {spec.default_steps} steps.")
     if not spec.min_steps <= steps <= spec.max_steps:
         raise InvalidRequest(
             "steps",

@@ -22,7 +22,6 @@ from bot.stores.local import LocalImageStore
 log = logging.getLogger(__name__)
 
 RUNTIME_KEY = web.AppKey("runtime", Runtime)
-CACHE_KEY = web.AppKey("variant_cache", "VariantCache")
 IMMUTABLE = "public, max-age=31536000, immutable"
 
 
@@ -55,6 +54,9 @@ class VariantCache:
     def drop(self, image_id: str) -> None:
         for key in [k for k in self._items if k[0] == image_id]:
             self._size -= len(self._items.pop(key)[0])
+
+
+CACHE_KEY = web.AppKey("variant_cache", VariantCache)
 
 
 async def serve_image(request: web.Request) -> web.StreamResponse:
