@@ -19,7 +19,7 @@ from bot.errors import (
     InvalidRequest,
     NotFound,
     QuotaExceeded,
-)  # noqa: E501
+)
 from bot.ledger import Template
 from bot.ledger.ledger import NewJob
 from bot.ledger.records import new_id
