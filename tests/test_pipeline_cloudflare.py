@@ -160,8 +160,9 @@ async def test_fault_storm_keeps_the_books_exact(service, fake_cloudflare):
     assert await service.ledger.audit() == {"counter_mismatches": 0, "open_jobs": 0}
 
 
-async def test_image_to_image_on_flux2_sends_multipart_with_the_stored_image(service,
-                                                                              fake_cloudflare):  # fmt: skip
+async def test_image_to_image_on_flux2_sends_multipart_with_the_stored_image(
+    service, fake_cloudflare
+):
     upload = await service.upload(png(800, 600), user_id="u1", guild_id="g1")
     assert upload.storage_key in fake_cloudflare.images
     result = await service.generate(ask("make it night", image_id=upload.id))
