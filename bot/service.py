@@ -212,7 +212,6 @@ class ImageService:
         try:
             position_callback = self._position_reporter(request)
             async with self.scheduler.slot(request.user_id, position_callback):
-                await self.ledger.set_state(job.id, "generating")
                 self._report(request, "generating", plan.spec)
                 generated = await asyncio.gather(
                     *(self._generate_one(plan, slot, prompt_used) for slot in own),
@@ -283,7 +282,7 @@ class ImageService:
     ) -> ImageRecord:
         if isinstance(generated, BaseException):
             raise generated
-        width, height = await asyncio.to_thread(imaging.image_size, generated.data)
+        width, height = imaging.image_size(generated.data)  # header only: microseconds
         stored = await self.store.put(
             image_id,
             generated.data,
@@ -762,8 +761,7 @@ class ImageService:
     # -- quotas and reports --------------------------------------------------------------------
 
     async def remaining(self, user_id: str, guild_id: str) -> Remaining:
-        limits = await self.ledger.limits_for(user_id, guild_id)
-        used = await self.ledger.usage("user", user_id)
+        limits, used = await self.ledger.limits_and_usage(user_id, guild_id)
         return Remaining(
             images=max(0, limits.user_images - used.images),
             micro_usd=max(0, limits.user_micro_usd - used.micro_usd),

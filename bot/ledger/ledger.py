@@ -1,13 +1,14 @@
 """The SQLite ledger (aiosqlite): reservations, charges, images, templates and quota policies.
 
-Every write that money depends on is ONE SQL statement in autocommit mode, so it is atomic on
-its own: the quota check and the reservation are the same ``INSERT … SELECT … WHERE``, and
-triggers keep the daily counters in step with the jobs table. No transaction spans an ``await``.
+Every write that money depends on is ONE SQL statement, atomic on its own: the quota check and
+the reservation are the same ``INSERT … SELECT … WHERE``, and triggers keep the daily counters
+in step with the jobs table. Concurrent writes are group-committed (see ``GroupCommit``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sqlite3
@@ -84,11 +85,76 @@ WHERE
 """
 
 
+class GroupCommit:
+    """Writes that arrive together share one transaction, and so one WAL commit.
+
+    aiosqlite runs statements on one thread in the order they are queued, so
+    ``BEGIN IMMEDIATE; s1; s2; …; COMMIT`` queued back to back stays one transaction. Each
+    statement is still atomic on its own (a failing one rolls back alone), and every caller
+    gets its result only after the COMMIT succeeded; if it fails, the batch is rolled back and
+    every caller gets the error. Only the ledger's writes come through here.
+    """
+
+    MAX_BATCH = 256
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+        self._pending: list[tuple[str, Any, asyncio.Future[int]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def write(self, sql: str, params: Any) -> int:
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending.append((sql, params, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch = self._pending[: self.MAX_BATCH]
+            del self._pending[: self.MAX_BATCH]
+            try:
+                await self._run(batch)
+            except BaseException as exc:  # never leave a caller waiting
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+
+    async def _run(self, batch: list[tuple[str, Any, asyncio.Future[int]]]) -> None:
+        if len(batch) == 1:
+            sql, params, future = batch[0]
+            try:
+                future.set_result((await self._db.execute(sql, params)).rowcount)
+            except sqlite3.Error as exc:
+                future.set_exception(exc)
+            return
+        steps = [self._db.execute("BEGIN IMMEDIATE")]
+        steps += [self._db.execute(sql, params) for sql, params, _ in batch]
+        steps.append(self._db.execute("COMMIT"))
+        outcomes = await asyncio.gather(*steps, return_exceptions=True)
+        began, commit = outcomes[0], outcomes[-1]
+        failed: BaseException | None = None
+        if not isinstance(began, BaseException) and isinstance(commit, BaseException):
+            failed = commit
+            with contextlib.suppress(sqlite3.Error):
+                await self._db.execute("ROLLBACK")
+        for (_, _, future), outcome in zip(batch, outcomes[1:-1], strict=True):
+            if isinstance(outcome, BaseException) or failed is not None:
+                error = failed or outcome
+                assert isinstance(error, BaseException)
+                future.set_exception(error)
+            else:
+                future.set_result(outcome.rowcount)
+
+
 class Ledger:
     """Owns the database connection. Open with ``await Ledger.open(path, defaults)``."""
 
     def __init__(self, db: aiosqlite.Connection, defaults: QuotaDefaults, clock: Clock) -> None:
         self._db = db
+        self._writes = GroupCommit(db)
         self.defaults = defaults
         self.clock = clock
 
@@ -133,24 +199,22 @@ class Ledger:
     # -- small helpers -------------------------------------------------------------------
 
     async def _scalar(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> int:
-        async with self._db.execute(sql, params) as cursor:
-            row = await cursor.fetchone()
+        row = await self._one(sql, params)
         return int(row[0]) if row is not None and row[0] is not None else 0
 
     async def _one(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
-        async with self._db.execute(sql, params) as cursor:
-            return await cursor.fetchone()
+        rows = await self._all(sql, params)
+        return rows[0] if rows else None
 
     async def _all(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Any]:
-        async with self._db.execute(sql, params) as cursor:
-            return list(await cursor.fetchall())
+        return list(await self._db.execute_fetchall(sql, params))
 
     async def _write(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> int:
-        """One statement, its own transaction; retried briefly if another process holds it."""
+        """One atomic statement (group-committed); retried briefly if another process holds
+        the database."""
         for attempt in range(5):
             try:
-                cursor = await self._db.execute(sql, params)
-                return cursor.rowcount
+                return await self._writes.write(sql, params)
             except sqlite3.OperationalError as exc:
                 if ("locked" not in str(exc) and "busy" not in str(exc)) or attempt == 4:
                     raise
@@ -167,29 +231,33 @@ class Ledger:
 
     async def limits_for(self, user_id: str, guild_id: str) -> Limits:
         """Per-user override in this guild, else the guild's user defaults, else global."""
+        return (await self.limits_and_usage(user_id, guild_id))[0]
+
+    async def limits_and_usage(self, user_id: str, guild_id: str) -> tuple[Limits, Usage]:
+        """The user's limits and today's usage, in one query."""
         d = self.defaults
-        guild = await self._one("SELECT * FROM guild_settings WHERE guild_id = ?", (guild_id,))
-        user = await self._one(
-            "SELECT * FROM user_quotas WHERE guild_id = ? AND user_id = ?", (guild_id, user_id)
+        row = await self._one(
+            """SELECT u.daily_images, u.daily_micro_usd, g.user_daily_images,
+                      g.user_daily_micro_usd, g.daily_micro_usd,
+                      c.images, c.micro_usd, c.milli_neurons
+               FROM (SELECT 1) LEFT JOIN user_quotas u ON u.guild_id = ? AND u.user_id = ?
+               LEFT JOIN guild_settings g ON g.guild_id = ?
+               LEFT JOIN usage_counters c ON c.day = ? AND c.scope = 'user' AND c.scope_id = ?""",
+            (guild_id, user_id, guild_id, self.today(), user_id),
         )
+        user_images, user_usd, guild_user_images, guild_user_usd, guild_usd = row[:5]
 
         def pick(*values: int | None) -> int:
             return next(v for v in values if v is not None)
 
-        return Limits(
-            user_images=pick(
-                user and user["daily_images"],
-                guild and guild["user_daily_images"],
-                d.user_daily_images,
-            ),
-            user_micro_usd=pick(
-                user and user["daily_micro_usd"],
-                guild and guild["user_daily_micro_usd"],
-                d.user_daily_micro_usd,
-            ),
-            guild_micro_usd=pick(guild and guild["daily_micro_usd"], d.guild_daily_micro_usd),
+        limits = Limits(
+            user_images=pick(user_images, guild_user_images, d.user_daily_images),
+            user_micro_usd=pick(user_usd, guild_user_usd, d.user_daily_micro_usd),
+            guild_micro_usd=pick(guild_usd, d.guild_daily_micro_usd),
             milli_neurons=d.daily_milli_neurons,
         )
+        usage = Usage(row[5] or 0, row[6] or 0, row[7] or 0)
+        return limits, usage
 
     async def set_user_quota(
         self, guild_id: str, user_id: str, daily_images: int | None, daily_micro_usd: int | None
@@ -265,9 +333,31 @@ class Ledger:
             raise DuplicateRequest(existing) from None
         if inserted != 1:
             raise await self._explain_refusal(new, limits, now)
-        job = await self.get_job(job_id)
-        assert job is not None
-        return job
+        return self._job_from(new, job_id, params["day"], "reserved", params["now"], [])
+
+    @staticmethod
+    def _job_from(
+        new: NewJob, job_id: str, day: str, state: str, created_at: str, planned: list[str]
+    ) -> Job:
+        """The row just inserted, without reading it back."""
+        return Job(
+            id=job_id,
+            idempotency_key=new.idempotency_key,
+            kind=new.kind,
+            user_id=new.user_id,
+            guild_id=new.guild_id,
+            day=day,
+            model=new.model,
+            state=state,
+            images=new.images if state == "reserved" else 0,
+            micro_usd=new.cost.micro_usd if state == "reserved" else 0,
+            milli_neurons=new.cost.milli_neurons if state == "reserved" else 0,
+            planned_image_ids=planned,
+            params=dict(new.params or {}),
+            error_code=None,
+            error_message=None,
+            created_at=created_at,
+        )
 
     async def _explain_refusal(self, new: NewJob, limits: Limits, now: datetime) -> QuotaExceeded:
         day = utc_day(now)
@@ -340,6 +430,7 @@ class Ledger:
     async def record_free_job(self, new: NewJob, image_ids: list[str]) -> Job:
         """A request that costs nothing (a cache hit) still gets a job for idempotency."""
         now = self.now_iso()
+        day = self.today()
         job_id = new_id("job")
         try:
             await self._write(
@@ -348,7 +439,7 @@ class Ledger:
                 "VALUES (?, ?, ?, ?, ?, ?, ?, 'settled', ?, ?, ?, ?)",
                 (
                     job_id, new.idempotency_key, new.kind, new.user_id, new.guild_id,
-                    self.today(), new.model, json.dumps(image_ids),
+                    day, new.model, json.dumps(image_ids),
                     json.dumps(new.params or {}, sort_keys=True), now, now,
                 ),
             )  # fmt: skip
@@ -357,9 +448,7 @@ class Ledger:
             if existing is None:
                 raise
             raise DuplicateRequest(existing) from None
-        job = await self.get_job(job_id)
-        assert job is not None
-        return job
+        return self._job_from(new, job_id, day, "settled", now, image_ids)
 
     async def get_job(self, job_id: str) -> Job | None:
         row = await self._one("SELECT * FROM jobs WHERE id = ?", (job_id,))

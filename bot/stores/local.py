@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import os
 import re
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -89,10 +88,9 @@ class LocalImageStore:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
+    """Write then rename: a crash never leaves a partial file under the real name. (No fsync:
+    like the ledger's WAL at synchronous=NORMAL, this guards against crashes, not power loss.)"""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".part")
-    with temporary.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+    temporary.write_bytes(data)
     temporary.replace(path)
