@@ -306,19 +306,21 @@ class Ledger:
         DuplicateRequest if the idempotency key was used before."""
         now = self.clock()
         job_id = new_id("job")
+        day = utc_day(now)
+        created_at = now.astimezone(UTC).isoformat(timespec="milliseconds")
         params = {
             "id": job_id,
             "key": new.idempotency_key,
             "kind": new.kind,
             "user": new.user_id,
             "guild": new.guild_id,
-            "day": utc_day(now),
+            "day": day,
             "model": new.model,
             "images": new.images,
             "usd": new.cost.micro_usd,
             "mn": new.cost.milli_neurons,
             "params": json.dumps(new.params or {}, sort_keys=True),
-            "now": now.astimezone(UTC).isoformat(timespec="milliseconds"),
+            "now": created_at,
             "user_images": limits.user_images,
             "user_usd": limits.user_micro_usd,
             "guild_usd": limits.guild_micro_usd,
@@ -333,7 +335,7 @@ class Ledger:
             raise DuplicateRequest(existing) from None
         if inserted != 1:
             raise await self._explain_refusal(new, limits, now)
-        return self._job_from(new, job_id, params["day"], "reserved", params["now"], [])
+        return self._job_from(new, job_id, day, "reserved", created_at, [])
 
     @staticmethod
     def _job_from(
