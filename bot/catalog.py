@@ -338,6 +338,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
 PRICE_TERMS = {f for f in Price.__dataclass_fields__}
 _SPEC_FIELDS = set(ModelSpec.__dataclass_fields__)
 _TYPED_FIELDS = {"id", "name", "capabilities", "price", "guidance", "extra"}
+_NOT_CONFIGURABLE = {"extra"}
 
 
 class Catalog:
@@ -393,7 +394,7 @@ def _price_from_table(where: str, table: Mapping[str, Any], base: Price) -> Pric
 
 
 def _spec_from_table(where: str, table: Mapping[str, Any], base: ModelSpec | None) -> ModelSpec:
-    unknown = set(table) - _SPEC_FIELDS
+    unknown = (set(table) - _SPEC_FIELDS) | (set(table) & _NOT_CONFIGURABLE)
     if unknown:
         raise ConfigError("MODELS_FILE", f"{where}: unknown keys {sorted(unknown)}")
     values: dict[str, Any] = {
@@ -414,6 +415,40 @@ def _spec_from_table(where: str, table: Mapping[str, Any], base: ModelSpec | Non
         return ModelSpec(id=str(table["id"]), **values)
     except (TypeError, KeyError) as exc:
         raise ConfigError("MODELS_FILE", f"{where}: {exc}") from None
+
+
+_INT_FIELDS = {
+    "min_side", "max_side", "size_multiple", "default_width", "default_height", "min_steps",
+    "max_steps", "default_steps", "max_input_side", "max_prompt_chars",
+}  # fmt: skip
+_BOOL_FIELDS = {
+    "fixed_size", "fixed_steps", "supports_seed", "supports_negative_prompt",
+    "supports_strength", "enabled",
+}  # fmt: skip
+
+
+def _check_spec(where: str, table: Mapping[str, Any], spec: ModelSpec) -> ModelSpec:
+    """Types and limits that agree with each other; a clear ConfigError otherwise."""
+    for key in table:
+        value = table[key]
+        if key in _INT_FIELDS and (not isinstance(value, int) or isinstance(value, bool)):
+            raise ConfigError("MODELS_FILE", f"{where}.{key}: must be a whole number")
+        if key in _BOOL_FIELDS and not isinstance(value, bool):
+            raise ConfigError("MODELS_FILE", f"{where}.{key}: must be true or false")
+        if key in ("name", "description", "request_format") and not isinstance(value, str):
+            raise ConfigError("MODELS_FILE", f"{where}.{key}: must be text")
+    if spec.request_format not in ("json", "multipart"):
+        raise ConfigError("MODELS_FILE", f"{where}.request_format: must be json or multipart")
+    if not 1 <= spec.min_steps <= spec.default_steps <= spec.max_steps:
+        raise ConfigError("MODELS_FILE", f"{where}: needs min_steps ≤ default_steps ≤ max_steps")
+    for side in (spec.default_width, spec.default_height):
+        if not 16 <= spec.min_side <= side <= spec.max_side:
+            raise ConfigError(
+                "MODELS_FILE", f"{where}: needs 16 ≤ min_side ≤ default sizes ≤ max_side"
+            )
+    if spec.size_multiple < 1:
+        raise ConfigError("MODELS_FILE", f"{where}.size_multiple: must be at least 1")
+    return spec
 
 
 def load_catalog(path: Path | None) -> Catalog:
@@ -451,5 +486,6 @@ def load_catalog(path: Path | None) -> Catalog:
         where = f"model[{index}]"
         if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
             raise ConfigError("MODELS_FILE", f"{where}: needs an id")
-        models[entry["id"]] = _spec_from_table(where, entry, models.get(entry["id"]))
+        spec = _spec_from_table(where, entry, models.get(entry["id"]))
+        models[entry["id"]] = _check_spec(where, entry, spec)
     return Catalog(models.values())

@@ -105,9 +105,9 @@ class _Reader:
             return default_micro
         try:
             return usd_to_micro(raw)
-        except ValueError as exc:
+        except ValueError:
             raise ConfigError(
-                name, f"must be an amount in US dollars such as 0.05 ({exc})"
+                name, "must be an amount in US dollars such as 0.05, at most 6 decimal places"
             ) from None
 
     def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
@@ -173,6 +173,8 @@ def _choose_backends(read: _Reader) -> tuple[Backend, Backend, str]:
             why = "set explicitly"
         elif chosen == "cloudflare":
             why = "auto: Cloudflare credentials are set"
+        elif label == "store" and has_ai:
+            why = "auto: CLOUDFLARE_IMAGE_ACCOUNT_HASH is not set"
         else:
             why = "auto: no Cloudflare credentials"
         reasons.append(f"{label}={chosen} ({why})")

@@ -86,6 +86,9 @@ async def serve_image(request: web.Request) -> web.StreamResponse:
             raise web.HTTPBadRequest(text=exc.user_message) from None
         if variant.name != "public":
             cache.put((image_id, variant.name), item)
+    elif await store.find(image_id) is None:  # deleted since it was cached
+        cache.drop(image_id)
+        raise web.HTTPNotFound(text="No such image.")
     elif request.headers.get("If-None-Match") == etag:
         return web.Response(status=304, headers={"ETag": etag, "Cache-Control": IMMUTABLE})
     data, content_type = item
