@@ -160,7 +160,15 @@ def _usd(text: str) -> int:
 T2I = frozenset({TEXT_TO_IMAGE})
 I2I = frozenset({IMAGE_TO_IMAGE})
 BOTH = frozenset({TEXT_TO_IMAGE, IMAGE_TO_IMAGE})
-SD_SIZES: dict[str, Any] = {"min_side": 256, "max_side": 2048, "size_multiple": 8}
+# What the Stable Diffusion family on Workers AI shares.
+SD_FAMILY: dict[str, Any] = {
+    "price": Price(),
+    "min_side": 256,
+    "max_side": 2048,
+    "size_multiple": 8,
+    "supports_negative_prompt": True,
+    "guidance": (0.0, 30.0, 7.5),
+}
 
 BUILTIN_MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
@@ -183,10 +191,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         id="@cf/stabilityai/stable-diffusion-xl-base-1.0",
         name="Stable Diffusion XL",
         capabilities=T2I,
-        price=Price(),
-        **SD_SIZES,
-        supports_negative_prompt=True,
-        guidance=(0.0, 30.0, 7.5),
+        **SD_FAMILY,
         typical_seconds=12.0,
         description="Detailed images; slower. Price not published: override it if billed.",
     ),
@@ -194,10 +199,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         id="@cf/bytedance/stable-diffusion-xl-lightning",
         name="SDXL Lightning",
         capabilities=T2I,
-        price=Price(),
-        **SD_SIZES,
-        supports_negative_prompt=True,
-        guidance=(0.0, 30.0, 7.5),
+        **SD_FAMILY,
         typical_seconds=3.0,
         description="SDXL in a few steps. Listed free while in beta.",
     ),
@@ -205,10 +207,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         id="@cf/lykon/dreamshaper-8-lcm",
         name="DreamShaper 8 LCM",
         capabilities=T2I,
-        price=Price(),
-        **SD_SIZES,
-        supports_negative_prompt=True,
-        guidance=(0.0, 30.0, 7.5),
+        **SD_FAMILY,
         typical_seconds=4.0,
         description="Photographic and painterly styles.",
     ),
@@ -216,10 +215,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         id="@cf/runwayml/stable-diffusion-v1-5-img2img",
         name="Stable Diffusion 1.5 img2img",
         capabilities=I2I,
-        price=Price(),
-        **SD_SIZES,
-        supports_negative_prompt=True,
-        guidance=(0.0, 30.0, 7.5),
+        **SD_FAMILY,
         supports_strength=True,
         image_param="image_b64",
         typical_seconds=8.0,
