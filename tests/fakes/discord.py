@@ -1,0 +1,1243 @@
+"""A fake Discord (REST + gateway websocket) on 127.0.0.1 for end-to-end tests of the bot.
+
+The real, unpatched discord.py client talks to it over TCP: ``patched_discord_endpoints`` points
+``Route.BASE`` and ``DiscordWebSocket.DEFAULT_GATEWAY`` at it, ``BotHarness`` starts a bot and
+waits for READY + command sync. Tests then dispatch interactions (``slash``, ``autocomplete``,
+``click``); each returns a ``FakeInteraction`` recording everything the bot did for it (callback,
+followups, edits, deletes, files, embeds, buttons) with monotonic timestamps.
+
+Copied from real Discord: JSON answers are exactly ``application/json``; a second acknowledgement
+is refused (40060); the first followup after a defer edits the "thinking" message and keeps the
+defer's visibility; message limits are checked (50035/50006/40005); re-synced commands keep their
+ids; ``default_member_permissions`` hide a command (``slash`` raises ``CommandHidden``). Optional:
+``ack_deadline=3.0`` makes interactions acknowledged later than that unknown (10062).
+
+Fixtures ``fake_discord`` and ``bot_harness``: ``pytest_plugins = ("tests.fakes.discord",)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import itertools
+import json
+import mimetypes
+import re
+import resource
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypedDict, TypeVar, Unpack, cast
+
+import discord
+import pytest
+import yarl
+from aiohttp import BodyPartReader, WSMsgType, web
+from discord.gateway import DiscordWebSocket
+from discord.http import Route
+
+T = TypeVar("T")
+BotT = TypeVar("BotT", bound=discord.Client)
+
+FAKE_TOKEN = "MTIz.fake-discord-bot-token.test"
+EPHEMERAL, LOADING = 1 << 6, 1 << 7  # message flags
+ADMINISTRATOR, MANAGE_GUILD = 1 << 3, 1 << 5
+MEMBER_PERMISSIONS = discord.Permissions(
+    view_channel=True,
+    send_messages=True,
+    embed_links=True,
+    attach_files=True,
+    read_message_history=True,
+    use_application_commands=True,
+    add_reactions=True,
+).value
+ADMIN_PERMISSIONS = MEMBER_PERMISSIONS | MANAGE_GUILD
+BOT_PERMISSIONS = MEMBER_PERMISSIONS | discord.Permissions(manage_messages=True).value
+_DISCORD_EPOCH_MS = 1_420_070_400_000
+_FILE_FIELD = re.compile(r"files\[(\d+)\]")
+_BODY: web.RequestKey[Any] = web.RequestKey("body", object)  # parsed JSON / payload_json
+_UPLOADS: web.RequestKey[dict[int, _Upload]] = web.RequestKey("uploads", dict)
+
+
+class Who(TypedDict, total=False):
+    """Who acts, and where: defaults are ``member`` in ``guild.channel`` with their permissions."""
+
+    user: FakeUser
+    guild: FakeGuild | None
+    channel: FakeChannel | None
+    permissions: int | str  # the member's permission bits, e.g. str(ADMIN_PERMISSIONS)
+    dm: bool  # a DM with the bot instead of a guild channel
+    locale: str
+
+
+class CommandHidden(PermissionError):
+    """The user lacks the command's default_member_permissions: Discord would not offer it."""
+
+
+class _Rejected(Exception):
+    """An error answer Discord would give: HTTP status, JSON error code, message."""
+
+    def __init__(self, status: int, code: int, text: str) -> None:
+        super().__init__(f"{status} {code}: {text}")
+        self.status, self.code, self.text = status, code, text
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    """JSON with exactly ``application/json``: discord.py treats anything else as text."""
+    return web.Response(
+        body=json.dumps(data).encode(), status=status, content_type="application/json"
+    )
+
+
+def error_response(status: int, code: int, text: str) -> web.Response:
+    return json_response({"code": code, "message": text}, status)
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+# -- users, guilds, messages -----------------------------------------------------------------
+
+
+@dataclass
+class FakeUser:
+    id: int
+    username: str
+    permissions: int = MEMBER_PERMISSIONS  # default for interactions; per call overridable
+    role_ids: list[int] = field(default_factory=list)
+    bot: bool = False
+
+    def payload(self) -> dict[str, Any]:
+        name = self.username
+        return {"id": str(self.id), "username": name, "global_name": name, "discriminator": "0"} | {
+            "avatar": None,
+            "bot": self.bot,
+            "public_flags": 0,
+        }
+
+    def member_payload(self, permissions: int | None = None) -> dict[str, Any]:
+        member: dict[str, Any] = {"user": self.payload(), "roles": [str(r) for r in self.role_ids]}
+        member |= {"flags": 0, "joined_at": "2024-01-01T00:00:00+00:00", "nick": None}
+        member |= dict.fromkeys(("deaf", "mute", "pending"), False)
+        if permissions is not None:
+            member["permissions"] = str(permissions)
+        return member
+
+
+@dataclass
+class FakeChannel:
+    id: int
+    name: str
+    guild_id: int
+    type: int = 0  # GUILD_TEXT
+    position: int = 0
+
+    def payload(self, permissions: int | None = None) -> dict[str, Any]:
+        data: dict[str, Any] = {"id": str(self.id), "type": self.type, "name": self.name}
+        data |= {"position": self.position, "guild_id": str(self.guild_id), "nsfw": False}
+        data |= {"permission_overwrites": [], "rate_limit_per_user": 0}
+        data |= dict.fromkeys(("parent_id", "topic", "last_message_id"))
+        if permissions is not None:
+            data["permissions"] = str(permissions)
+        return data
+
+
+@dataclass
+class FakeGuild:
+    id: int
+    name: str
+    owner_id: int
+    channels: list[FakeChannel] = field(default_factory=list)
+    roles: list[dict[str, Any]] = field(default_factory=list)
+    members: list[FakeUser] = field(default_factory=list)
+
+    @property
+    def channel(self) -> FakeChannel:
+        return self.channels[0]
+
+    def payload(self) -> dict[str, Any]:
+        """The GUILD_CREATE payload."""
+        data: dict[str, Any] = {"id": str(self.id), "name": self.name, "icon": None}
+        data |= {"owner_id": str(self.owner_id), "unavailable": False, "large": False}
+        data |= {"member_count": len(self.members), "preferred_locale": "en-US"}
+        data |= {key: [] for key in ("features", "emojis", "stickers", "threads", "presences")}
+        data |= {"voice_states": [], "roles": self.roles}
+        data["channels"] = [c.payload() for c in self.channels]
+        data["members"] = [m.member_payload() for m in self.members]
+        return data
+
+
+@dataclass
+class SentFile:
+    """A file the bot uploaded (or a test attached), served back at ``url``."""
+
+    id: int
+    filename: str
+    data: bytes
+    content_type: str
+    url: str
+    description: str | None = None
+
+    def attachment(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"id": str(self.id), "filename": self.filename}
+        data |= {"size": len(self.data), "url": self.url, "proxy_url": self.url}
+        return data | {"content_type": self.content_type, "description": self.description}
+
+
+def walk_components(components: Sequence[Any]) -> Iterator[dict[str, Any]]:
+    """Every component, rows and containers included, depth first."""
+    for component in components:
+        if isinstance(component, dict):
+            yield component
+            yield from walk_components(component.get("components") or [])
+            yield from walk_components([component.get("accessory")])
+
+
+@dataclass
+class FakeMessage:
+    """A message as the fake holds it now (edits are applied in place)."""
+
+    id: int
+    channel_id: int
+    guild_id: int | None
+    author: dict[str, Any]
+    type: int = 0
+    content: str = ""
+    embeds: list[dict[str, Any]] = field(default_factory=list)
+    components: list[dict[str, Any]] = field(default_factory=list)
+    flags: int = 0
+    files: list[SentFile] = field(default_factory=list)
+    poll: dict[str, Any] | None = None
+    interaction_id: int | None = None
+    metadata: dict[str, Any] | None = None
+    created: str = field(default_factory=now_iso)
+    edited: str | None = None
+    deleted: bool = False
+
+    @property
+    def ephemeral(self) -> bool:
+        return bool(self.flags & EPHEMERAL)
+
+    @property
+    def loading(self) -> bool:
+        """Still the "thinking…" placeholder of a deferred reply."""
+        return bool(self.flags & LOADING)
+
+    @property
+    def buttons(self) -> list[dict[str, Any]]:
+        return [c for c in walk_components(self.components) if c.get("type") == 2]
+
+    @property
+    def custom_ids(self) -> list[str]:
+        return [c["custom_id"] for c in walk_components(self.components) if "custom_id" in c]
+
+    def payload(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"id": str(self.id), "type": self.type, "author": self.author}
+        data |= {"channel_id": str(self.channel_id), "content": self.content, "flags": self.flags}
+        data |= {"embeds": self.embeds, "components": self.components}
+        data |= {"attachments": [f.attachment() for f in self.files], "mentions": []}
+        data |= {"timestamp": self.created, "edited_timestamp": self.edited, "mention_roles": []}
+        data |= dict.fromkeys(("tts", "mention_everyone", "pinned"), False)
+        if self.guild_id is not None:
+            data["guild_id"] = str(self.guild_id)
+        if self.interaction_id is not None:  # sent through the interaction webhook
+            data["webhook_id"] = data["application_id"] = self.author["id"]
+        if self.metadata is not None:
+            data["interaction_metadata"] = self.metadata
+        if self.poll is not None:
+            data["poll"] = self.poll
+        return data
+
+
+@dataclass
+class Event:
+    """One thing the bot did for an interaction: ``callback``, ``followup``, ``edit``, ``fetch``,
+    ``delete``, or ``rejected`` (the fake answered with an error; ``error`` says which)."""
+
+    kind: str
+    at: float  # time.monotonic() on arrival
+    body: dict[str, Any]  # the JSON (or multipart payload_json) the bot sent
+    files: list[SentFile] = field(default_factory=list)  # uploaded by this request
+    message: FakeMessage | None = None
+    error: str | None = None
+
+    @property
+    def type(self) -> int | None:
+        """The callback type: 4 message, 5 defer, 6 deferred update, 7 update, 8 choices."""
+        return self.body.get("type")
+
+    @property
+    def flags(self) -> int:
+        data = (self.body.get("data") or {}) if self.kind == "callback" else self.body
+        return int(data.get("flags") or 0)
+
+    @property
+    def ephemeral(self) -> bool:
+        """Whether the bot *asked* for ephemeral (see ``message.ephemeral`` for the outcome)."""
+        return bool(self.flags & EPHEMERAL)
+
+
+class _Waitable:
+    """Something tests can wait on: ``_notify()`` wakes every ``wait_until``."""
+
+    def __init__(self) -> None:
+        self._changed = asyncio.Event()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_until(self, check: Callable[[], T | None], timeout: float = 5.0) -> T:  # noqa: ASYNC109
+        """Wait until ``check()`` returns something truthy, and return it."""
+        async with asyncio.timeout(timeout):
+            while not (result := check()):
+                await self._changed.wait()
+        return result
+
+
+class FakeInteraction(_Waitable):
+    """An interaction the fake dispatched, and everything the bot did for it, in order."""
+
+    def __init__(self, payload: dict[str, Any], source: FakeMessage | None = None) -> None:
+        super().__init__()
+        self.payload = payload
+        self.id = int(payload["id"])
+        self.token: str = payload["token"]
+        self.type: int = payload["type"]
+        self.source = source  # the message holding the clicked component
+        self.dispatched_at = 0.0
+        self.events: list[Event] = []
+        self.callback: Event | None = None
+        self.original: FakeMessage | None = None
+        self.followups: list[FakeMessage] = []
+        self.choices: list[dict[str, Any]] | None = None  # autocomplete answer
+
+    def __repr__(self) -> str:
+        return f"<FakeInteraction id={self.id} type={self.type} events={len(self.events)}>"
+
+    def _record(self, event: Event) -> None:
+        self.events.append(event)
+        if event.kind == "callback":
+            self.callback = event
+        self._notify()
+
+    @property
+    def callback_type(self) -> int | None:
+        return self.callback.type if self.callback else None
+
+    @property
+    def callback_at(self) -> float | None:
+        return self.callback.at if self.callback else None
+
+    @property
+    def latency(self) -> float | None:
+        """Seconds from the gateway send to the callback's arrival."""
+        return None if self.callback is None else self.callback.at - self.dispatched_at
+
+    @property
+    def response_message_id(self) -> int | None:
+        return self.original.id if self.original else None
+
+    @property
+    def messages(self) -> list[FakeMessage]:
+        """The visible messages: original (after edits) and followups, not deleted."""
+        seen: dict[int, FakeMessage] = {}
+        for message in [self.original, *self.followups]:
+            if message is not None and not message.deleted:
+                seen.setdefault(message.id, message)
+        return list(seen.values())
+
+    @property
+    def files(self) -> list[SentFile]:
+        return [f for m in self.messages for f in m.files]
+
+    @property
+    def embeds(self) -> list[dict[str, Any]]:
+        return [e for m in self.messages for e in m.embeds]
+
+    @property
+    def custom_ids(self) -> list[str]:
+        return [c for m in self.messages for c in m.custom_ids]
+
+    @property
+    def rejected(self) -> list[Event]:
+        return [e for e in self.events if e.kind == "rejected"]
+
+    async def wait_for_callback(self, timeout: float = 5.0) -> Event:  # noqa: ASYNC109
+        return await self.wait_until(lambda: self.callback, timeout)
+
+    async def wait_for_message(
+        self,
+        predicate: Callable[[FakeMessage], bool] | None = None,
+        timeout: float = 5.0,  # noqa: ASYNC109
+    ) -> FakeMessage:
+        """The first visible message matching ``predicate`` (default: not "thinking…")."""
+        check = predicate or (lambda m: not m.loading)
+        return await self.wait_until(lambda: next(filter(check, self.messages), None), timeout)
+
+
+@dataclass
+class RequestRecord:
+    method: str
+    path: str
+    query: dict[str, str]
+    at: float
+    body: Any
+    files: list[tuple[str, int]]  # (filename, size)
+    status: int = 0
+
+
+@dataclass
+class _Upload:
+    filename: str
+    data: bytes
+    content_type: str
+
+
+class _GatewaySession:
+    """One client websocket; sends are serialised so sequence numbers stay in order."""
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self.ws = ws
+        self.seq = 0
+        self.session_id: str | None = None
+        self._lock = asyncio.Lock()
+
+    async def send(self, payload: dict[str, Any]) -> None:
+        async with self._lock:
+            await self.ws.send_str(json.dumps(payload))
+
+    async def dispatch(self, event: str, data: dict[str, Any]) -> None:
+        async with self._lock:
+            self.seq += 1
+            await self.ws.send_str(json.dumps({"op": 0, "t": event, "s": self.seq, "d": data}))
+
+
+# -- the fake ---------------------------------------------------------------------------------
+
+
+class FakeDiscord(_Waitable):
+    """Discord's REST API and gateway for one bot application, on an ephemeral local port.
+
+    Default world: ``guild`` with one text channel (``guild.channel``), ``admin`` (Manage Guild)
+    and ``member`` users. Logs: ``requests`` (every REST call), ``unhandled`` (routes the fake
+    lacks), ``errors`` (fake bugs, answered 400), ``interactions``, ``messages``, ``synced``.
+    """
+
+    def __init__(
+        self,
+        *,
+        token: str = FAKE_TOKEN,
+        attachment_size_limit: int = 10 * 1024 * 1024,
+        ack_deadline: float | None = None,
+        heartbeat_interval_ms: int = 41_250,
+    ) -> None:
+        super().__init__()
+        self.token = token
+        self.attachment_size_limit = attachment_size_limit
+        self.ack_deadline = ack_deadline
+        self.heartbeat_interval_ms = heartbeat_interval_ms
+        self._ids = itertools.count(1)
+        self.application_id = self.snowflake()
+        self.bot_user = FakeUser(self.snowflake(), "ImageBot", BOT_PERMISSIONS, bot=True)
+        self.owner = FakeUser(self.snowflake(), "app-owner")
+        self.admin = FakeUser(self.snowflake(), "admin", ADMIN_PERMISSIONS)
+        self.member = FakeUser(self.snowflake(), "member", MEMBER_PERMISSIONS)
+        self.users = [self.admin, self.member]
+        self.guilds: list[FakeGuild] = []
+        self.guild = self.add_guild("Test Server")
+        self.requests: list[RequestRecord] = []
+        self.unhandled: list[RequestRecord] = []
+        self.errors: list[str] = []
+        self.gateway_received: list[dict[str, Any]] = []  # client frames except heartbeats
+        self.interactions: dict[int, FakeInteraction] = {}
+        self.messages: dict[int, FakeMessage] = {}
+        self.blobs: dict[int, SentFile] = {}
+        self.synced: dict[int | None, dict[str, dict[str, Any]]] = {}  # guild id|None → name → cmd
+        self.sync_count = self.identify_count = 0
+        self.base_url = ""
+        self._by_token: dict[str, FakeInteraction] = {}
+        self._sessions: list[_GatewaySession] = []
+        self._session: _GatewaySession | None = None
+        self._resumable: dict[str, int] = {}  # closed session id → last seq
+        self._runner: web.AppRunner | None = None
+
+    def snowflake(self) -> int:
+        ms = int(time.time() * 1000) - _DISCORD_EPOCH_MS
+        return (ms << 22) | (next(self._ids) & 0x3FFFFF)
+
+    def add_guild(self, name: str, channels: Sequence[str] = ("general",)) -> FakeGuild:
+        """A guild with text channels, @everyone and Admin roles, and every known user."""
+        guild = FakeGuild(self.snowflake(), name, owner_id=self.owner.id)
+        guild.channels = [
+            FakeChannel(self.snowflake(), ch, guild.id, 0, i) for i, ch in enumerate(channels)
+        ]
+        admin_role = self.snowflake()
+        guild.roles = [_role(guild.id, "@everyone", MEMBER_PERMISSIONS, 0)]
+        guild.roles.append(_role(admin_role, "Admin", ADMIN_PERMISSIONS, 1))
+        self.admin.role_ids.append(admin_role)
+        guild.members = [*self.users, self.bot_user]
+        self.guilds.append(guild)
+        return guild
+
+    def add_user(self, username: str, permissions: int = MEMBER_PERMISSIONS) -> FakeUser:
+        user = FakeUser(self.snowflake(), username, permissions)
+        self.users.append(user)
+        for guild in self.guilds:
+            guild.members.append(user)
+        return user
+
+    def add_attachment(
+        self, filename: str, data: bytes, content_type: str | None = None
+    ) -> dict[str, Any]:
+        """Store bytes the fake serves; returns the payload for ``resolved.attachments``."""
+        upload = _Upload(filename, data, content_type or _guess_type(filename))
+        return self._store(upload).attachment()
+
+    def _store(self, upload: _Upload, description: str | None = None) -> SentFile:
+        file_id = self.snowflake()
+        url = f"{self.base_url}/attachments/{file_id}/{upload.filename}"
+        sent = SentFile(
+            file_id, upload.filename, upload.data, upload.content_type, url, description
+        )
+        self.blobs[file_id] = sent
+        return sent
+
+    def commands(self, guild: FakeGuild | None = None) -> dict[str, dict[str, Any]]:
+        """The commands the bot synced globally (or to ``guild``), by name."""
+        return self.synced.get(guild.id if guild else None, {})
+
+    @property
+    def api_base(self) -> str:
+        return f"{self.base_url}/api/v10"
+
+    @property
+    def gateway_url(self) -> str:
+        return self.base_url.replace("http://", "ws://", 1) + "/gateway"
+
+    @property
+    def connected(self) -> bool:
+        return self._session is not None and not self._session.ws.closed
+
+    async def __aenter__(self) -> FakeDiscord:
+        _raise_file_limit()
+        app = web.Application(middlewares=[self._middleware], client_max_size=64 * 1024 * 1024)
+        api, hook = "/api/v10", "/api/v10/webhooks/{app_id}/{token}"
+        route = app.router.add_route
+        route("GET", "/gateway", self._gateway)
+        route("GET", "/attachments/{file_id}/{filename}", self._attachment)
+        route("GET", f"{api}/users/@me", self._me)
+        route("GET", f"{api}/oauth2/applications/@me", self._app_info)
+        route("GET", f"{api}/applications/@me", self._app_info)
+        route("GET", f"{api}/gateway", self._gateway_info)
+        route("GET", f"{api}/gateway/bot", self._gateway_info)
+        for scope in ("", "/guilds/{guild_id}"):
+            route("PUT", f"{api}/applications/{{app_id}}{scope}/commands", self._sync)
+            route("GET", f"{api}/applications/{{app_id}}{scope}/commands", self._list_commands)
+        route("POST", f"{api}/interactions/{{interaction_id}}/{{token}}/callback", self._callback)
+        route("POST", hook, self._followup)
+        for method in ("GET", "PATCH", "DELETE"):
+            route(method, hook + "/messages/{message_id}", self._webhook_message)
+        self._runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
+        await self._runner.setup()
+        # A burst of hundreds of connects overflows the default backlog (128): the kernel drops
+        # SYNs and the client retries after 1 s, which would show up as acknowledgement latency.
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, backlog=1024)
+        await site.start()
+        self.base_url = f"http://127.0.0.1:{cast(Any, site._server).sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for session in list(self._sessions):
+            await session.ws.close(code=1001)
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # -- dispatching interactions ---------------------------------------------------------------
+
+    async def slash(
+        self,
+        name: str,
+        options: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+        *,
+        subcommand: str | None = None,
+        attachments: Mapping[str, Any] | None = None,
+        **who: Unpack[Who],
+    ) -> FakeInteraction:
+        """Dispatch a slash command (type 2); returns at once, the bot answers asynchronously.
+
+        ``name`` may hold the subcommand path ("admin quota set"); ``options`` is a dict of
+        values (typed from the synced command: FakeUser for users, ``add_attachment`` payloads,
+        ``(filename, bytes)`` or bytes for attachments) or a list of raw option dicts;
+        ``attachments`` is merged into ``options``.
+        """
+        values: Any = options if options is not None else {}
+        if attachments:
+            values = {**values, **attachments}
+        return await self._command(2, name, values, subcommand, None, who)
+
+    async def autocomplete(
+        self,
+        name: str,
+        focused: str,
+        value: Any,
+        options: Mapping[str, Any] | None = None,
+        *,
+        subcommand: str | None = None,
+        timeout: float = 5.0,  # noqa: ASYNC109
+        **who: Unpack[Who],
+    ) -> list[dict[str, Any]]:
+        """Dispatch an autocomplete (type 4) of ``focused`` typed as ``value``; the choices."""
+        values = {**(options or {}), focused: value}
+        interaction = await self._command(4, name, values, subcommand, focused, who)
+        await interaction.wait_until(lambda: interaction.choices is not None, timeout)
+        return interaction.choices or []
+
+    async def click(
+        self,
+        message: FakeMessage | int,
+        custom_id: str,
+        *,
+        values: list[str] | None = None,
+        **who: Unpack[Who],
+    ) -> FakeInteraction:
+        """Click a button (or pick ``values`` in a select) on a message the bot sent."""
+        msg = message if isinstance(message, FakeMessage) else self.messages[message]
+        found = [c for c in walk_components(msg.components) if c.get("custom_id") == custom_id]
+        if not found:
+            raise LookupError(f"no component {custom_id!r} on message {msg.id}: {msg.custom_ids}")
+        data: dict[str, Any] = {"custom_id": custom_id, "component_type": found[0]["type"]}
+        if values is not None:
+            data["values"] = values
+        guild = next((g for g in self.guilds if g.id == msg.guild_id), None)
+        channel = (
+            next((c for c in guild.channels if c.id == msg.channel_id), None) if guild else None
+        )
+        payload = self._interaction_payload(3, data, **({"guild": guild, "channel": channel} | who))
+        payload["message"] = msg.payload()
+        return await self._dispatch(payload, source=msg)
+
+    async def _command(
+        self,
+        kind: int,
+        name: str,
+        values: Any,
+        subcommand: str | None,
+        focused: str | None,
+        who: Who,
+    ) -> FakeInteraction:
+        path = name.split() + (subcommand.split() if subcommand else [])
+        guild = None if who.get("dm") else (who.get("guild") or self.guild)
+        command, scope = self._find_command(path[0], guild)
+        user = who.get("user") or self.member
+        given = who.get("permissions")
+        perms = int(given) if given is not None else user.permissions
+        required = int(command.get("default_member_permissions") or 0)
+        if guild and required & ~perms and not perms & ADMINISTRATOR:
+            raise CommandHidden(f"/{path[0]} needs permissions {required}, the user has {perms}")
+        specs: list[dict[str, Any]] = command.get("options") or []
+        wrappers = []
+        for part in path[1:]:  # subcommand groups (type 2) and subcommands (type 1)
+            spec = _find_option(specs, part, path[0])
+            wrappers.append((part, spec["type"]))
+            specs = spec.get("options") or []
+        resolved: dict[str, dict[str, Any]] = {}
+        if isinstance(values, Mapping):
+            label = " ".join(path)
+            options = [
+                self._option(_find_option(specs, key, label), value, resolved, key == focused)
+                for key, value in values.items()
+            ]
+        else:
+            options = [dict(o) for o in values]
+        for part, option_type in reversed(wrappers):
+            options = [{"name": part, "type": option_type, "options": options}]
+        data: dict[str, Any] = {"id": command["id"], "name": path[0], "type": 1, "options": options}
+        if resolved:
+            data["resolved"] = resolved
+        if scope is not None:
+            data["guild_id"] = str(scope)
+        payload = self._interaction_payload(kind, data, **(who | {"guild": guild}))
+        return await self._dispatch(payload)
+
+    def _find_command(
+        self, name: str, guild: FakeGuild | None
+    ) -> tuple[dict[str, Any], int | None]:
+        for scope in [guild.id, None] if guild else [None]:
+            if name in self.synced.get(scope, {}):
+                return self.synced[scope][name], scope
+        known = sorted({n for commands in self.synced.values() for n in commands})
+        raise LookupError(f"/{name} was not synced; synced commands: {known}")
+
+    def _option(
+        self, spec: dict[str, Any], value: Any, resolved: dict[str, Any], focused: bool
+    ) -> dict[str, Any]:
+        """One option, its value typed like the synced command says (and resolved)."""
+        kind, name = spec["type"], spec["name"]
+        if focused:
+            return {"name": name, "type": kind, "value": value, "focused": True}
+        if kind in (6, 9) and isinstance(value, FakeUser):  # user / mentionable
+            member = value.member_payload(value.permissions)
+            resolved.setdefault("users", {})[str(value.id)] = member.pop("user")
+            resolved.setdefault("members", {})[str(value.id)] = member
+            value = str(value.id)
+        elif kind == 7 and isinstance(value, FakeChannel):
+            resolved.setdefault("channels", {})[str(value.id)] = value.payload(MEMBER_PERMISSIONS)
+            value = str(value.id)
+        elif kind == 11:  # attachment
+            if isinstance(value, bytes):
+                value = ("upload.png", value)
+            if isinstance(value, tuple):
+                value = self.add_attachment(*value)
+            resolved.setdefault("attachments", {})[value["id"]] = value
+            value = value["id"]
+        elif kind in (3, 4, 10):
+            value = {3: str, 4: int, 10: float}[kind](value)
+        return {"name": name, "type": kind, "value": value}
+
+    def _interaction_payload(
+        self,
+        kind: int,
+        data: dict[str, Any],
+        *,
+        user: FakeUser | None = None,
+        guild: FakeGuild | None = None,
+        channel: FakeChannel | None = None,
+        permissions: int | str | None = None,
+        dm: bool = False,
+        locale: str = "en-US",
+    ) -> dict[str, Any]:
+        """INTERACTION_CREATE's ``d``, with everything discord.py reads."""
+        user = user or self.member
+        perms = int(permissions) if permissions is not None else user.permissions
+        interaction_id = self.snowflake()
+        payload: dict[str, Any] = {"id": str(interaction_id), "type": kind, "data": data}
+        payload["token"] = f"fake-interaction-token.{interaction_id}.{secrets.token_urlsafe(24)}"
+        payload |= {"version": 1, "application_id": str(self.application_id), "locale": locale}
+        payload |= {"entitlements": [], "attachment_size_limit": self.attachment_size_limit}
+        payload["app_permissions"] = str(BOT_PERMISSIONS)
+        if dm or guild is None:
+            dm_channel = {"id": str(user.id + 1), "type": 1, "recipients": [user.payload()]}
+            payload |= {
+                "user": user.payload(),
+                "channel_id": dm_channel["id"],
+                "channel": dm_channel,
+            }
+            return payload | {"context": 1, "authorizing_integration_owners": {"0": "0"}}
+        channel = channel or guild.channel
+        payload["guild"] = {"id": str(guild.id), "locale": "en-US", "features": []}
+        payload |= {"guild_id": str(guild.id), "guild_locale": "en-US", "context": 0}
+        payload |= {"channel_id": str(channel.id), "channel": channel.payload(perms)}
+        payload["member"] = user.member_payload(perms)
+        return payload | {"authorizing_integration_owners": {"0": str(guild.id)}}
+
+    async def _dispatch(
+        self, payload: dict[str, Any], source: FakeMessage | None = None
+    ) -> FakeInteraction:
+        session = self._session
+        if session is None or session.ws.closed:
+            raise RuntimeError("no bot is connected to the fake gateway")
+        interaction = FakeInteraction(payload, source)
+        self.interactions[interaction.id] = interaction
+        self._by_token[interaction.token] = interaction
+        interaction.dispatched_at = time.monotonic()
+        await session.dispatch("INTERACTION_CREATE", payload)
+        return interaction
+
+    # -- REST -----------------------------------------------------------------------------------
+
+    @web.middleware
+    async def _middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Any]
+    ) -> web.StreamResponse:
+        """Parse and log every API request; bot-token auth; 404s and fake bugs recorded."""
+        if not request.path.startswith("/api/"):
+            return cast(web.StreamResponse, await handler(request))
+        body, uploads = await _read_body(request)
+        summary = [(u.filename, len(u.data)) for u in uploads.values()]
+        record = RequestRecord(
+            request.method, request.path, dict(request.query), time.monotonic(), body, summary
+        )
+        self.requests.append(record)
+        request[_BODY], request[_UPLOADS] = body, uploads
+        bot_auth = not request.path.startswith(("/api/v10/interactions/", "/api/v10/webhooks/"))
+        response: web.StreamResponse
+        if bot_auth and request.headers.get("Authorization") != f"Bot {self.token}":
+            response = error_response(401, 0, "401: Unauthorized")
+        else:
+            try:
+                response = await handler(request)
+            except (web.HTTPNotFound, web.HTTPMethodNotAllowed):
+                self.unhandled.append(record)
+                response = error_response(
+                    404, 0, f"404: Not Found ({request.method} {request.path})"
+                )
+            except (
+                Exception
+            ) as exc:  # a fake bug: answer 400, as a 5xx makes discord.py retry slowly
+                self.errors.append(f"{request.method} {request.path}: {exc!r}")
+                response = error_response(400, 0, f"fake discord error: {exc!r}")
+        record.status = response.status
+        self._notify()
+        return response
+
+    async def _me(self, request: web.Request) -> web.Response:
+        return json_response(
+            self.bot_user.payload() | {"verified": True, "mfa_enabled": False, "flags": 0}
+        )
+
+    async def _app_info(self, request: web.Request) -> web.Response:
+        info: dict[str, Any] = {"id": str(self.application_id), "name": self.bot_user.username}
+        info |= {"description": "", "icon": None, "bot_public": False, "verify_key": "0" * 64}
+        info |= {"bot_require_code_grant": False, "owner": self.owner.payload(), "flags": 0}
+        return json_response(info | {"team": None, "summary": "", "rpc_origins": []})
+
+    async def _gateway_info(self, request: web.Request) -> web.Response:
+        limit = {"total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1}
+        return json_response({"url": self.gateway_url, "shards": 1, "session_start_limit": limit})
+
+    async def _attachment(self, request: web.Request) -> web.Response:
+        blob = self.blobs.get(int(request.match_info["file_id"]))
+        if blob is None:
+            return web.Response(status=404, text="Not Found")
+        return web.Response(body=blob.data, content_type=blob.content_type)
+
+    async def _sync(self, request: web.Request) -> web.Response:
+        """Bulk overwrite: commands keep their id when re-synced under the same name."""
+        scope = int(request.match_info["guild_id"]) if "guild_id" in request.match_info else None
+        previous, synced = self.synced.get(scope, {}), {}
+        commands: list[dict[str, Any]] = request[_BODY]
+        for command in commands:
+            old = previous.get(command["name"])
+            permissions = command.get("default_member_permissions")
+            synced[command["name"]] = {"type": 1, "options": [], "nsfw": False, **command} | {
+                "id": old["id"] if old else str(self.snowflake()),
+                "application_id": str(self.application_id),
+                "version": str(self.snowflake()),
+                "default_member_permissions": None if permissions is None else str(permissions),
+                **({"guild_id": str(scope)} if scope else {}),
+            }
+        self.synced[scope] = synced
+        self.sync_count += 1
+        return json_response(list(synced.values()))
+
+    async def _list_commands(self, request: web.Request) -> web.Response:
+        scope = int(request.match_info["guild_id"]) if "guild_id" in request.match_info else None
+        return json_response(list(self.synced.get(scope, {}).values()))
+
+    async def _callback(self, request: web.Request) -> web.Response:
+        """The interaction response: 4 message, 5 defer, 6/7 (update) the clicked message, 8."""
+        at = time.monotonic()
+        interaction = self.interactions.get(int(request.match_info["interaction_id"]))
+        if interaction is None or interaction.token != request.match_info["token"]:
+            return error_response(404, 10062, "Unknown interaction")
+        body: dict[str, Any] = request[_BODY]
+        kind, data = body["type"], body.get("data") or {}
+        message: FakeMessage | None = None
+        added: list[SentFile] = []
+        try:
+            if interaction.callback is not None:
+                raise _Rejected(400, 40060, "Interaction has already been acknowledged.")
+            if self.ack_deadline is not None and at - interaction.dispatched_at > self.ack_deadline:
+                raise _Rejected(404, 10062, "Unknown interaction")
+            if kind in (4, 5):
+                message = self._new_message(interaction, 20 if interaction.type == 2 else 0)
+                message.flags = (int(data.get("flags") or 0) & EPHEMERAL) | (
+                    LOADING if kind == 5 else 0
+                )
+            elif kind in (6, 7):
+                message = interaction.source
+                if message is None:
+                    raise _Rejected(400, 40004, "Invalid interaction response type")
+            if message is not None and kind in (4, 7):
+                added = self._apply(message, data, request[_UPLOADS], editing=kind == 7)
+            if kind == 8 and len(data.get("choices") or []) > 25:  # discord.py sends them all
+                raise _Rejected(400, 50035, "Invalid Form Body: at most 25 choices")
+        except _Rejected as rejected:
+            return self._reject(interaction, body, rejected)
+        if kind == 8:
+            interaction.choices = list(data.get("choices") or [])
+        if message is not None:
+            interaction.original = self.messages[message.id] = message
+        interaction._record(Event("callback", at, body, added, message))
+        answer = {"id": str(interaction.id), "type": interaction.type}
+        answer |= {"response_message_id": str(message.id) if message else None}
+        answer |= {"response_message_loading": kind == 5}
+        answer |= {"response_message_ephemeral": bool(message and message.ephemeral)}
+        resource: dict[str, Any] = {"type": kind}
+        if message is not None:
+            resource["message"] = message.payload()
+        return json_response({"interaction": answer, "resource": resource})
+
+    async def _followup(self, request: web.Request) -> web.Response:
+        at = time.monotonic()
+        interaction = self._webhook_owner(request)
+        if interaction is None or interaction.callback is None:
+            return error_response(404, 10015, "Unknown Webhook")
+        body: dict[str, Any] = request[_BODY] or {}
+        message = interaction.original
+        if not (interaction.callback_type == 5 and message and message.loading):
+            message = self._new_message(interaction, 0)
+            message.flags = int(body.get("flags") or 0) & EPHEMERAL
+        # else, like Discord: the first followup after a defer edits the "thinking" message and
+        # keeps the defer's visibility (an ephemeral flag asked for now is ignored).
+        try:
+            added = self._apply(message, body, request[_UPLOADS], editing=False)
+        except _Rejected as rejected:
+            return self._reject(interaction, body, rejected)
+        self.messages[message.id] = message
+        interaction.followups.append(message)
+        interaction._record(Event("followup", at, body, added, message))
+        return json_response(message.payload())
+
+    async def _webhook_message(self, request: web.Request) -> web.StreamResponse:
+        """GET / PATCH / DELETE of @original or of a followup."""
+        at = time.monotonic()
+        interaction = self._webhook_owner(request)
+        if interaction is None:
+            return error_response(404, 10015, "Unknown Webhook")
+        key = request.match_info["message_id"]
+        message = interaction.original if key == "@original" else None
+        if key.isdigit() and (found := self.messages.get(int(key))):
+            message = found if found.interaction_id == interaction.id else None
+        body: dict[str, Any] = request[_BODY] or {}
+        try:
+            if message is None or message.deleted:
+                raise _Rejected(404, 10008, "Unknown Message")
+            if request.method == "PATCH":
+                added = self._apply(message, body, request[_UPLOADS], editing=True)
+                interaction._record(Event("edit", at, body, added, message))
+            elif request.method == "DELETE":
+                message.deleted = True
+                interaction._record(Event("delete", at, {}, [], message))
+                return web.Response(status=204)
+            else:
+                interaction._record(Event("fetch", at, {}, [], message))
+        except _Rejected as rejected:
+            return self._reject(interaction, body, rejected)
+        return json_response(message.payload())
+
+    def _webhook_owner(self, request: web.Request) -> FakeInteraction | None:
+        if request.match_info["app_id"] != str(self.application_id):
+            return None
+        return self._by_token.get(request.match_info["token"])
+
+    def _reject(self, interaction: FakeInteraction, body: Any, why: _Rejected) -> web.Response:
+        interaction._record(Event("rejected", time.monotonic(), body or {}, error=str(why)))
+        return error_response(why.status, why.code, why.text)
+
+    def _new_message(self, interaction: FakeInteraction, kind: int) -> FakeMessage:
+        payload = interaction.payload
+        metadata = {"id": payload["id"], "type": payload["type"]}
+        metadata["user"] = (payload.get("member") or payload)["user"]
+        metadata["authorizing_integration_owners"] = payload["authorizing_integration_owners"]
+        guild_id = payload.get("guild_id")
+        return FakeMessage(
+            id=self.snowflake(),
+            channel_id=int(payload["channel_id"]),
+            guild_id=int(guild_id) if guild_id else None,
+            author=self.bot_user.payload(),
+            type=kind,
+            interaction_id=interaction.id,
+            metadata=metadata,
+        )
+
+    def _apply(
+        self,
+        message: FakeMessage,
+        body: dict[str, Any],
+        uploads: dict[int, _Upload],
+        *,
+        editing: bool,
+    ) -> list[SentFile]:
+        """Apply a create/edit body to ``message`` (all or nothing); the files it added.
+
+        Like Discord: ``attachments`` (when present) lists the old files to keep by id and the
+        new ``files[n]`` by index n; the ephemeral flag can't change; any write ends "thinking".
+        """
+        new = copy.copy(message)
+        for key, empty in (("content", ""), ("embeds", []), ("components", []), ("poll", None)):
+            if key in body:
+                setattr(new, key, body[key] if body[key] is not None else empty)
+        if body.get("flags") is not None:
+            new.flags = (new.flags & EPHEMERAL) | (int(body["flags"]) & ~(EPHEMERAL | LOADING))
+        new.flags &= ~LOADING
+        if any(len(u.data) > self.attachment_size_limit for u in uploads.values()):
+            raise _Rejected(413, 40005, "Request entity too large")
+        pending, added, files = dict(uploads), [], list(message.files)
+        if "attachments" in body:
+            old, files = {f.id: f for f in message.files}, []
+            for entry in body["attachments"] or []:
+                index = int(entry["id"])
+                if index in pending:
+                    added.append(self._store(pending.pop(index), entry.get("description")))
+                    files.append(added[-1])
+                elif index in old:
+                    files.append(old[index])
+        rest = [self._store(upload) for upload in pending.values()]
+        added += rest
+        new.files = files + rest
+        problem = _message_problem(new)
+        if problem is not None:
+            raise _Rejected(400, *problem)
+        if editing:
+            new.edited = now_iso()
+        message.__dict__.update(new.__dict__)
+        return added
+
+    # -- gateway --------------------------------------------------------------------------------
+
+    async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
+        # Plain text frames: discord.py only zlib-decompresses binary ones.
+        ws = web.WebSocketResponse(compress=False, max_msg_size=0)
+        await ws.prepare(request)
+        session = _GatewaySession(ws)
+        self._sessions.append(session)
+        try:
+            await session.send({"op": 10, "d": {"heartbeat_interval": self.heartbeat_interval_ms}})
+            async for frame in ws:
+                if frame.type != WSMsgType.TEXT:
+                    continue
+                message = json.loads(frame.data)
+                if message.get("op") == 1:  # heartbeat
+                    await session.send({"op": 11})
+                    continue
+                self.gateway_received.append(message)
+                if message.get("op") == 2:
+                    await self._identify(session, message["d"])
+                elif message.get("op") == 6:
+                    await self._resume(session, message["d"])
+        finally:
+            self._sessions.remove(session)
+            if session.session_id is not None:
+                self._resumable[session.session_id] = session.seq
+            if self._session is session:
+                self._session = None
+            self._notify()
+        return ws
+
+    async def _identify(self, session: _GatewaySession, data: dict[str, Any]) -> None:
+        if data.get("token") != self.token:
+            await session.ws.close(code=4004, message=b"Authentication failed.")
+            return
+        self.identify_count += 1
+        session.session_id = secrets.token_hex(16)
+        self._session = session
+        ready: dict[str, Any] = {"v": 10, "session_id": session.session_id}
+        ready["user"] = self.bot_user.payload() | {"verified": True, "mfa_enabled": False}
+        ready["guilds"] = [{"id": str(g.id), "unavailable": True} for g in self.guilds]
+        ready["resume_gateway_url"] = self.gateway_url
+        ready["application"] = {"id": str(self.application_id), "flags": 0}
+        await session.dispatch("READY", ready | {"private_channels": [], "relationships": []})
+        for guild in self.guilds:
+            await session.dispatch("GUILD_CREATE", guild.payload())
+        self._notify()
+
+    async def _resume(self, session: _GatewaySession, data: dict[str, Any]) -> None:
+        seq = self._resumable.pop(data.get("session_id", ""), None)
+        if data.get("token") != self.token or seq is None:
+            await session.send({"op": 9, "d": False})  # invalid session: identify again
+            return
+        session.session_id, session.seq = data["session_id"], seq
+        self._session = session
+        await session.dispatch("RESUMED", {})
+
+
+# -- pointing discord.py at the fake, running bots ----------------------------------------------
+
+
+class patched_discord_endpoints:
+    """Point discord.py's REST base and gateway at ``fake``; restore them on exit.
+
+    Works as ``with`` or ``async with``; nests (each exit restores what its enter replaced).
+    Both are read when a request or connection is made, so keep it active while a bot runs.
+    """
+
+    def __init__(self, fake: FakeDiscord) -> None:
+        self.fake = fake
+        self._saved: list[tuple[str, yarl.URL]] = []
+
+    def __enter__(self) -> FakeDiscord:
+        self._saved.append((Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY))
+        Route.BASE = self.fake.api_base
+        DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(self.fake.gateway_url)
+        return self.fake
+
+    def __exit__(self, *exc_info: object) -> None:
+        Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY = self._saved.pop()
+
+    async def __aenter__(self) -> FakeDiscord:
+        return self.__enter__()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.__exit__()
+
+
+class BotHarness:
+    """Runs one discord.py bot at a time against a ``FakeDiscord``; a restart takes a new bot.
+
+    ``start`` sets a small ``guild_ready_timeout`` (ImageBot's constructor takes no client
+    options, so it goes on ``bot._connection``, where discord.py keeps it), starts the bot with
+    the fake's token and returns once it is READY and, with ``expect_sync``, has synced its tree.
+    """
+
+    def __init__(
+        self, fake: FakeDiscord, *, guild_ready_timeout: float = 0.05, ready_timeout: float = 10.0
+    ) -> None:
+        self.fake = fake
+        self.guild_ready_timeout = guild_ready_timeout
+        self.ready_timeout = ready_timeout
+        self.bot: discord.Client | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._patch = patched_discord_endpoints(fake)
+
+    async def __aenter__(self) -> BotHarness:
+        self._patch.__enter__()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        try:
+            await self.stop()
+        finally:
+            self._patch.__exit__()
+
+    async def start(self, bot: BotT, *, expect_sync: bool = True) -> BotT:
+        if self.bot is not None:
+            raise RuntimeError("a bot is already running; stop() it first")
+        bot._connection.guild_ready_timeout = self.guild_ready_timeout
+        syncs, identifies = self.fake.sync_count, self.fake.identify_count
+        self.bot = bot
+        self._task = task = asyncio.create_task(bot.start(self.fake.token), name="fake-discord-bot")
+        deadline = time.monotonic() + self.ready_timeout
+        while not (bot.is_ready() and self.fake.identify_count > identifies):
+            if task.done():
+                task.result()  # raises the bot's error
+                raise RuntimeError("the bot stopped before it was ready")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"bot not ready after {self.ready_timeout}s")
+            await asyncio.sleep(0.01)
+        if expect_sync:
+            timeout = max(deadline - time.monotonic(), 0.1)
+            await self.fake.wait_until(lambda: self.fake.sync_count > syncs, timeout)
+        return bot
+
+    async def stop(self) -> None:
+        """Close the bot and wait for ``start`` to return (its errors propagate)."""
+        bot, task, self.bot, self._task = self.bot, self._task, None, None
+        if bot is None or task is None:
+            return
+        await bot.close()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(task, 5.0)
+
+    async def restart(self, bot: BotT, *, expect_sync: bool = True) -> BotT:
+        """Stop the running bot and start ``bot`` (a new instance) against the same fake."""
+        await self.stop()
+        return await self.start(bot, expect_sync=expect_sync)
+
+
+@pytest.fixture
+async def fake_discord() -> AsyncIterator[FakeDiscord]:
+    """A running FakeDiscord with discord.py pointed at it."""
+    async with FakeDiscord() as fake, patched_discord_endpoints(fake):
+        yield fake
+
+
+@pytest.fixture
+async def bot_harness(fake_discord: FakeDiscord) -> AsyncIterator[BotHarness]:
+    """A BotHarness on ``fake_discord``; stops whatever bot it runs at teardown."""
+    async with BotHarness(fake_discord) as harness:
+        yield harness
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _role(role_id: int, name: str, permissions: int, position: int) -> dict[str, Any]:
+    role = {"id": str(role_id), "name": name, "permissions": str(permissions), "position": position}
+    return (
+        role | {"color": 0, "flags": 0} | dict.fromkeys(("hoist", "managed", "mentionable"), False)
+    )
+
+
+def _find_option(specs: list[dict[str, Any]], name: str, command: str) -> dict[str, Any]:
+    for spec in specs:
+        if spec["name"] == name:
+            return spec
+    raise KeyError(f"/{command} has no option {name!r}; it has {[s['name'] for s in specs]}")
+
+
+def _guess_type(filename: str) -> str:
+    return mimetypes.guess_type(filename)[0] or "application/octet-stream"
+
+
+async def _read_body(request: web.Request) -> tuple[Any, dict[int, _Upload]]:
+    """JSON body, or multipart ``payload_json`` + ``files[n]`` parts."""
+    if not request.content_type.startswith("multipart/"):
+        raw = await request.read()
+        return (json.loads(raw) if raw else None), {}
+    body: Any = None
+    uploads: dict[int, _Upload] = {}
+    reader = await request.multipart()
+    while (part := await reader.next()) is not None:
+        assert isinstance(part, BodyPartReader)
+        if part.name == "payload_json":
+            body = json.loads(await part.text())
+        elif (match := _FILE_FIELD.fullmatch(part.name or "")) and part.filename:
+            declared = part.headers.get("Content-Type", "application/octet-stream")
+            kind = (
+                _guess_type(part.filename) if declared == "application/octet-stream" else declared
+            )
+            uploads[int(match[1])] = _Upload(part.filename, bytes(await part.read()), kind)
+    return body, uploads
+
+
+def _message_problem(message: FakeMessage) -> tuple[int, str] | None:
+    """Discord's message limits: (error code, text) for the first one broken."""
+    if not (
+        message.content or message.embeds or message.files or message.components or message.poll
+    ):
+        return 50006, "Cannot send an empty message"
+    invalid = 50035, "Invalid Form Body: "
+    if len(message.content) > 2000:
+        return invalid[0], invalid[1] + "content must be 2000 or fewer in length"
+    if len(message.embeds) > 10 or len(message.files) > 10:
+        return invalid[0], invalid[1] + "at most 10 embeds and 10 files"
+    total = 0
+    for embed in message.embeds:
+        fields = embed.get("fields") or []
+        texts = [
+            embed.get("title"),
+            embed.get("description"),
+            (embed.get("footer") or {}).get("text"),
+        ]
+        texts += [(embed.get("author") or {}).get("name")]
+        texts += [f.get(key) for f in fields for key in ("name", "value")]
+        total += sum(len(t or "") for t in texts)
+        too_long = len(embed.get("title") or "") > 256 or len(embed.get("description") or "") > 4096
+        if too_long or len(fields) > 25 or any(len(f.get("value") or "") > 1024 for f in fields):
+            return invalid[0], invalid[1] + "embed title/description/fields too long or too many"
+    if total > 6000:
+        return invalid[0], invalid[1] + "embeds exceed 6000 characters in total"
+    rows = [c for c in message.components if c.get("type") == 1]
+    if len(rows) > 5 or any(len(row.get("components") or []) > 5 for row in rows):
+        return invalid[0], invalid[1] + "at most 5 action rows of at most 5 components"
+    ids = message.custom_ids
+    if len(ids) != len(set(ids)) or any(len(i) > 100 for i in ids):
+        return invalid[0], invalid[1] + "custom ids must be unique and at most 100 characters"
+    if any(len(b.get("label") or "") > 80 for b in message.buttons):
+        return invalid[0], invalid[1] + "button labels must be 80 or fewer in length"
+    return None
+
+
+def _raise_file_limit(wanted: int = 8192) -> None:
+    """Hundreds of simultaneous local connections need two descriptors each: best effort."""
+    with contextlib.suppress(ValueError, OSError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
