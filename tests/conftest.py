@@ -15,6 +15,9 @@ from bot.config import Settings, load_settings
 from bot.runtime import Runtime, open_runtime
 from tests.fakes.cloudflare import FakeCloudflare
 
+# The fake Discord fixtures (fake_discord, bot_harness) for the Discord front's tests.
+pytest_plugins = ("tests.fakes.discord",)
+
 FAKE_CF_TOKEN = "cfut_TEST-SECRET-token-0b7e41d9"
 FAKE_DISCORD_TOKEN = "MTIz.TEST-SECRET-discord-token.4c2f"
 FAKE_SIGNING_KEY = "TEST-SECRET-signing-key-93ad"

@@ -29,8 +29,6 @@ from tests.fakes.discord import (
     patched_discord_endpoints,
 )
 
-pytest_plugins = ("tests.fakes.discord",)  # the fake_discord and bot_harness fixtures
-
 STYLES = ("anime", "analog film", "cinematic", "pixel art", "watercolour")
 
 
