@@ -43,7 +43,7 @@ async def test_200_concurrent_reservations_against_a_quota_of_10_give_exactly_10
     assert len(granted) == 10
     assert len(refused) == 190
     assert refused[0].limit == "user_daily_images"
-    assert (await ledger.usage("user", "u1")).images == 10
+    assert (await ledger.user_usage("u1", "g1")).images == 10
 
 
 async def test_money_quota_holds_to_the_micro_dollar_under_concurrency(ledger):
@@ -54,7 +54,7 @@ async def test_money_quota_holds_to_the_micro_dollar_under_concurrency(ledger):
     )
     granted = [o for o in outcomes if not isinstance(o, BaseException)]
     assert len(granted) == 78
-    usage = await ledger.usage("user", "u1")
+    usage = await ledger.user_usage("u1", "g1")
     assert usage.micro_usd == 78 * 634 <= 50_000
     refusal = next(o for o in outcomes if isinstance(o, QuotaExceeded))
     assert refusal.limit == "user_daily_usd"
@@ -88,7 +88,7 @@ async def test_refund_gives_back_and_never_twice(ledger):
     assert await ledger.refund(first.id, "provider_error", "boom")
     assert not await ledger.refund(first.id)  # already closed
     assert not await ledger.settle(first.id, 1, SCHNELL_COST)  # a refunded job stays refunded
-    assert await ledger.usage("user", "u1") == (await ledger.usage("user", "nobody"))
+    assert await ledger.user_usage("u1", "g1") == (await ledger.user_usage("nobody", "g1"))
     second = await ledger.reserve(job(), limits)
     assert second.state == "reserved"
 
@@ -98,7 +98,7 @@ async def test_settle_records_the_actual_charge(ledger):
         job(cost=Cost(4 * 634, 4 * 57_600), images=4), Limits(*[WIDE] * 4)
     )
     assert await ledger.settle(reserved.id, 3, Cost(3 * 634, 3 * 57_600))
-    usage = await ledger.usage("user", "u1")
+    usage = await ledger.user_usage("u1", "g1")
     assert (usage.images, usage.micro_usd, usage.milli_neurons) == (3, 1902, 172_800)
     settled = await ledger.get_job(reserved.id)
     assert settled is not None and settled.state == "settled"
@@ -110,7 +110,7 @@ async def test_idempotency_key_reserves_once(ledger):
     with pytest.raises(DuplicateRequest) as duplicate:
         await ledger.reserve(job(key="interaction-1"), limits)
     assert duplicate.value.job.id == first.id
-    assert (await ledger.usage("user", "u1")).images == 1
+    assert (await ledger.user_usage("u1", "g1")).images == 1
 
 
 async def test_hammered_totals_equal_the_sum_of_settled_charges(ledger):
@@ -138,8 +138,10 @@ async def test_hammered_totals_equal_the_sum_of_settled_charges(ledger):
     report = await ledger.report(ledger.today(), ledger.today())
     assert report.total_micro_usd == sum(charged)
     assert await ledger.audit() == {"counter_mismatches": 0, "open_jobs": 0}
-    for user in report.users:
-        assert user.micro_usd <= 20_000 and user.images <= 40
+    for guild in ("g0", "g1"):  # user limits are per server
+        per_guild = await ledger.report(ledger.today(), ledger.today(), guild_id=guild)
+        for user in per_guild.users:
+            assert user.micro_usd <= 20_000 and user.images <= 40
 
 
 async def test_days_are_utc_days(tmp_path: Path):
@@ -186,7 +188,7 @@ async def test_migrations_set_user_version_and_are_not_applied_twice(tmp_path: P
     again = await Ledger.open(path)
     try:
         assert await again.schema_version() == len(MIGRATIONS)
-        assert (await again.usage("user", "u1")).images == 1
+        assert (await again.user_usage("u1", "g1")).images == 1
     finally:
         await again.close()
     with sqlite3.connect(path) as raw:
@@ -210,3 +212,23 @@ async def test_two_connections_to_one_file_still_hold_the_quota(tmp_path: Path):
     finally:
         await a.close()
         await b.close()
+
+
+async def test_user_quotas_are_per_server_and_reset_clears_today_only(ledger):
+    limits = Limits(2, WIDE, WIDE, WIDE)
+    for guild in ("g1", "g2"):
+        await ledger.reserve(job(guild=guild), limits)
+        await ledger.reserve(job(guild=guild), limits)
+    with pytest.raises(QuotaExceeded):
+        await ledger.reserve(job(guild="g1"), limits)
+    await ledger.reset_user_day("g1", "u1", reset_by="admin")
+    assert (await ledger.user_usage("u1", "g1")).images == 0
+    assert (await ledger.user_usage("u1", "g2")).images == 2  # other servers untouched
+    await ledger.reserve(job(guild="g1"), limits)
+    await ledger.reserve(job(guild="g1"), limits)
+    with pytest.raises(QuotaExceeded):
+        await ledger.reserve(job(guild="g1"), limits)
+    limits_now, used = await ledger.limits_and_usage("u1", "g1")
+    assert used.images == 2 and limits_now.user_images == 25
+    assert (await ledger.usage("guild", "g1")).images == 4  # what was spent is all still there
+    assert await ledger.audit() == {"counter_mismatches": 0, "open_jobs": 4 + 2}

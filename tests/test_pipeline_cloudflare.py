@@ -92,7 +92,7 @@ async def test_transient_faults_are_retried_and_charged_once(service, fake_cloud
     result = await service.generate(ask(fresh=True))
     assert len(result.images) == 1
     assert fake_cloudflare.ai_calls == 4
-    usage = await service.ledger.usage("user", "u1")
+    usage = await service.ledger.user_usage("u1", "g1")
     assert (usage.images, usage.micro_usd) == (1, 634)
 
 
@@ -112,7 +112,7 @@ async def test_provider_failure_refunds_everything(service, fake_cloudflare, kin
         await service.generate(ask(fresh=True))
     assert "Traceback" not in raised.value.user_message
     assert FAKE_CF_TOKEN not in str(raised.value)
-    usage = await service.ledger.usage("user", "u1")
+    usage = await service.ledger.user_usage("u1", "g1")
     assert (usage.images, usage.micro_usd, usage.milli_neurons) == (0, 0, 0)
     assert await service.ledger.audit() == {"counter_mismatches": 0, "open_jobs": 0}
     if kind == "3036":
@@ -125,7 +125,7 @@ async def test_store_failure_refunds_and_leaves_no_record(service, fake_cloudfla
     with pytest.raises(StoreError):
         await service.generate(ask(fresh=True))
     assert await service.ledger.audit() == {"counter_mismatches": 0, "open_jobs": 0}
-    assert (await service.ledger.usage("user", "u1")).images == 0
+    assert (await service.ledger.user_usage("u1", "g1")).images == 0
     assert await service.ledger.list_images("u1") == []
 
 
@@ -136,7 +136,7 @@ async def test_partial_failure_of_a_batch_charges_only_what_was_made(service, fa
             seed=1)
     )  # fmt: skip
     assert len(result.images) == 3 and result.failed == 1
-    assert (await service.ledger.usage("user", "u1")).images == 3
+    assert (await service.ledger.user_usage("u1", "g1")).images == 3
 
 
 async def test_fault_storm_keeps_the_books_exact(service, fake_cloudflare):
@@ -186,7 +186,7 @@ async def test_enhancement_failure_falls_back_to_the_prompt_and_refunds(service,
     result = await service.generate(ask("a cat", enhance=True, fresh=True))
     assert result.prompt_used == "a cat"
     assert await service.ledger.audit() == {"counter_mismatches": 0, "open_jobs": 0}
-    assert (await service.ledger.usage("user", "u1")).micro_usd == 634
+    assert (await service.ledger.user_usage("u1", "g1")).micro_usd == 634
 
 
 async def test_runtime_picks_cloudflare_from_settings_and_never_logs_the_token(

@@ -84,7 +84,7 @@ async def test_cache_hit_is_free_and_says_so_and_fresh_bypasses_it(local_runtime
     fresh = await service.generate(ask(seed=5, model=SDXL, width=512, height=512, fresh=True))
     assert not fresh.cached
     assert fresh.images[0].storage_key != first.images[0].storage_key
-    usage = await local_runtime.ledger.usage("user", "u1")
+    usage = await local_runtime.ledger.user_usage("u1")
     assert usage.images == 2  # the hit counted nothing
 
 
@@ -119,7 +119,7 @@ async def test_same_idempotency_key_twice_is_charged_once_and_returns_the_first(
     third = await service.generate(ask(idempotency_key="interaction-42", fresh=True))
     ids = {tuple(i.id for i in r.images) for r in (first, second, third)}
     assert len(ids) == 1
-    assert (await local_runtime.ledger.usage("user", "u1")).images == 1
+    assert (await local_runtime.ledger.user_usage("u1")).images == 1
     assert third.replayed
 
 
@@ -165,7 +165,7 @@ async def test_bad_requests_name_the_field_and_charge_nothing(local_runtime, fie
     with pytest.raises(error) as raised:
         await local_runtime.service.generate(ask(prompt, **fields))
     assert raised.value.field == field
-    assert (await local_runtime.ledger.usage("user", "u1")).images == 0
+    assert (await local_runtime.ledger.user_usage("u1")).images == 0
 
 
 async def test_prompt_is_cleaned_of_control_characters(local_runtime):
@@ -185,7 +185,7 @@ async def test_count_makes_distinct_images_and_charges_each(local_runtime):
                                                       height=256))  # fmt: skip
     assert [i.seed for i in result.images] == [100, 101, 102]
     assert len({i.storage_key for i in result.images}) == 3
-    assert (await local_runtime.ledger.usage("user", "u1")).images == 3
+    assert (await local_runtime.ledger.user_usage("u1")).images == 3
 
 
 async def test_template_is_applied(local_runtime):
@@ -361,7 +361,7 @@ async def test_crash_recovery_settles_stored_images_and_refunds_the_rest(make_se
         assert recovered.metadata["recovered"] == "true" and recovered.cost_micro_usd == 634
         assert (await ledger.get_job(storing.id)).state == "settled"
         assert (await ledger.get_job(generating.id)).state == "refunded"
-        usage = await ledger.usage("user", "u1")
+        usage = await ledger.user_usage("u1")
         assert (usage.images, usage.micro_usd) == (1, 634)
         with pytest.raises(NotFound):
             await ledger.get_image(lost_id)

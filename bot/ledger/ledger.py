@@ -48,6 +48,11 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def user_scope(guild_id: str, user_id: str) -> str:
+    """Per-user counters are per server: '<guild>:<user>' (guild '' outside a server)."""
+    return f"{guild_id}:{user_id}"
+
+
 class DuplicateRequest(Exception):
     """The idempotency key was seen before; ``job`` is the first request's job."""
 
@@ -75,9 +80,13 @@ SELECT :id, :key, :kind, :user, :guild, :day, :model, 'reserved',
        :images, :usd, :mn, :params, :now, :now
 WHERE
     (SELECT COALESCE(SUM(images), 0) FROM usage_counters
-        WHERE day = :day AND scope = 'user' AND scope_id = :user) + :images <= :user_images
+        WHERE day = :day AND scope = 'user' AND scope_id = :user_scope)
+    - (SELECT COALESCE(SUM(images), 0) FROM quota_resets
+        WHERE day = :day AND user_scope = :user_scope) + :images <= :user_images
     AND (SELECT COALESCE(SUM(micro_usd), 0) FROM usage_counters
-        WHERE day = :day AND scope = 'user' AND scope_id = :user) + :usd <= :user_usd
+        WHERE day = :day AND scope = 'user' AND scope_id = :user_scope)
+    - (SELECT COALESCE(SUM(micro_usd), 0) FROM quota_resets
+        WHERE day = :day AND user_scope = :user_scope) + :usd <= :user_usd
     AND (:guild = '' OR (SELECT COALESCE(SUM(micro_usd), 0) FROM usage_counters
         WHERE day = :day AND scope = 'guild' AND scope_id = :guild) + :usd <= :guild_usd)
     AND (SELECT COALESCE(SUM(milli_neurons), 0) FROM usage_counters
@@ -239,11 +248,13 @@ class Ledger:
         row = await self._one(
             """SELECT u.daily_images, u.daily_micro_usd, g.user_daily_images,
                       g.user_daily_micro_usd, g.daily_micro_usd,
-                      c.images, c.micro_usd, c.milli_neurons
+                      c.images - COALESCE(r.images, 0), c.micro_usd - COALESCE(r.micro_usd, 0),
+                      c.milli_neurons
                FROM (SELECT 1) LEFT JOIN user_quotas u ON u.guild_id = ? AND u.user_id = ?
                LEFT JOIN guild_settings g ON g.guild_id = ?
-               LEFT JOIN usage_counters c ON c.day = ? AND c.scope = 'user' AND c.scope_id = ?""",
-            (guild_id, user_id, guild_id, self.today(), user_id),
+               LEFT JOIN usage_counters c ON c.day = ? AND c.scope = 'user' AND c.scope_id = ?
+               LEFT JOIN quota_resets r ON r.day = c.day AND r.user_scope = c.scope_id""",
+            (guild_id, user_id, guild_id, self.today(), user_scope(guild_id, user_id)),
         )
         user_images, user_usd, guild_user_images, guild_user_usd, guild_usd = row[:5]
 
@@ -291,7 +302,34 @@ class Ledger:
             (guild_id, daily_micro_usd, user_daily_images, user_daily_micro_usd, self.now_iso()),
         )
 
+    async def user_usage(self, user_id: str, guild_id: str = "", day: str | None = None) -> Usage:
+        """What counts against the user's quota in this server today (after any reset)."""
+        scope = user_scope(guild_id, user_id)
+        row = await self._one(
+            "SELECT c.images - COALESCE(r.images, 0), c.micro_usd - COALESCE(r.micro_usd, 0), "
+            "c.milli_neurons FROM usage_counters c LEFT JOIN quota_resets r "
+            "ON r.day = c.day AND r.user_scope = c.scope_id "
+            "WHERE c.day = ? AND c.scope = 'user' AND c.scope_id = ?",
+            (day or self.today(), scope),
+        )
+        return Usage(*row) if row else Usage()
+
+    async def reset_user_day(self, guild_id: str, user_id: str, reset_by: str) -> None:
+        """Clear the user's counters for today in this server (their charges stay recorded)."""
+        await self._write(
+            """INSERT INTO quota_resets (day, user_scope, images, micro_usd, reset_by, reset_at)
+               SELECT :day, :scope, COALESCE(SUM(images), 0), COALESCE(SUM(micro_usd), 0),
+                      :by, :now
+               FROM usage_counters WHERE day = :day AND scope = 'user' AND scope_id = :scope
+               ON CONFLICT (day, user_scope) DO UPDATE SET images = excluded.images,
+                   micro_usd = excluded.micro_usd, reset_by = excluded.reset_by,
+                   reset_at = excluded.reset_at""",
+            {"day": self.today(), "scope": user_scope(guild_id, user_id), "by": reset_by,
+             "now": self.now_iso()},
+        )  # fmt: skip
+
     async def usage(self, scope: str, scope_id: str, day: str | None = None) -> Usage:
+        """Raw counters: scope 'user' (id from ``user_scope``), 'guild' or 'all' (id '')."""
         row = await self._one(
             "SELECT images, micro_usd, milli_neurons FROM usage_counters "
             "WHERE day = ? AND scope = ? AND scope_id = ?",
@@ -313,6 +351,7 @@ class Ledger:
             "key": new.idempotency_key,
             "kind": new.kind,
             "user": new.user_id,
+            "user_scope": user_scope(new.guild_id, new.user_id),
             "guild": new.guild_id,
             "day": day,
             "model": new.model,
@@ -364,7 +403,7 @@ class Ledger:
     async def _explain_refusal(self, new: NewJob, limits: Limits, now: datetime) -> QuotaExceeded:
         day = utc_day(now)
         resets = next_utc_midnight(now)
-        user = await self.usage("user", new.user_id, day)
+        user = await self.user_usage(new.user_id, new.guild_id, day)
         if user.images + new.images > limits.user_images:
             return QuotaExceeded(
                 "user_daily_images",
@@ -623,9 +662,9 @@ class Ledger:
         mismatches = await self._scalar(
             """
             WITH sums AS (
-                SELECT day, 'user' AS scope, user_id AS scope_id, SUM(images) AS i,
-                       SUM(micro_usd) AS u, SUM(milli_neurons) AS n
-                  FROM jobs WHERE state != 'refunded' GROUP BY day, user_id
+                SELECT day, 'user' AS scope, guild_id || ':' || user_id AS scope_id,
+                       SUM(images) AS i, SUM(micro_usd) AS u, SUM(milli_neurons) AS n
+                  FROM jobs WHERE state != 'refunded' GROUP BY day, guild_id, user_id
                 UNION ALL
                 SELECT day, 'guild', guild_id, SUM(images), SUM(micro_usd), SUM(milli_neurons)
                   FROM jobs WHERE state != 'refunded' AND guild_id != '' GROUP BY day, guild_id

@@ -56,6 +56,8 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_guild_day ON jobs (guild_id, day);
     CREATE INDEX jobs_day ON jobs (day);
 
+    -- Counters per UTC day: 'user' rows are per server and user ('<guild>:<user>'; guild ''
+    -- outside a server), 'guild' rows per server, and one 'all' row for the whole bot.
     CREATE TABLE usage_counters (
         day TEXT NOT NULL,
         scope TEXT NOT NULL CHECK (scope IN ('user', 'guild', 'all')),
@@ -69,7 +71,8 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER jobs_count_insert AFTER INSERT ON jobs WHEN NEW.state != 'refunded'
     BEGIN
         INSERT INTO usage_counters (day, scope, scope_id, images, micro_usd, milli_neurons)
-        VALUES (NEW.day, 'user', NEW.user_id, NEW.images, NEW.micro_usd, NEW.milli_neurons)
+        VALUES (NEW.day, 'user', NEW.guild_id || ':' || NEW.user_id, NEW.images, NEW.micro_usd,
+                NEW.milli_neurons)
         ON CONFLICT DO UPDATE SET images = images + excluded.images,
             micro_usd = micro_usd + excluded.micro_usd,
             milli_neurons = milli_neurons + excluded.milli_neurons;
@@ -102,11 +105,23 @@ MIGRATIONS: tuple[str, ...] = (
                 + (CASE WHEN NEW.state = 'refunded' THEN 0 ELSE NEW.milli_neurons END)
                 - (CASE WHEN OLD.state = 'refunded' THEN 0 ELSE OLD.milli_neurons END)
         WHERE day = NEW.day AND (
-            (scope = 'user' AND scope_id = NEW.user_id)
+            (scope = 'user' AND scope_id = NEW.guild_id || ':' || NEW.user_id)
             OR (scope = 'guild' AND scope_id = NEW.guild_id AND NEW.guild_id != '')
             OR (scope = 'all' AND scope_id = '')
         );
     END;
+
+    -- /quota reset-user: what the user had used when an admin reset them; their usage today
+    -- counts from there. Charges themselves are never changed.
+    CREATE TABLE quota_resets (
+        day TEXT NOT NULL,
+        user_scope TEXT NOT NULL,
+        images INTEGER NOT NULL,
+        micro_usd INTEGER NOT NULL,
+        reset_by TEXT NOT NULL,
+        reset_at TEXT NOT NULL,
+        PRIMARY KEY (day, user_scope)
+    ) WITHOUT ROWID;
 
     CREATE TABLE images (
         id TEXT PRIMARY KEY,
