@@ -22,6 +22,7 @@ from bot.providers.base import ImageProvider
 from bot.providers.cloudflare import CloudflareProvider
 from bot.providers.local import LocalProvider
 from bot.scheduler import JobScheduler
+from bot.server_admin import ServerAdmin
 from bot.service import ImageService
 from bot.stores.base import ImageStore
 from bot.stores.cloudflare import CloudflareImagesStore
@@ -41,6 +42,7 @@ class Runtime:
     provider: ImageProvider
     store: ImageStore
     service: ImageService
+    admin: ServerAdmin
 
 
 def check_catalog(settings: Settings, catalog: Catalog) -> None:
@@ -99,4 +101,5 @@ async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIter
         )
         if recover:
             await service.recover()
-        yield Runtime(settings, catalog, ledger, provider, store, service)
+        admin = ServerAdmin(ledger, catalog, settings.default_model)
+        yield Runtime(settings, catalog, ledger, provider, store, service, admin)

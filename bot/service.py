@@ -32,6 +32,7 @@ from bot.ledger.records import new_id, next_utc_midnight
 from bot.providers.base import GeneratedImage, ImageProvider, ImageRequest
 from bot.requests import GenerateRequest, GenerationResult, Progress, Remaining
 from bot.scheduler import JobScheduler
+from bot.server_admin import PromptBlocked, prompt_matches
 from bot.stores.base import ImageStore
 from bot.validation import (
     clean_negative,
@@ -348,6 +349,10 @@ class ImageService:
         has_image = request.image_id is not None or request.init_image is not None
         spec = self._choose_model(model_id, has_image)
         prompt = clean_prompt(prompt_text, spec.max_prompt_chars)
+        if request.guild_id:
+            blocked = await self.ledger.blocklist(request.guild_id)
+            if blocked and prompt_matches(f"{prompt} {request.prompt}", blocked):
+                raise PromptBlocked()
         width, height = resolve_size(spec, request.width, request.height, aspect)
         resolved_steps = resolve_steps(spec, steps)
         init_image, source_id, input_size = None, None, None

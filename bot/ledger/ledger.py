@@ -606,6 +606,22 @@ class Ledger:
     async def delete_template(self, template_id: str) -> bool:
         return await self._write("DELETE FROM templates WHERE id = ?", (template_id,)) == 1
 
+    # -- blocklist ------------------------------------------------------------------------
+
+    async def blocklist(self, guild_id: str) -> list[str]:
+        row = await self._one(
+            "SELECT blocklist FROM guild_settings WHERE guild_id = ?", (guild_id,)
+        )
+        return list(json.loads(row[0])) if row else []
+
+    async def set_blocklist(self, guild_id: str, terms: list[str]) -> None:
+        await self._write(
+            """INSERT INTO guild_settings (guild_id, blocklist, updated_at) VALUES (?, ?, ?)
+               ON CONFLICT (guild_id) DO UPDATE SET blocklist = excluded.blocklist,
+                   updated_at = excluded.updated_at""",
+            (guild_id, json.dumps(terms), self.now_iso()),
+        )
+
     # -- reports --------------------------------------------------------------------------
 
     async def report(
