@@ -1,21 +1,79 @@
-"""The Discord front's bot object: kept thin, everything handed in, cogs from an explicit list."""
+"""The Discord front's bot object: kept thin, everything handed in, cogs from an explicit list.
+
+``ImageTree.on_error`` is the one place domain errors become a short ephemeral reply and
+anything unexpected is logged with a reference id the user can quote.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import signal
+from typing import Any
 
 import discord
+from discord import app_commands
 from discord.ext import commands
 
+from bot.errors import BotError, QuotaExceeded
 from bot.runtime import Runtime
 from bot.web.app import start_web_server
 
 log = logging.getLogger(__name__)
 
 # The cog extensions, loaded in this order by setup_hook.
-EXTENSIONS: tuple[str, ...] = ()
+EXTENSIONS: tuple[str, ...] = ("cogs.imagine",)
+
+
+def error_text(error: BotError) -> str:
+    """A domain error as one short line for Discord (quota errors say when they reset)."""
+    if isinstance(error, QuotaExceeded):
+        return f"{error.user_message} It resets {discord.utils.format_dt(error.resets_at, 'R')}."
+    return error.user_message
+
+
+async def reply_privately(interaction: discord.Interaction, text: str) -> None:
+    """An ephemeral answer at any stage of the interaction.
+
+    After a public defer the first followup would replace the public "thinking" message, so
+    that message is deleted first and the answer sent as an ephemeral followup.
+    """
+    try:
+        if not interaction.response.is_done():
+            await interaction.response.send_message(text, ephemeral=True)
+            return
+        if interaction.response.type is discord.InteractionResponseType.deferred_channel_message:
+            original = await interaction.original_response()
+            if not original.flags.ephemeral:
+                await original.delete()
+        await interaction.followup.send(text, ephemeral=True)
+    except discord.HTTPException:
+        log.warning("could not send an error reply for interaction %s", interaction.id)
+
+
+async def report_error(interaction: discord.Interaction, error: BaseException) -> None:
+    """The one mapping from an exception to what the user sees (commands and buttons alike)."""
+    cause = error.original if isinstance(error, app_commands.CommandInvokeError) else error
+    if isinstance(cause, BotError):
+        await reply_privately(interaction, error_text(cause))
+    elif isinstance(cause, app_commands.CheckFailure):
+        await reply_privately(interaction, str(cause) or "You cannot use this command here.")
+    elif isinstance(cause, app_commands.TransformerError):
+        await reply_privately(interaction, "One of the values you gave is not valid.")
+    else:
+        reference = secrets.token_hex(4)
+        log.error("unexpected error (reference %s)", reference, exc_info=cause)
+        await reply_privately(
+            interaction, f"Something went wrong on our side (reference `{reference}`)."
+        )
+
+
+class ImageTree(app_commands.CommandTree[Any]):
+    async def on_error(
+        self, interaction: discord.Interaction, error: app_commands.AppCommandError
+    ) -> None:
+        await report_error(interaction, error)
 
 
 class ImageBot(commands.Bot):
@@ -24,6 +82,7 @@ class ImageBot(commands.Bot):
             command_prefix=commands.when_mentioned,
             intents=discord.Intents.default(),
             help_command=None,
+            tree_cls=ImageTree,
         )
         self.runtime = runtime
         self._extensions = extensions

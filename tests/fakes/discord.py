@@ -880,11 +880,14 @@ class FakeDiscord(_Waitable):
             return error_response(404, 10015, "Unknown Webhook")
         body: dict[str, Any] = request[_BODY] or {}
         message = interaction.original
-        if not (interaction.callback_type == 5 and message and message.loading):
+        if not (
+            interaction.callback_type == 5 and message and message.loading and not message.deleted
+        ):
             message = self._new_message(interaction, 0)
             message.flags = int(body.get("flags") or 0) & EPHEMERAL
         # else, like Discord: the first followup after a defer edits the "thinking" message and
-        # keeps the defer's visibility (an ephemeral flag asked for now is ignored).
+        # keeps the defer's visibility (an ephemeral flag asked for now is ignored). Once that
+        # message was deleted, a followup is a new message with its own flags.
         try:
             added = self._apply(message, body, request[_UPLOADS], editing=False)
         except _Rejected as rejected:

@@ -1,0 +1,189 @@
+"""/imagine end to end: the real discord.py client against the fake Discord, the real service
+on the embedded backends, a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import pytest
+from PIL import Image
+
+from bot.discord_bot import ImageBot
+from bot.runtime import open_runtime
+from tests.conftest import png
+
+SDXL = "@cf/stabilityai/stable-diffusion-xl-base-1.0"
+
+
+def has_result(message) -> bool:
+    return bool(message.embeds) or "deleted" in message.content
+
+
+async def imagine(fake_discord, options, user=None, **extra):
+    interaction = await fake_discord.slash("imagine", options, user=user or fake_discord.member,
+                                           **extra)  # fmt: skip
+    await interaction.wait_for_callback()
+    return interaction
+
+
+async def test_imagine_defers_then_shows_the_hosted_image_with_buttons(
+    fake_discord, bot_harness, local_runtime
+):
+    await bot_harness.start(ImageBot(local_runtime))
+    interaction = await imagine(fake_discord, {"prompt": "a lighthouse at dusk"})
+    assert interaction.callback_type == 5  # deferred first
+    message = await interaction.wait_for_message(has_result)
+    assert not message.ephemeral
+    [embed] = message.embeds
+    image_id = embed["footer"]["text"]
+    record = await local_runtime.ledger.get_image(image_id)
+    assert record.user_id == str(fake_discord.member.id)
+    assert record.guild_id == str(fake_discord.guild.id)
+    assert embed["url"] == record.url
+    fields = {f["name"]: f["value"] for f in embed["fields"]}
+    assert fields["Cost"] == "$0.000634" and fields["Size"] == "1024×1024"
+    assert fields["Left today"] == "24 images · $0.049366"
+    assert record.url in fields["Link"]
+    # The local store is on 127.0.0.1, which Discord cannot reach: the file is attached too.
+    [sent] = message.files
+    assert sent.filename == f"{image_id}.png"
+    assert Image.open(io.BytesIO(sent.data)).size == (1024, 1024)
+    assert embed["image"]["url"] == f"attachment://{image_id}.png"
+    assert sorted(message.custom_ids) == sorted(
+        f"img:{action}:{image_id}" for action in ("reroll", "vary", "info", "delete")
+    )
+
+
+async def test_private_result_is_ephemeral_and_cache_hit_says_free(
+    fake_discord, bot_harness, local_runtime
+):
+    await bot_harness.start(ImageBot(local_runtime))
+    first = await imagine(fake_discord, {"prompt": "a quiet harbour", "private": True})
+    assert (await first.wait_for_message(has_result)).ephemeral
+    second = await imagine(fake_discord, {"prompt": "a quiet harbour"})
+    message = await second.wait_for_message(has_result)
+    assert "free" in message.content
+    fields = {f["name"]: f["value"] for f in message.embeds[0]["fields"]}
+    assert fields["Cost"] == "free (cached)"
+
+
+async def test_options_reach_the_service(fake_discord, bot_harness, local_runtime):
+    await bot_harness.start(ImageBot(local_runtime))
+    interaction = await imagine(fake_discord, {
+        "prompt": "a red bicycle", "model": SDXL, "aspect_ratio": "16:9", "seed": 42,
+        "steps": 10, "count": 2, "negative_prompt": "blurry",
+    })  # fmt: skip
+    message = await interaction.wait_for_message(has_result)
+    assert len(message.embeds) == 2
+    records = [await local_runtime.ledger.get_image(e["footer"]["text"]) for e in message.embeds]
+    assert [r.seed for r in records] == [42, 43]
+    assert all(r.model == SDXL and r.steps == 10 and r.negative_prompt == "blurry"
+               for r in records)  # fmt: skip
+    assert records[0].width > records[0].height
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"prompt": "ab"}, "at least 3 characters"),
+        ({"prompt": "a red bicycle", "width": 512}, "always makes 1024×1024"),
+        ({"prompt": "a red bicycle", "model": "nope"}, "Unknown or disabled model"),
+        ({"prompt": "a red bicycle", "template": "missing"}, "No template named"),
+    ],
+)
+async def test_bad_requests_get_a_private_error_and_cost_nothing(
+    fake_discord, bot_harness, local_runtime, options, expected
+):
+    await bot_harness.start(ImageBot(local_runtime))
+    interaction = await imagine(fake_discord, options)
+    reply = await interaction.wait_for_message(lambda m: expected in m.content)
+    assert reply.ephemeral
+    assert all(m.deleted or m.ephemeral for m in interaction.messages) or not [
+        m for m in interaction.messages if not m.ephemeral and not m.deleted
+    ]
+    usage = await local_runtime.ledger.user_usage(str(fake_discord.member.id),
+                                                  str(fake_discord.guild.id))  # fmt: skip
+    assert usage.images == 0
+
+
+async def test_over_quota_says_which_limit_and_when_it_resets(
+    fake_discord, bot_harness, make_settings
+):
+    async with open_runtime(make_settings(QUOTA_USER_DAILY_IMAGES=1)) as runtime:
+        await bot_harness.start(ImageBot(runtime))
+        first = await imagine(fake_discord, {"prompt": "first picture"})
+        await first.wait_for_message(has_result)
+        second = await imagine(fake_discord, {"prompt": "second picture"})
+        reply = await second.wait_for_message(lambda m: "images for today" in m.content)
+        assert reply.ephemeral and "<t:" in reply.content and ":R>" in reply.content
+
+
+async def test_attachment_starts_image_to_image(fake_discord, bot_harness, local_runtime):
+    await bot_harness.start(ImageBot(local_runtime))
+    attachment = fake_discord.add_attachment("start.png", png(300, 200), "image/png")
+    interaction = await imagine(fake_discord, {"prompt": "make it autumn", "image": attachment})
+    message = await interaction.wait_for_message(has_result)
+    record = await local_runtime.ledger.get_image(message.embeds[0]["footer"]["text"])
+    source = await local_runtime.ledger.get_image(record.source_image_id)
+    assert source.kind == "upload" and (source.width, source.height) == (300, 200)
+    bad = fake_discord.add_attachment("notes.png", b"not an image at all", "image/png")
+    refused = await imagine(fake_discord, {"prompt": "make it autumn", "image": bad})
+    reply = await refused.wait_for_message(lambda m: "Accepted types" in m.content)
+    assert reply.ephemeral
+
+
+async def test_buttons_work_and_keep_working_after_a_restart(
+    fake_discord, bot_harness, local_runtime
+):
+    await bot_harness.start(ImageBot(local_runtime))
+    interaction = await imagine(fake_discord, {"prompt": "a paper boat", "model": SDXL,
+                                               "width": 256, "height": 256})  # fmt: skip
+    message = await interaction.wait_for_message(has_result)
+    image_id = message.embeds[0]["footer"]["text"]
+    await bot_harness.restart(ImageBot(local_runtime))
+
+    details = await fake_discord.click(message, f"img:info:{image_id}", user=fake_discord.admin)
+    info = await details.wait_for_message(lambda m: bool(m.embeds))
+    assert info.ephemeral and image_id in str(info.embeds[0])
+
+    reroll = await fake_discord.click(message, f"img:reroll:{image_id}", user=fake_discord.admin)
+    rerolled = await reroll.wait_for_message(has_result)
+    new_record = await local_runtime.ledger.get_image(rerolled.embeds[0]["footer"]["text"])
+    assert new_record.id != image_id and new_record.user_id == str(fake_discord.admin.id)
+    assert new_record.prompt == "a paper boat" and new_record.model == SDXL
+
+    vary = await fake_discord.click(message, f"img:vary:{image_id}", user=fake_discord.member)
+    varied = await vary.wait_for_message(has_result)
+    varied_record = await local_runtime.ledger.get_image(varied.embeds[0]["footer"]["text"])
+    assert varied_record.source_image_id == image_id
+
+    refused = await fake_discord.click(message, f"img:delete:{image_id}", user=fake_discord.admin,
+                                       permissions="0")  # fmt: skip
+    reply = await refused.wait_for_message(lambda m: "Only the person" in m.content)
+    assert reply.ephemeral
+    delete = await fake_discord.click(message, f"img:delete:{image_id}", user=fake_discord.member)
+    await delete.wait_for_callback()
+    assert delete.callback_type == 7  # the message itself is edited
+    assert (await local_runtime.ledger.get_image(image_id)).is_deleted
+
+
+async def test_200_imagine_at_once_are_all_acknowledged(fake_discord, bot_harness, make_settings):
+    async with open_runtime(make_settings(MAX_QUEUE=1000, QUOTA_USER_DAILY_IMAGES=1000,
+                                          QUOTA_USER_DAILY_USD=10)) as runtime:  # fmt: skip
+        await bot_harness.start(ImageBot(runtime))
+        interactions = await asyncio.gather(*(
+            fake_discord.slash("imagine", {"prompt": f"burst picture {n}", "model": SDXL,
+                                           "width": 256, "height": 256},
+                               user=fake_discord.member)
+            for n in range(200)
+        ))  # fmt: skip
+        await asyncio.gather(*(i.wait_for_callback(timeout=30) for i in interactions))
+        assert all(i.callback_type == 5 for i in interactions)
+        latencies = sorted(i.latency for i in interactions)
+        print(f"200 at once: max acknowledgement {latencies[-1] * 1000:.0f} ms")
+        results = await asyncio.gather(
+            *(i.wait_for_message(has_result, timeout=60) for i in interactions)
+        )
+        assert all(not m.ephemeral for m in results)
+        assert (await runtime.ledger.audit())["open_jobs"] == 0
