@@ -23,7 +23,13 @@ from bot.web.app import start_web_server
 log = logging.getLogger(__name__)
 
 # The cog extensions, loaded in this order by setup_hook.
-EXTENSIONS: tuple[str, ...] = ("cogs.imagine",)
+EXTENSIONS: tuple[str, ...] = (
+    "cogs.imagine",
+    "cogs.library",
+    "cogs.templates",
+    "cogs.usage",
+    "cogs.quota",
+)
 
 
 def error_text(error: BotError) -> str:

@@ -333,6 +333,7 @@ class ImageService:
 
     async def _plan(self, request: GenerateRequest) -> _Plan:
         prompt_text = request.prompt
+        template_aspect = None
         model_id = request.model
         negative = request.negative_prompt
         aspect = request.aspect_ratio
@@ -344,11 +345,13 @@ class ImageService:
             prompt_text = template.apply(clean_prompt(prompt_text, 100_000))
             model_id = model_id or template.model
             negative = negative if negative is not None else template.negative_prompt
-            aspect = aspect or template.aspect_ratio
+            template_aspect = template.aspect_ratio
             steps = steps if steps is not None else template.steps
         has_image = request.image_id is not None or request.init_image is not None
         spec = self._choose_model(model_id, has_image)
         prompt = clean_prompt(prompt_text, spec.max_prompt_chars)
+        if aspect is None and not spec.fixed_size:  # a template's shape is only a default
+            aspect = template_aspect
         if request.guild_id:
             blocked = await self.ledger.blocklist(request.guild_id)
             if blocked and prompt_matches(f"{prompt} {request.prompt}", blocked):

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TypeVar
 
 import discord
 from discord import app_commands
 
 from bot.runtime import Runtime
 
+T = TypeVar("T")
 ADMIN_REFUSAL = "Only server admins (Manage Server) can do this."
 
 
@@ -31,7 +33,7 @@ def is_admin(interaction: discord.Interaction) -> bool:
     return bool(interaction.guild_id) and (permissions.manage_guild or permissions.administrator)
 
 
-def admin_only() -> Any:
+def admin_only() -> Callable[[T], T]:
     """A check for admin-only commands; the tree's on_error turns the refusal into a reply."""
 
     def predicate(interaction: discord.Interaction) -> bool:
@@ -42,7 +44,7 @@ def admin_only() -> Any:
     return app_commands.check(predicate)
 
 
-def guild_only_check() -> Any:
+def guild_only_check() -> Callable[[T], T]:
     def predicate(interaction: discord.Interaction) -> bool:
         if not interaction.guild_id:
             raise app_commands.CheckFailure("This command works in a server, not in DMs.")

@@ -672,6 +672,18 @@ class Ledger:
             by_day={r[0]: (r[1], r[2]) for r in days},
         )
 
+    async def settled_jobs(
+        self, start_day: str, end_day: str, *, guild_id: str | None = None, limit: int = 100_000
+    ) -> list[Job]:
+        """Settled charges between two UTC days inclusive, oldest first (CSV exports)."""
+        rows = await self._all(
+            "SELECT * FROM jobs WHERE state = 'settled' AND day BETWEEN ? AND ? "
+            "AND (? IS NULL OR guild_id = ?) AND (images > 0 OR micro_usd > 0) "
+            "ORDER BY created_at LIMIT ?",
+            (start_day, end_day, guild_id, guild_id, limit),
+        )
+        return [Job.from_row(r) for r in rows]
+
     async def audit(self) -> dict[str, int]:
         """Invariant check: counters must equal the sum of non-refunded jobs. Returns the
         number of mismatching counter rows (0 when consistent) and open reservations."""

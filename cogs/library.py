@@ -1,0 +1,76 @@
+"""/upload (host an image, usable as a starting image) and /models (the catalog)."""
+
+from __future__ import annotations
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.money import format_neurons, format_usd
+from cogs.common import guild_key, runtime_of
+from cogs.imagine import image_buttons, read_attachment
+from cogs.render import ACCENT, attachable, image_embed
+
+
+class Library(commands.Cog):
+    def __init__(self, bot: commands.Bot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="upload", description="Host an image permanently")
+    @app_commands.describe(
+        image="PNG, JPEG, WebP or GIF, up to 10 MB", private="Only you see the reply"
+    )
+    async def upload(
+        self, interaction: discord.Interaction, image: discord.Attachment, private: bool = False
+    ) -> None:
+        await interaction.response.defer(thinking=True, ephemeral=private)
+        runtime = runtime_of(interaction)
+        record = await runtime.service.upload(
+            await read_attachment(image),
+            user_id=str(interaction.user.id),
+            guild_id=guild_key(interaction),
+            idempotency_key=f"discord:{interaction.id}",
+            metadata={"filename": image.filename[:100]},
+        )
+        file = await attachable(runtime, record)
+        embed = image_embed(runtime, record, None, file.filename if file else None)
+        embed.description = (
+            f"Hosted at {record.url}\nUse `image_id:{record.id}` in /imagine to start from it."
+        )
+        view = discord.ui.View(timeout=None)
+        for item in image_buttons(runtime, record)[1:]:  # nothing to re-roll for an upload
+            view.add_item(item)
+        await interaction.edit_original_response(
+            content=f"✅ Uploaded: {record.url}",
+            embed=embed,
+            attachments=[file] if file else [],
+            view=view,
+        )
+
+    @app_commands.command(name="models", description="The models you can use and their prices")
+    async def models(self, interaction: discord.Interaction) -> None:
+        runtime = runtime_of(interaction)
+        embed = discord.Embed(
+            title="Models",
+            description=f"Default: `{runtime.settings.default_model}`. Prices at each model's "
+            "default size; Cloudflare bills $0.011 per 1,000 Neurons.",
+            colour=ACCENT,
+        )
+        for spec in runtime.catalog.enabled_image_models()[:25]:
+            cost = spec.default_cost()
+            abilities = " · ".join(sorted(spec.capabilities))
+            embed.add_field(
+                name=spec.name,
+                value=(
+                    f"`{spec.id}`\n{format_usd(cost.micro_usd)} per image "
+                    f"({format_neurons(cost.milli_neurons)} Neurons) at "
+                    f"{spec.default_width}×{spec.default_height} · ~{spec.typical_seconds:g} s\n"
+                    f"{abilities}. {spec.description}"
+                )[:1024],
+                inline=False,
+            )
+        await interaction.response.send_message(embed=embed, ephemeral=True)
+
+
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(Library(bot))

@@ -1,0 +1,158 @@
+"""/quota (daily limits per member and per server) and /blocklist (prompts a server refuses).
+
+The blocklist sits beside /quota because both are an admin's limits on what members can do;
+/quota is for money and counts, /blocklist for words.
+"""
+
+from __future__ import annotations
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.errors import Forbidden, InvalidRequest
+from bot.money import format_usd, usd_to_micro
+from cogs.common import admin_only, guild_key, guild_only_check, is_admin, runtime_of
+from cogs.render import ACCENT
+
+
+def micro(field: str, amount: float | None) -> int | None:
+    """A dollar amount typed in Discord, as exact micro-dollars (via its decimal text)."""
+    if amount is None:
+        return None
+    try:
+        return usd_to_micro(f"{amount:.6f}")
+    except ValueError:
+        raise InvalidRequest(field, "Give an amount in dollars such as 0.05.") from None
+
+
+@app_commands.guild_only()
+@guild_only_check()
+class Quota(commands.GroupCog, group_name="quota", group_description="Daily limits"):
+    def __init__(self, bot: commands.Bot) -> None:
+        self.bot = bot
+        super().__init__()
+
+    @app_commands.command(name="show", description="Daily limits and what is used today")
+    async def show(
+        self, interaction: discord.Interaction, member: discord.Member | None = None
+    ) -> None:
+        target = member or interaction.user
+        if target.id != interaction.user.id and not is_admin(interaction):
+            raise Forbidden("Only server admins can see another member's quota.")
+        status = await runtime_of(interaction).admin.quota_status(
+            guild_key(interaction), str(target.id)
+        )
+        limits, used = status.limits, status.used
+        embed = discord.Embed(title=f"Quota of {target.display_name}", colour=ACCENT)
+        embed.add_field(name="Images today", value=f"{used.images} of {limits.user_images}")
+        embed.add_field(
+            name="Spent today",
+            value=f"{format_usd(used.micro_usd)} of {format_usd(limits.user_micro_usd)}",
+        )
+        embed.add_field(
+            name="Server today",
+            value=f"{format_usd(status.guild_used.micro_usd)} of "
+            f"{format_usd(limits.guild_micro_usd)}",
+        )
+        embed.add_field(
+            name="Resets", value=discord.utils.format_dt(status.resets_at, "R"), inline=False
+        )
+        await interaction.response.send_message(embed=embed, ephemeral=True)
+
+    @app_commands.command(name="set-user", description="Set a member's daily limits (admins)")
+    @app_commands.describe(daily_images="Images per day", daily_usd="Dollars per day, e.g. 0.05")
+    @admin_only()
+    async def set_user(
+        self,
+        interaction: discord.Interaction,
+        member: discord.Member,
+        daily_images: app_commands.Range[int, 0, 100_000] | None = None,
+        daily_usd: app_commands.Range[float, 0.0, 10_000.0] | None = None,
+    ) -> None:
+        await runtime_of(interaction).admin.set_user_quota(
+            guild_id=guild_key(interaction),
+            user_id=str(member.id),
+            daily_images=daily_images,
+            daily_micro_usd=micro("daily_usd", daily_usd),
+        )
+        await interaction.response.send_message(
+            f"Updated {member.mention}'s daily limits.", ephemeral=True
+        )
+
+    @app_commands.command(name="set-server", description="Set this server's limits (admins)")
+    @app_commands.describe(
+        daily_usd="Dollars per day for the whole server",
+        user_daily_images="Default images per member per day",
+        user_daily_usd="Default dollars per member per day",
+    )
+    @admin_only()
+    async def set_server(
+        self,
+        interaction: discord.Interaction,
+        daily_usd: app_commands.Range[float, 0.0, 100_000.0] | None = None,
+        user_daily_images: app_commands.Range[int, 0, 100_000] | None = None,
+        user_daily_usd: app_commands.Range[float, 0.0, 10_000.0] | None = None,
+    ) -> None:
+        await runtime_of(interaction).admin.set_guild_quota(
+            guild_id=guild_key(interaction),
+            daily_micro_usd=micro("daily_usd", daily_usd),
+            user_daily_images=user_daily_images,
+            user_daily_micro_usd=micro("user_daily_usd", user_daily_usd),
+        )
+        await interaction.response.send_message("Updated this server's limits.", ephemeral=True)
+
+    @app_commands.command(
+        name="reset-user", description="Clear a member's usage for today (admins)"
+    )
+    @admin_only()
+    async def reset_user(self, interaction: discord.Interaction, member: discord.Member) -> None:
+        await runtime_of(interaction).admin.reset_user(
+            guild_id=guild_key(interaction),
+            user_id=str(member.id),
+            reset_by=str(interaction.user.id),
+        )
+        await interaction.response.send_message(
+            f"Cleared {member.mention}'s usage for today (their charges stay on record).",
+            ephemeral=True,
+        )
+
+
+@app_commands.guild_only()
+@guild_only_check()
+class Blocklist(
+    commands.GroupCog, group_name="blocklist", group_description="Prompts this server refuses"
+):
+    def __init__(self, bot: commands.Bot) -> None:
+        self.bot = bot
+        super().__init__()
+
+    @app_commands.command(name="add", description="Refuse prompts containing this word or phrase")
+    @admin_only()
+    async def add(
+        self, interaction: discord.Interaction, term: app_commands.Range[str, 1, 100]
+    ) -> None:
+        terms = await runtime_of(interaction).admin.block(guild_key(interaction), term)
+        await interaction.response.send_message(
+            f"Blocked. The list has {len(terms)} term(s).", ephemeral=True
+        )
+
+    @app_commands.command(name="remove", description="Allow a blocked term again")
+    @admin_only()
+    async def remove(self, interaction: discord.Interaction, term: str) -> None:
+        terms = await runtime_of(interaction).admin.unblock(guild_key(interaction), term)
+        await interaction.response.send_message(
+            f"Removed. The list has {len(terms)} term(s).", ephemeral=True
+        )
+
+    @app_commands.command(name="list", description="The blocked terms")
+    @admin_only()
+    async def list_(self, interaction: discord.Interaction) -> None:
+        terms = await runtime_of(interaction).admin.blocklist(guild_key(interaction))
+        text = ", ".join(f"`{t}`" for t in terms) or "Nothing is blocked."
+        await interaction.response.send_message(text[:2000], ephemeral=True)
+
+
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(Quota(bot))
+    await bot.add_cog(Blocklist(bot))

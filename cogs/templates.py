@@ -1,0 +1,109 @@
+"""/templates: a server's saved styles ({prompt} marks where the user's prompt goes)."""
+
+from __future__ import annotations
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.ledger import Template
+from bot.validation import ASPECT_RATIOS
+from cogs.common import clip, guild_key, guild_only_check, is_admin, runtime_of
+from cogs.render import ACCENT
+
+
+def template_embed(template: Template) -> discord.Embed:
+    embed = discord.Embed(title=f"Template: {template.name}", colour=ACCENT)
+    embed.add_field(name="Prompt", value=clip(template.prompt, 1024), inline=False)
+    for name, value in (
+        ("Model", template.model),
+        ("Negative prompt", template.negative_prompt),
+        ("Aspect ratio", template.aspect_ratio),
+        ("Steps", template.steps),
+    ):
+        if value is not None:
+            embed.add_field(name=name, value=clip(str(value), 1024))
+    embed.set_footer(text=f"{template.id} · made by {template.created_by}")
+    return embed
+
+
+@app_commands.guild_only()
+@guild_only_check()
+class Templates(commands.GroupCog, group_name="templates", group_description="Saved styles"):
+    def __init__(self, bot: commands.Bot) -> None:
+        self.bot = bot
+        super().__init__()
+
+    @app_commands.command(name="create", description="Save a style for this server")
+    @app_commands.describe(
+        name="1-32 characters, unique in this server",
+        prompt="Use {prompt} where the user's prompt goes; otherwise it is appended",
+    )
+    @app_commands.choices(
+        aspect_ratio=[app_commands.Choice(name=r, value=r) for r in ASPECT_RATIOS]
+    )
+    async def create(
+        self,
+        interaction: discord.Interaction,
+        name: app_commands.Range[str, 1, 32],
+        prompt: app_commands.Range[str, 1, 2048],
+        model: str | None = None,
+        negative_prompt: str | None = None,
+        aspect_ratio: str | None = None,
+        steps: app_commands.Range[int, 1, 100] | None = None,
+    ) -> None:
+        template = await runtime_of(interaction).admin.create_template(
+            guild_id=guild_key(interaction),
+            user_id=str(interaction.user.id),
+            name=name,
+            prompt=prompt,
+            model=model,
+            negative_prompt=negative_prompt,
+            aspect_ratio=aspect_ratio,
+            steps=steps,
+        )
+        await interaction.response.send_message(
+            f"Saved template **{template.name}**.", embed=template_embed(template), ephemeral=True
+        )
+
+    @app_commands.command(name="list", description="This server's templates")
+    async def list_(self, interaction: discord.Interaction) -> None:
+        templates = await runtime_of(interaction).admin.templates(guild_key(interaction))
+        if not templates:
+            await interaction.response.send_message(
+                "No templates yet: an admin or anyone can add one with /templates create.",
+                ephemeral=True,
+            )
+            return
+        lines = [f"**{t.name}**: {clip(t.prompt, 80)}" for t in templates]
+        embed = discord.Embed(title="Templates", description="\n".join(lines)[:4000], colour=ACCENT)
+        await interaction.response.send_message(embed=embed, ephemeral=True)
+
+    @app_commands.command(name="show", description="Show one template")
+    async def show(self, interaction: discord.Interaction, name: str) -> None:
+        template = await runtime_of(interaction).admin.template(guild_key(interaction), name)
+        await interaction.response.send_message(embed=template_embed(template), ephemeral=True)
+
+    @app_commands.command(name="delete", description="Delete a template (its creator or an admin)")
+    async def delete(self, interaction: discord.Interaction, name: str) -> None:
+        template = await runtime_of(interaction).admin.delete_template(
+            guild_id=guild_key(interaction),
+            name=name,
+            user_id=str(interaction.user.id),
+            is_admin=is_admin(interaction),
+        )
+        await interaction.response.send_message(
+            f"Deleted template **{template.name}**.", ephemeral=True
+        )
+
+    @show.autocomplete("name")
+    @delete.autocomplete("name")
+    async def name_choices(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        templates = await runtime_of(interaction).admin.templates(guild_key(interaction), current)
+        return [app_commands.Choice(name=t.name, value=t.name) for t in templates[:25]]
+
+
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(Templates(bot))

@@ -1,0 +1,107 @@
+"""/usage: what a user or the whole server spent (today, this month, the last 30 days)."""
+
+from __future__ import annotations
+
+import io
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.ledger import UsageReport
+from bot.money import format_usd
+from bot.reports import personal_usage, server_usage
+from cogs.common import admin_only, guild_key, guild_only_check, runtime_of
+from cogs.render import ACCENT, model_name
+
+
+def _by_model(interaction: discord.Interaction, report: UsageReport) -> str:
+    catalog = runtime_of(interaction).catalog
+    lines = [
+        f"{model_name(catalog, model)}: {images} images, {format_usd(cost)}"
+        for model, (images, cost) in report.by_model.items()
+    ]
+    return "\n".join(lines)[:1024] or "—"
+
+
+async def personal_embed(
+    interaction: discord.Interaction, member: discord.abc.User
+) -> discord.Embed:
+    runtime = runtime_of(interaction)
+    guild, user = guild_key(interaction), str(member.id)
+    usage = await personal_usage(runtime.ledger, guild, user)
+    status = await runtime.admin.quota_status(guild, user)
+    embed = discord.Embed(title=f"Usage of {member.display_name}", colour=ACCENT)
+    embed.add_field(
+        name="Today (UTC)",
+        value=f"{usage.today.total_images} images, {format_usd(usage.today.total_micro_usd)}",
+    )
+    embed.add_field(
+        name="This month",
+        value=f"{usage.month.total_images} images, {format_usd(usage.month.total_micro_usd)}",
+    )
+    left_images = max(0, status.limits.user_images - status.used.images)
+    left_money = max(0, status.limits.user_micro_usd - status.used.micro_usd)
+    embed.add_field(
+        name="Left today",
+        value=f"{left_images} of {status.limits.user_images} images, {format_usd(left_money)} "
+        f"of {format_usd(status.limits.user_micro_usd)}; resets "
+        f"{discord.utils.format_dt(status.resets_at, 'R')}",
+        inline=False,
+    )
+    embed.add_field(name="This month by model", value=_by_model(interaction, usage.month),
+                    inline=False)  # fmt: skip
+    return embed
+
+
+class Usage(commands.GroupCog, group_name="usage", group_description="Spending and images"):
+    def __init__(self, bot: commands.Bot) -> None:
+        self.bot = bot
+        super().__init__()
+
+    @app_commands.command(name="me", description="Your images and spending")
+    async def me(self, interaction: discord.Interaction) -> None:
+        embed = await personal_embed(interaction, interaction.user)
+        await interaction.response.send_message(embed=embed, ephemeral=True)
+
+    @app_commands.command(name="user", description="A member's images and spending (admins)")
+    @app_commands.guild_only()
+    @admin_only()
+    async def user(self, interaction: discord.Interaction, member: discord.Member) -> None:
+        embed = await personal_embed(interaction, member)
+        await interaction.response.send_message(embed=embed, ephemeral=True)
+
+    @app_commands.command(
+        name="server", description="The server's spending, chart and CSV (admins)"
+    )
+    @app_commands.guild_only()
+    @guild_only_check()
+    @admin_only()
+    async def server(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(thinking=True, ephemeral=True)
+        usage = await server_usage(runtime_of(interaction).ledger, guild_key(interaction))
+        report = usage.report
+        embed = discord.Embed(
+            title=f"Server usage, {usage.days[0]} to {usage.days[-1]} (UTC)", colour=ACCENT
+        )
+        embed.add_field(name="Total cost", value=format_usd(report.total_micro_usd))
+        embed.add_field(name="Images", value=str(report.total_images))
+        embed.add_field(name="Average per image", value=format_usd(report.average_micro_usd))
+        top = [
+            f"<@{u.user_id}>: {u.images} images, {format_usd(u.micro_usd)}"
+            for u in report.users[:10]
+        ]
+        embed.add_field(name="Top users", value="\n".join(top) or "—", inline=False)
+        embed.add_field(name="By model", value=_by_model(interaction, report), inline=False)
+        embed.set_image(url="attachment://usage.png")
+        await interaction.edit_original_response(
+            embed=embed,
+            attachments=[
+                discord.File(io.BytesIO(usage.chart_png), filename="usage.png"),
+                discord.File(io.BytesIO(usage.csv_bytes), filename="usage.csv"),
+            ],
+        )
+
+
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(Usage(bot))

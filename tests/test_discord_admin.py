@@ -1,0 +1,166 @@
+"""/upload, /models, /templates, /usage, /quota and /blocklist end to end through the real
+client, including every admin-only refusal and a provider failure that is refunded."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from PIL import Image
+
+from bot.discord_bot import ImageBot
+from bot.runtime import open_runtime
+from tests.conftest import png
+
+
+async def run(fake, name, options=None, user=None, **extra):
+    interaction = await fake.slash(name, options or {}, user=user or fake.member, **extra)
+    await interaction.wait_for_callback()
+    return interaction
+
+
+def text_of(message) -> str:
+    return message.content + " ".join(str(e) for e in message.embeds)
+
+
+async def reply(interaction, needle: str):
+    return await interaction.wait_for_message(lambda m: needle in text_of(m))
+
+
+async def test_upload_hosts_the_file_and_refuses_bad_ones(fake_discord, bot_harness,
+                                                          local_runtime):  # fmt: skip
+    await bot_harness.start(ImageBot(local_runtime))
+    good = fake_discord.add_attachment("cat.jpg", png(320, 240), "image/png")
+    done = await reply(await run(fake_discord, "upload", {"image": good}), "Uploaded")
+    image_id = done.embeds[0]["footer"]["text"]
+    record = await local_runtime.ledger.get_image(image_id)
+    assert record.kind == "upload" and (record.width, record.height) == (320, 240)
+    assert record.url in done.content
+    assert await local_runtime.store.get(record.storage_key) == png(320, 240)
+    bad = fake_discord.add_attachment("evil.png", b"<svg xmlns='x'/>", "image/png")
+    refused = await reply(await run(fake_discord, "upload", {"image": bad}), "SVG")
+    assert refused.ephemeral
+
+
+async def test_models_lists_prices(fake_discord, bot_harness, local_runtime):
+    await bot_harness.start(ImageBot(local_runtime))
+    message = await reply(await run(fake_discord, "models"), "FLUX.1 [schnell]")
+    assert message.ephemeral and "$0.000634 per image" in text_of(message)
+    assert "Llama" not in text_of(message)
+
+
+async def test_templates_lifecycle_and_use(fake_discord, bot_harness, local_runtime):
+    await bot_harness.start(ImageBot(local_runtime))
+    created = await run(fake_discord, "templates create",
+                        {"name": "noir", "prompt": "film noir still of {prompt}",
+                         "aspect_ratio": "3:2"})  # fmt: skip
+    await reply(created, "Saved template")
+    choices = await fake_discord.autocomplete("templates show", "name", "no")
+    assert [c["value"] for c in choices] == ["noir"]
+    shown = await reply(await run(fake_discord, "templates show", {"name": "noir"}), "film noir")
+    assert shown.ephemeral
+    listed = await reply(await run(fake_discord, "templates list"), "noir")
+    assert "film noir" in text_of(listed)
+    used = await run(fake_discord, "imagine", {"prompt": "a detective", "template": "noir"})
+    result = await used.wait_for_message(lambda m: bool(m.embeds))
+    record = await local_runtime.ledger.get_image(result.embeds[0]["footer"]["text"])
+    assert record.prompt == "film noir still of a detective"
+    stranger = fake_discord.add_user("stranger")
+    refused = await run(fake_discord, "templates delete", {"name": "noir"}, user=stranger,
+                        permissions="0")  # fmt: skip
+    assert (await reply(refused, "creator or an admin")).ephemeral
+    await reply(await run(fake_discord, "templates delete", {"name": "noir"},
+                          user=fake_discord.admin), "Deleted")  # fmt: skip
+    await reply(await run(fake_discord, "templates show", {"name": "noir"}), "No template")
+
+
+async def test_usage_me_user_and_server_with_real_csv_and_chart(fake_discord, bot_harness,
+                                                               local_runtime):  # fmt: skip
+    await bot_harness.start(ImageBot(local_runtime))
+    for prompt in ("first image", "second image"):
+        interaction = await run(fake_discord, "imagine", {"prompt": prompt})
+        await interaction.wait_for_message(lambda m: bool(m.embeds))
+    me = await reply(await run(fake_discord, "usage me"), "This month")
+    assert "2 images, $0.001268" in text_of(me) and me.ephemeral
+    refused = await run(fake_discord, "usage server", permissions="0")
+    assert (await reply(refused, "Only server admins")).ephemeral
+    refused_user = await run(fake_discord, "usage user", {"member": fake_discord.admin},
+                             permissions="0")  # fmt: skip
+    await reply(refused_user, "Only server admins")
+    member_view = await run(fake_discord, "usage user", {"member": fake_discord.member},
+                            user=fake_discord.admin)  # fmt: skip
+    assert "2 images" in text_of(await reply(member_view, "This month"))
+    server = await run(fake_discord, "usage server", user=fake_discord.admin)
+    message = await server.wait_for_message(lambda m: bool(m.files))
+    files = {f.filename: f.data for f in message.files}
+    chart = Image.open(io.BytesIO(files["usage.png"]))
+    assert chart.format == "PNG" and chart.size == (900, 360)
+    rows = list(csv.DictReader(io.StringIO(files["usage.csv"].decode())))
+    assert len(rows) == 2 and {r["cost_usd"] for r in rows} == {"0.000634"}
+    assert {r["user_id"] for r in rows} == {str(fake_discord.member.id)}
+    assert "$0.001268" in text_of(message)
+
+
+async def test_quota_commands_and_refusals(fake_discord, bot_harness, local_runtime):
+    await bot_harness.start(ImageBot(local_runtime))
+    member = fake_discord.member
+    for name, options in (
+        ("quota set-user", {"member": member, "daily_images": 1}),
+        ("quota set-server", {"daily_usd": 0.5}),
+        ("quota reset-user", {"member": member}),
+        ("quota show", {"member": fake_discord.admin}),
+        ("blocklist add", {"term": "gore"}),
+    ):
+        refused = await run(fake_discord, name, options, permissions="0")
+        assert (await reply(refused, "Only server admins")).ephemeral, name
+    await reply(await run(fake_discord, "quota set-user", {"member": member, "daily_images": 1,
+                                                           "daily_usd": 0.01},
+                          user=fake_discord.admin), "Updated")  # fmt: skip
+    first = await run(fake_discord, "imagine", {"prompt": "only one today"})
+    await first.wait_for_message(lambda m: bool(m.embeds))
+    over = await run(fake_discord, "imagine", {"prompt": "one too many"})
+    await reply(over, "1 of your 1 images")
+    shown = await reply(await run(fake_discord, "quota show"), "Images today")
+    assert "1 of 1" in text_of(shown) and "$0.01" in text_of(shown)
+    await reply(await run(fake_discord, "quota reset-user", {"member": member},
+                          user=fake_discord.admin), "Cleared")  # fmt: skip
+    again = await run(fake_discord, "imagine", {"prompt": "allowed again"})
+    await again.wait_for_message(lambda m: bool(m.embeds))
+    await reply(await run(fake_discord, "quota set-server", {"daily_usd": 0.0006},
+                          user=fake_discord.admin), "Updated")  # fmt: skip
+    capped = await run(fake_discord, "imagine", {"prompt": "server is capped"},
+                       user=fake_discord.admin)  # fmt: skip
+    await reply(capped, "This server has used")
+
+
+async def test_blocklist_refuses_before_any_charge(fake_discord, bot_harness, local_runtime):
+    await bot_harness.start(ImageBot(local_runtime))
+    admin = fake_discord.admin
+    await reply(await run(fake_discord, "blocklist add", {"term": "gore"}, user=admin), "Blocked")
+    listed = await reply(await run(fake_discord, "blocklist list", user=admin), "gore")
+    assert listed.ephemeral
+    blocked = await run(fake_discord, "imagine", {"prompt": "lots of GORE please"})
+    assert (await reply(blocked, "does not allow")).ephemeral
+    usage = await local_runtime.ledger.user_usage(str(fake_discord.member.id),
+                                                  str(fake_discord.guild.id))  # fmt: skip
+    assert usage.images == 0
+    await reply(await run(fake_discord, "blocklist remove", {"term": "gore"}, user=admin),
+                "Removed")  # fmt: skip
+
+
+async def test_provider_failure_replies_and_refunds(fake_discord, bot_harness, make_settings,
+                                                    cloudflare_env, fake_cloudflare):  # fmt: skip
+    async with open_runtime(make_settings(**cloudflare_env)) as runtime:
+        await bot_harness.start(ImageBot(runtime))
+        fake_cloudflare.inject("3036")
+        failed = await run(fake_discord, "imagine", {"prompt": "when the allowance is gone"})
+        message = await reply(failed, "00:00 UTC")
+        assert message.ephemeral
+        assert await runtime.ledger.audit() == {"counter_mismatches": 0, "open_jobs": 0}
+        usage = await runtime.ledger.user_usage(str(fake_discord.member.id),
+                                                str(fake_discord.guild.id))  # fmt: skip
+        assert (usage.images, usage.micro_usd) == (0, 0)
+        hosted = await run(fake_discord, "imagine", {"prompt": "hosted on images"})
+        result = await hosted.wait_for_message(lambda m: bool(m.embeds))
+        assert not result.files  # Cloudflare Images is public: Discord shows the URL itself
+        assert result.embeds[0]["image"]["url"].startswith(fake_cloudflare.delivery_base)
