@@ -22,6 +22,8 @@ from bot.web.app import start_web_server
 
 log = logging.getLogger(__name__)
 
+SHUTDOWN_GRACE_SECONDS = 30.0
+
 # The cog extensions, loaded in this order by setup_hook.
 EXTENSIONS: tuple[str, ...] = (
     "cogs.imagine",
@@ -93,7 +95,15 @@ class ImageBot(commands.Bot):
         self.runtime = runtime
         self._extensions = extensions
 
+    async def close(self) -> None:
+        """Let running jobs finish (or refund them after a grace period), then disconnect."""
+        cancelled = await self.runtime.service.drain(SHUTDOWN_GRACE_SECONDS)
+        if cancelled:
+            log.warning("shutdown: %d job(s) did not finish in time and were refunded", cancelled)
+        await super().close()
+
     async def setup_hook(self) -> None:
+        self.runtime.service.closing = False  # a bot started on a drained service reopens it
         for extension in self._extensions:
             await self.load_extension(extension)
         guild_id = self.runtime.settings.discord_guild_id

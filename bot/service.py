@@ -19,6 +19,7 @@ from bot import enhance, imaging
 from bot.catalog import IMAGE_TO_IMAGE, ZERO_COST, Catalog, Cost, ModelSpec
 from bot.errors import (
     BotError,
+    Busy,
     Forbidden,
     InvalidModel,
     InvalidRequest,
@@ -113,10 +114,37 @@ class ImageService:
         self.cache_scope = cache_scope
         self._inflight: dict[tuple[str, str], asyncio.Future[ImageRecord]] = {}
         self._by_key: dict[str, asyncio.Future[None]] = {}
+        self._active: set[asyncio.Task[Any]] = set()
+        self.closing = False
 
     # -- generation -----------------------------------------------------------------------
 
     async def generate(self, request: GenerateRequest) -> GenerationResult:
+        if self.closing:
+            raise Busy("The bot is restarting; try again in a moment.")
+        task = asyncio.current_task()
+        if task is not None:
+            self._active.add(task)
+        try:
+            return await self._generate(request)
+        finally:
+            if task is not None:
+                self._active.discard(task)
+
+    async def drain(self, grace_seconds: float) -> int:
+        """Refuse new work, let running jobs finish for up to ``grace_seconds``, then cancel
+        the rest (each cancelled job refunds itself). Returns how many were cancelled."""
+        self.closing = True
+        active = {t for t in self._active if t is not asyncio.current_task()}
+        if not active:
+            return 0
+        _, pending = await asyncio.wait(active, timeout=grace_seconds)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        return len(pending)
+
+    async def _generate(self, request: GenerateRequest) -> GenerationResult:
         if request.idempotency_key:
             replayed = await self._replay(request.idempotency_key, request.guild_id)
             if replayed is not None:

@@ -3,6 +3,7 @@ a runtime wired to the fake Cloudflare over real sockets."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -12,6 +13,8 @@ import pytest
 from PIL import Image
 
 from bot.config import Settings, load_settings
+from bot.providers.base import GeneratedImage, ImageRequest
+from bot.providers.local import LocalProvider
 from bot.runtime import Runtime, open_runtime
 from tests.fakes.cloudflare import FakeCloudflare
 
@@ -27,6 +30,26 @@ def png(width: int = 64, height: int = 48, colour: str = "teal") -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (width, height), colour).save(out, format="PNG")
     return out.getvalue()
+
+
+class CountingProvider(LocalProvider):
+    """The local renderer, counting calls and optionally holding each one open."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.calls = 0
+        self.delay = delay
+        self.active = 0
+        self.peak = 0
+
+    async def generate(self, request: ImageRequest) -> GeneratedImage:
+        self.calls += 1
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        try:
+            await asyncio.sleep(self.delay)
+            return await super().generate(request)
+        finally:
+            self.active -= 1
 
 
 @pytest.fixture

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 
 import pytest
 from PIL import Image
 
 from bot.discord_bot import ImageBot
 from bot.runtime import open_runtime
-from tests.conftest import png
+from tests.conftest import CountingProvider, png
 
 SDXL = "@cf/stabilityai/stable-diffusion-xl-base-1.0"
 
@@ -187,3 +188,38 @@ async def test_200_imagine_at_once_are_all_acknowledged(fake_discord, bot_harnes
         )
         assert all(not m.ephemeral for m in results)
         assert (await runtime.ledger.audit())["open_jobs"] == 0
+
+
+async def test_progress_shows_queue_position_then_generating(fake_discord, bot_harness,
+                                                             make_settings):  # fmt: skip
+    async with open_runtime(make_settings(MAX_JOBS_PER_USER=1)) as runtime:
+        runtime.service.provider = CountingProvider(delay=2.5)
+        await bot_harness.start(ImageBot(runtime))
+        first = await imagine(fake_discord, {"prompt": "slow picture one"})
+        second = await imagine(fake_discord, {"prompt": "slow picture two"})
+        await second.wait_for_message(lambda m: bool(m.embeds), timeout=20)
+        edits = [e for e in second.events if e.kind == "edit"]
+        contents = [e.body.get("content") or "" for e in edits]
+        assert any("position **1**" in c for c in contents)
+        assert any("Generating with" in c and ":R>" in c for c in contents)
+        progress_edits = [e for e in edits if not e.body.get("embeds")]
+        gaps = [b.at - a.at for a, b in itertools.pairwise(progress_edits)]
+        # The throttle's guarantee (a lower bound, so a slow machine cannot break it).
+        assert all(gap >= 1.9 for gap in gaps)
+        assert (await first.wait_for_message(lambda m: bool(m.embeds))).embeds
+
+
+async def test_image_id_autocomplete_offers_the_users_own_images(fake_discord, bot_harness,
+                                                                  local_runtime):  # fmt: skip
+    await bot_harness.start(ImageBot(local_runtime))
+    made = await imagine(fake_discord, {"prompt": "a copper kettle"})
+    image_id = (await made.wait_for_message(has_result)).embeds[0]["footer"]["text"]
+    choices = await fake_discord.autocomplete("imagine", "image_id", "", {"prompt": "x"},
+                                              user=fake_discord.member)  # fmt: skip
+    assert [c["value"] for c in choices] == [image_id]
+    assert "copper kettle" in choices[0]["name"]
+    others = await fake_discord.autocomplete("imagine", "image_id", "", {"prompt": "x"},
+                                             user=fake_discord.admin)  # fmt: skip
+    assert others == []
+    models = await fake_discord.autocomplete("imagine", "model", "schnell", {"prompt": "x"})
+    assert [c["value"] for c in models] == ["@cf/black-forest-labs/flux-1-schnell"]

@@ -23,34 +23,12 @@ from bot.errors import (
 from bot.ledger import Template
 from bot.ledger.ledger import NewJob
 from bot.ledger.records import new_id
-from bot.providers.base import GeneratedImage, ImageRequest
-from bot.providers.local import LocalProvider
 from bot.requests import GenerateRequest, Progress
 from bot.scheduler import JobScheduler
-from tests.conftest import png
+from tests.conftest import CountingProvider, png
 
 SCHNELL = "@cf/black-forest-labs/flux-1-schnell"
 SDXL = "@cf/stabilityai/stable-diffusion-xl-base-1.0"
-
-
-class CountingProvider(LocalProvider):
-    """The local renderer, counting calls and optionally holding each one open."""
-
-    def __init__(self, delay: float = 0.0) -> None:
-        self.calls = 0
-        self.delay = delay
-        self.active = 0
-        self.peak = 0
-
-    async def generate(self, request: ImageRequest) -> GeneratedImage:
-        self.calls += 1
-        self.active += 1
-        self.peak = max(self.peak, self.active)
-        try:
-            await asyncio.sleep(self.delay)
-            return await super().generate(request)
-        finally:
-            self.active -= 1
 
 
 def ask(prompt: str = "a lighthouse at dusk", **fields: object) -> GenerateRequest:
@@ -385,3 +363,23 @@ def test_replace_keeps_records_frozen():
     out = io.BytesIO()
     image.save(out, "PNG")
     assert replace(Progress("queued", position=1), position=2).position == 2
+
+
+async def test_drain_lets_jobs_finish_then_refunds_the_rest_and_refuses_new_work(local_runtime):
+    service = local_runtime.service
+    service.provider = CountingProvider(delay=0.2)
+    quick = asyncio.create_task(service.generate(ask("finishes in time", fresh=True)))
+    await asyncio.sleep(0.05)
+    assert await service.drain(grace_seconds=1.0) == 0
+    assert (await quick).images
+    service.closing = False
+    service.provider = CountingProvider(delay=30)
+    slow = asyncio.create_task(service.generate(ask("never finishes", fresh=True)))
+    await asyncio.sleep(0.05)
+    assert await service.drain(grace_seconds=0.1) == 1
+    with pytest.raises(asyncio.CancelledError):
+        await slow
+    with pytest.raises(Busy):
+        await service.generate(ask("after shutdown began"))
+    assert await local_runtime.ledger.audit() == {"counter_mismatches": 0, "open_jobs": 0}
+    assert (await local_runtime.ledger.user_usage("u1")).images == 1
