@@ -173,6 +173,7 @@ async def test_200_imagine_at_once_are_all_acknowledged(fake_discord, bot_harnes
     async with open_runtime(make_settings(MAX_QUEUE=1000, QUOTA_USER_DAILY_IMAGES=1000,
                                           QUOTA_USER_DAILY_USD=10)) as runtime:  # fmt: skip
         await bot_harness.start(ImageBot(runtime))
+        fake_discord.ack_deadline = 3.0  # like Discord: a later acknowledgement is refused
         interactions = await asyncio.gather(*(
             fake_discord.slash("imagine", {"prompt": f"burst picture {n}", "model": SDXL,
                                            "width": 256, "height": 256},
@@ -223,3 +224,14 @@ async def test_image_id_autocomplete_offers_the_users_own_images(fake_discord, b
     assert others == []
     models = await fake_discord.autocomplete("imagine", "model", "schnell", {"prompt": "x"})
     assert [c["value"] for c in models] == ["@cf/black-forest-labs/flux-1-schnell"]
+
+
+async def test_commands_sync_to_the_development_server_when_set(fake_discord, bot_harness,
+                                                                make_settings):  # fmt: skip
+    settings = make_settings(DISCORD_GUILD_ID=fake_discord.guild.id)
+    async with open_runtime(settings) as runtime:
+        await bot_harness.start(ImageBot(runtime))
+        synced = fake_discord.commands(guild=fake_discord.guild)
+        assert {"imagine", "upload", "models", "templates", "usage", "quota",
+                "blocklist"} <= set(synced)  # fmt: skip
+        assert fake_discord.commands() == {}
