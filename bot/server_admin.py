@@ -35,6 +35,14 @@ class QuotaStatus:
     guild_used: Usage
     resets_at: datetime
 
+    @property
+    def images_left(self) -> int:
+        return max(0, self.limits.user_images - self.used.images)
+
+    @property
+    def micro_usd_left(self) -> int:
+        return max(0, self.limits.user_micro_usd - self.used.micro_usd)
+
 
 def prompt_matches(prompt: str, terms: list[str]) -> bool:
     """Whole-word, case-insensitive match of any blocked term (phrases allowed)."""

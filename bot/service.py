@@ -31,6 +31,7 @@ from bot.ledger import ImageRecord, Job, Ledger, Limits, UsageReport
 from bot.ledger.ledger import DuplicateRequest, NewJob
 from bot.ledger.records import new_id, next_utc_midnight
 from bot.providers.base import GeneratedImage, ImageProvider, ImageRequest
+from bot.reports import PersonalUsage, ServerUsage, personal_usage, server_usage
 from bot.requests import GenerateRequest, GenerationResult, Progress, Remaining
 from bot.scheduler import JobScheduler
 from bot.server_admin import PromptBlocked, prompt_matches
@@ -770,6 +771,25 @@ class ImageService:
         return record
 
     # -- images -------------------------------------------------------------------------------
+
+    async def get_image(self, image_id: str) -> ImageRecord:
+        """A live image; NotFound when it does not exist or was deleted."""
+        image = await self.ledger.get_image(image_id)
+        if image.is_deleted:
+            raise NotFound("That image was deleted.")
+        return image
+
+    async def user_images(
+        self, user_id: str, prefix: str = "", limit: int = 25
+    ) -> list[ImageRecord]:
+        """A user's live images and uploads, newest first (for pickers and listings)."""
+        return await self.ledger.list_images(user_id, limit=limit, prefix=prefix)
+
+    async def personal_usage(self, guild_id: str, user_id: str) -> PersonalUsage:
+        return await personal_usage(self.ledger, guild_id, user_id)
+
+    async def server_usage(self, guild_id: str, days: int = 30) -> ServerUsage:
+        return await server_usage(self.ledger, guild_id, days)
 
     async def visible_image(self, image_id: str, user_id: str, guild_id: str) -> ImageRecord:
         """An image this user may use: their own, or one made in the same server."""

@@ -22,7 +22,7 @@ from discord.ext import commands
 
 from bot.catalog import IMAGE_TO_IMAGE
 from bot.discord_bot import report_error
-from bot.errors import InvalidImage, NotFound
+from bot.errors import InvalidImage
 from bot.ledger import ImageRecord
 from bot.requests import GenerateRequest, GenerationResult, Progress
 from bot.runtime import Runtime
@@ -174,10 +174,7 @@ class _ImageButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"i
         return cls(match["id"])
 
     async def image(self, interaction: discord.Interaction) -> ImageRecord:
-        image = await runtime_of(interaction).ledger.get_image(self.image_id)
-        if image.is_deleted:
-            raise NotFound("That image was deleted.")
-        return image
+        return await runtime_of(interaction).service.get_image(self.image_id)
 
 
 class RerollButton(_ImageButton, template=rf"img:reroll:{IMAGE_ID}"):
@@ -252,7 +249,7 @@ class DeleteButton(_ImageButton, template=rf"img:delete:{IMAGE_ID}"):
         for row, embed in enumerate(kept):
             image_id = embed.footer.text or ""
             if re.fullmatch(IMAGE_ID, image_id):
-                for item in image_buttons(runtime, await runtime.ledger.get_image(image_id)):
+                for item in image_buttons(runtime, await runtime.service.get_image(image_id)):
                     item.item.row = row
                     view.add_item(item)
         kept_files = [
@@ -362,8 +359,8 @@ class Imagine(commands.Cog):
     async def image_choices(
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        images = await runtime_of(interaction).ledger.list_images(
-            str(interaction.user.id), limit=25, prefix=current
+        images = await runtime_of(interaction).service.user_images(
+            str(interaction.user.id), current
         )
         return [
             app_commands.Choice(name=clip(f"{i.prompt or 'upload'} · {i.id}", 100), value=i.id)

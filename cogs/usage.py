@@ -10,7 +10,6 @@ from discord.ext import commands
 
 from bot.ledger import UsageReport
 from bot.money import format_usd
-from bot.reports import personal_usage, server_usage
 from cogs.common import admin_only, guild_key, guild_only_check, runtime_of
 from cogs.render import ACCENT, model_name
 
@@ -29,7 +28,7 @@ async def personal_embed(
 ) -> discord.Embed:
     runtime = runtime_of(interaction)
     guild, user = guild_key(interaction), str(member.id)
-    usage = await personal_usage(runtime.ledger, guild, user)
+    usage = await runtime.service.personal_usage(guild, user)
     status = await runtime.admin.quota_status(guild, user)
     embed = discord.Embed(title=f"Usage of {member.display_name}", colour=ACCENT)
     embed.add_field(
@@ -40,11 +39,10 @@ async def personal_embed(
         name="This month",
         value=f"{usage.month.total_images} images, {format_usd(usage.month.total_micro_usd)}",
     )
-    left_images = max(0, status.limits.user_images - status.used.images)
-    left_money = max(0, status.limits.user_micro_usd - status.used.micro_usd)
     embed.add_field(
         name="Left today",
-        value=f"{left_images} of {status.limits.user_images} images, {format_usd(left_money)} "
+        value=f"{status.images_left} of {status.limits.user_images} images, "
+        f"{format_usd(status.micro_usd_left)} "
         f"of {format_usd(status.limits.user_micro_usd)}; resets "
         f"{discord.utils.format_dt(status.resets_at, 'R')}",
         inline=False,
@@ -79,7 +77,7 @@ class Usage(commands.GroupCog, group_name="usage", group_description="Spending a
     @admin_only()
     async def server(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(thinking=True, ephemeral=True)
-        usage = await server_usage(runtime_of(interaction).ledger, guild_key(interaction))
+        usage = await runtime_of(interaction).service.server_usage(guild_key(interaction))
         report = usage.report
         embed = discord.Embed(
             title=f"Server usage, {usage.days[0]} to {usage.days[-1]} (UTC)", colour=ACCENT
