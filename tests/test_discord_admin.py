@@ -10,7 +10,7 @@ from PIL import Image
 
 from bot.discord_bot import ImageBot
 from bot.runtime import open_runtime
-from tests.conftest import png
+from tests.conftest import FAKE_CF_TOKEN, CountingProvider, png
 
 
 async def run(fake, name, options=None, user=None, **extra):
@@ -164,3 +164,25 @@ async def test_provider_failure_replies_and_refunds(fake_discord, bot_harness, m
         result = await hosted.wait_for_message(lambda m: bool(m.embeds))
         assert not result.files  # Cloudflare Images is public: Discord shows the URL itself
         assert result.embeds[0]["image"]["url"].startswith(fake_cloudflare.delivery_base)
+
+
+class BrokenProvider(CountingProvider):
+    """A provider with a bug: raises something that is not a domain error."""
+
+    async def generate(self, request):  # type: ignore[no-untyped-def]
+        raise RuntimeError(f"internal detail /srv/secret/path {FAKE_CF_TOKEN}")
+
+
+async def test_unexpected_errors_get_a_reference_and_no_details(fake_discord, bot_harness,
+                                                                local_runtime, caplog):  # fmt: skip
+    local_runtime.service.provider = BrokenProvider()
+    await bot_harness.start(ImageBot(local_runtime))
+    failed = await run(fake_discord, "imagine", {"prompt": "this will break"})
+    message = await reply(failed, "Something went wrong")
+    assert message.ephemeral
+    reference = message.content.split("`")[1]
+    assert "/srv/secret" not in message.content and FAKE_CF_TOKEN not in message.content
+    assert "Traceback" not in message.content
+    logged = [r for r in caplog.records if reference in r.getMessage()]
+    assert logged and logged[0].exc_info is not None  # the traceback is in the log
+    assert await local_runtime.ledger.audit() == {"counter_mismatches": 0, "open_jobs": 0}
