@@ -74,6 +74,7 @@ class _Plan:
     source_image_id: str | None
     cache_scope: str | None
     unit_cost: Cost
+    limits: Limits  # read once while planning, checked again atomically by the reservation
 
 
 @dataclass(frozen=True)
@@ -381,10 +382,9 @@ class ImageService:
         prompt = clean_prompt(prompt_text, spec.max_prompt_chars)
         if aspect is None and not spec.fixed_size:  # a template's shape is only a default
             aspect = template_aspect
-        if request.guild_id:
-            blocked = await self.ledger.blocklist(request.guild_id)
-            if blocked and prompt_matches(f"{prompt} {request.prompt}", blocked):
-                raise PromptBlocked()
+        policy = await self.ledger.policy(request.user_id, request.guild_id)
+        if policy.blocklist and prompt_matches(f"{prompt} {request.prompt}", policy.blocklist):
+            raise PromptBlocked()
         width, height = resolve_size(spec, request.width, request.height, aspect)
         resolved_steps = resolve_steps(spec, steps)
         init_image, source_id, input_size = None, None, None
@@ -405,6 +405,7 @@ class ImageService:
             source_image_id=source_id,
             cache_scope=self._cache_scope(request),
             unit_cost=spec.image_cost(width, height, resolved_steps, input_size),
+            limits=policy.limits,
         )
 
     def _choose_model(self, model_id: str | None, has_image: bool) -> ModelSpec:
@@ -638,8 +639,7 @@ class ImageService:
             images=len(own),
             cost=Cost(unit.micro_usd * len(own), unit.milli_neurons * len(own)),
         )
-        limits = await self.ledger.limits_for(request.user_id, request.guild_id)
-        return await self.ledger.reserve(new, limits)
+        return await self.ledger.reserve(new, plan.limits)
 
     async def _replay(self, key: str, guild_id: str) -> GenerationResult | None:
         """The first result of a request seen before; waits if it is still running."""
@@ -685,12 +685,11 @@ class ImageService:
         estimate = Cost.from_nano_usd(
             spec.price.tokens_nano_usd(estimate_tokens, enhance.MAX_TOKENS)
         )
-        limits = await self.ledger.limits_for(request.user_id, request.guild_id)
         key = f"{request.idempotency_key}:enhance" if request.idempotency_key else None
         try:
             job = await self.ledger.reserve(
                 NewJob("enhance", request.user_id, request.guild_id, estimate, 0, spec.id, key),
-                limits,
+                plan.limits,
             )
         except DuplicateRequest:
             return plan.prompt, ZERO_COST, None

@@ -62,6 +62,13 @@ class DuplicateRequest(Exception):
 
 
 @dataclass(frozen=True)
+class Policy:
+    limits: Limits
+    usage: Usage
+    blocklist: list[str]
+
+
+@dataclass(frozen=True)
 class NewJob:
     kind: str
     user_id: str
@@ -78,19 +85,15 @@ INSERT INTO jobs (id, idempotency_key, kind, user_id, guild_id, day, model, stat
                   images, micro_usd, milli_neurons, params, created_at, updated_at)
 SELECT :id, :key, :kind, :user, :guild, :day, :model, 'reserved',
        :images, :usd, :mn, :params, :now, :now
-WHERE
-    (SELECT COALESCE(SUM(images), 0) FROM usage_counters
-        WHERE day = :day AND scope = 'user' AND scope_id = :user_scope)
-    - (SELECT COALESCE(SUM(images), 0) FROM quota_resets
-        WHERE day = :day AND user_scope = :user_scope) + :images <= :user_images
-    AND (SELECT COALESCE(SUM(micro_usd), 0) FROM usage_counters
-        WHERE day = :day AND scope = 'user' AND scope_id = :user_scope)
-    - (SELECT COALESCE(SUM(micro_usd), 0) FROM quota_resets
-        WHERE day = :day AND user_scope = :user_scope) + :usd <= :user_usd
-    AND (:guild = '' OR (SELECT COALESCE(SUM(micro_usd), 0) FROM usage_counters
-        WHERE day = :day AND scope = 'guild' AND scope_id = :guild) + :usd <= :guild_usd)
-    AND (SELECT COALESCE(SUM(milli_neurons), 0) FROM usage_counters
-        WHERE day = :day AND scope = 'all' AND scope_id = '') + :mn <= :neurons
+FROM (SELECT 1) AS one
+LEFT JOIN usage_counters u ON u.day = :day AND u.scope = 'user' AND u.scope_id = :user_scope
+LEFT JOIN quota_resets r ON r.day = :day AND r.user_scope = :user_scope
+LEFT JOIN usage_counters g ON g.day = :day AND g.scope = 'guild' AND g.scope_id = :guild
+LEFT JOIN usage_counters a ON a.day = :day AND a.scope = 'all' AND a.scope_id = ''
+WHERE COALESCE(u.images, 0) - COALESCE(r.images, 0) + :images <= :user_images
+  AND COALESCE(u.micro_usd, 0) - COALESCE(r.micro_usd, 0) + :usd <= :user_usd
+  AND (:guild = '' OR COALESCE(g.micro_usd, 0) + :usd <= :guild_usd)
+  AND COALESCE(a.milli_neurons, 0) + :mn <= :neurons
 """
 
 
@@ -240,16 +243,20 @@ class Ledger:
 
     async def limits_for(self, user_id: str, guild_id: str) -> Limits:
         """Per-user override in this guild, else the guild's user defaults, else global."""
-        return (await self.limits_and_usage(user_id, guild_id))[0]
+        return (await self.policy(user_id, guild_id)).limits
 
     async def limits_and_usage(self, user_id: str, guild_id: str) -> tuple[Limits, Usage]:
-        """The user's limits and today's usage, in one query."""
+        policy = await self.policy(user_id, guild_id)
+        return policy.limits, policy.usage
+
+    async def policy(self, user_id: str, guild_id: str) -> Policy:
+        """The user's limits, today's usage and the server's blocklist, in one query."""
         d = self.defaults
         row = await self._one(
             """SELECT u.daily_images, u.daily_micro_usd, g.user_daily_images,
                       g.user_daily_micro_usd, g.daily_micro_usd,
                       c.images - COALESCE(r.images, 0), c.micro_usd - COALESCE(r.micro_usd, 0),
-                      c.milli_neurons
+                      c.milli_neurons, g.blocklist
                FROM (SELECT 1) LEFT JOIN user_quotas u ON u.guild_id = ? AND u.user_id = ?
                LEFT JOIN guild_settings g ON g.guild_id = ?
                LEFT JOIN usage_counters c ON c.day = ? AND c.scope = 'user' AND c.scope_id = ?
@@ -268,7 +275,7 @@ class Ledger:
             milli_neurons=d.daily_milli_neurons,
         )
         usage = Usage(row[5] or 0, row[6] or 0, row[7] or 0)
-        return limits, usage
+        return Policy(limits, usage, json.loads(row[8]) if row[8] else [])
 
     async def set_user_quota(
         self, guild_id: str, user_id: str, daily_images: int | None, daily_micro_usd: int | None
