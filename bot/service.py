@@ -27,7 +27,7 @@ from bot.errors import (
     ProviderError,
     ProviderUnavailable,
 )
-from bot.ledger import ImageRecord, Job, Ledger, Limits, UsageReport
+from bot.ledger import ImageRecord, Job, Ledger, Limits, Usage, UsageReport
 from bot.ledger.ledger import DuplicateRequest, NewJob
 from bot.ledger.records import new_id, next_utc_midnight
 from bot.providers.base import GeneratedImage, ImageProvider, ImageRequest
@@ -75,6 +75,7 @@ class _Plan:
     cache_scope: str | None
     unit_cost: Cost
     limits: Limits  # read once while planning, checked again atomically by the reservation
+    usage: Usage  # the user's usage when the policy was read
 
 
 @dataclass(frozen=True)
@@ -217,7 +218,9 @@ class ImageService:
             done.set_result(None)
             if request.idempotency_key:
                 self._by_key.pop(request.idempotency_key, None)
-        merged = {**produced, **await self._record_hits(request, plan, hits, job.id)}
+        hit_records = self._hit_records(request, hits, job.id)
+        await asyncio.gather(*(self.ledger.add_image(r) for r in hit_records.values()))
+        merged = {**produced, **hit_records}
         return GenerationResult(
             images=[merged[index] for index in sorted(merged)],
             prompt=plan.prompt,
@@ -406,6 +409,7 @@ class ImageService:
             cache_scope=self._cache_scope(request),
             unit_cost=spec.image_cost(width, height, resolved_steps, input_size),
             limits=policy.limits,
+            usage=policy.usage,
         )
 
     def _choose_model(self, model_id: str | None, has_image: bool) -> ModelSpec:
@@ -532,18 +536,16 @@ class ImageService:
             if self._inflight.get(key) is futures[slot.index]:
                 del self._inflight[key]
 
-    async def _record_hits(
+    def _hit_records(
         self,
         request: GenerateRequest,
-        plan: _Plan,
         hits: dict[int, ImageRecord],
         job_id: str,
         ids: dict[int, str] | None = None,
     ) -> dict[int, ImageRecord]:
         """Each cache hit becomes the requester's own free record pointing at the same bytes."""
-        records = {}
-        for index, source in sorted(hits.items()):
-            record = replace(
+        return {
+            index: replace(
                 source,
                 id=(ids or {}).get(index) or new_id("img"),
                 job_id=job_id,
@@ -555,9 +557,8 @@ class ImageService:
                 metadata=dict(request.metadata),
                 created_at=self.ledger.now_iso(),
             )
-            await self.ledger.add_image(record)
-            records[index] = record
-        return records
+            for index, source in sorted(hits.items())
+        }
 
     async def _free_result(
         self,
@@ -567,14 +568,16 @@ class ImageService:
         hits: dict[int, ImageRecord],
     ) -> GenerationResult:
         ids = {slot.index: new_id("img") for slot in slots}
+        job_id = new_id("job")
+        records = self._hit_records(request, hits, job_id, ids)
         try:
             job = await self.ledger.record_free_job(
                 self._new_job(request, plan, [], plan.prompt, images=0, cost=ZERO_COST),
-                [ids[s.index] for s in slots],
+                job_id,
+                [records[s.index] for s in slots],
             )
         except DuplicateRequest as duplicate:
             return await self._result_of(duplicate.job, request.guild_id, replayed=True)
-        records = await self._record_hits(request, plan, hits, job.id, ids)
         self._report(request, "done", plan.spec)
         images = [records[index] for index in sorted(records)]
         return GenerationResult(
@@ -583,7 +586,11 @@ class ImageService:
             prompt_used=images[0].prompt_used or plan.prompt,
             enhanced=False,
             cost=ZERO_COST,
-            remaining=await self.remaining(request.user_id, request.guild_id),
+            remaining=Remaining(  # a free hit changes nothing since the policy was read
+                images=max(0, plan.limits.user_images - plan.usage.images),
+                micro_usd=max(0, plan.limits.user_micro_usd - plan.usage.micro_usd),
+                resets_at=next_utc_midnight(self.ledger.clock()),
+            ),
             job_id=job.id,
         )
 

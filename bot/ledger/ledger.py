@@ -12,11 +12,11 @@ import contextlib
 import json
 import logging
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiosqlite
 
@@ -100,11 +100,12 @@ WHERE COALESCE(u.images, 0) - COALESCE(r.images, 0) + :images <= :user_images
 class GroupCommit:
     """Writes that arrive together share one transaction, and so one WAL commit.
 
-    aiosqlite runs statements on one thread in the order they are queued, so
-    ``BEGIN IMMEDIATE; s1; s2; …; COMMIT`` queued back to back stays one transaction. Each
-    statement is still atomic on its own (a failing one rolls back alone), and every caller
-    gets its result only after the COMMIT succeeded; if it fails, the batch is rolled back and
-    every caller gets the error. Only the ledger's writes come through here.
+    A batch runs as ONE call on aiosqlite's database thread: ``BEGIN IMMEDIATE``, each
+    statement, ``COMMIT``. Each statement is still atomic on its own (a failing one rolls back
+    alone and only its caller sees the error), and callers get their results only after the
+    COMMIT; if it fails, the batch is rolled back and every caller gets the error. Only the
+    ledger's writes come through here. (aiosqlite's ``_execute``/``_conn`` are private but are
+    what every aiosqlite method is built on; pyproject pins the tested versions.)
     """
 
     MAX_BATCH = 256
@@ -125,50 +126,65 @@ class GroupCommit:
         while self._pending:
             batch = self._pending[: self.MAX_BATCH]
             del self._pending[: self.MAX_BATCH]
+            statements = [(sql, params) for sql, params, _ in batch]
             try:
-                await self._run(batch)
-            except BaseException as exc:  # never leave a caller waiting
+                run_on_db_thread = cast(
+                    Callable[..., Awaitable[list[int | BaseException]]], self._db._execute
+                )
+                outcomes = await run_on_db_thread(_run_batch, self._db._conn, statements)
+            except BaseException as exc:  # the whole batch failed: never leave a caller waiting
                 for _, _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
                 if not isinstance(exc, Exception):
                     raise
+                continue
+            for (_, _, future), outcome in zip(batch, outcomes, strict=True):
+                if future.done():
+                    continue
+                if isinstance(outcome, BaseException):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
 
-    async def _run(self, batch: list[tuple[str, Any, asyncio.Future[int]]]) -> None:
-        if len(batch) == 1:
-            sql, params, future = batch[0]
+
+def _run_batch(
+    conn: sqlite3.Connection, statements: list[tuple[str, Any]]
+) -> list[int | BaseException]:
+    """On the database thread: one transaction, one outcome per statement."""
+    if len(statements) == 1:
+        sql, params = statements[0]
+        try:
+            return [conn.execute(sql, params).rowcount]
+        except sqlite3.Error as exc:
+            return [exc]
+    outcomes: list[int | BaseException] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for sql, params in statements:
             try:
-                future.set_result((await self._db.execute(sql, params)).rowcount)
-            except sqlite3.Error as exc:
-                future.set_exception(exc)
-            return
-        steps = [self._db.execute("BEGIN IMMEDIATE")]
-        steps += [self._db.execute(sql, params) for sql, params, _ in batch]
-        steps.append(self._db.execute("COMMIT"))
-        outcomes = await asyncio.gather(*steps, return_exceptions=True)
-        began, commit = outcomes[0], outcomes[-1]
-        failed: BaseException | None = None
-        if not isinstance(began, BaseException) and isinstance(commit, BaseException):
-            failed = commit
-            with contextlib.suppress(sqlite3.Error):
-                await self._db.execute("ROLLBACK")
-        for (_, _, future), outcome in zip(batch, outcomes[1:-1], strict=True):
-            if isinstance(outcome, BaseException) or failed is not None:
-                error = failed or outcome
-                assert isinstance(error, BaseException)
-                future.set_exception(error)
-            else:
-                future.set_result(outcome.rowcount)
+                outcomes.append(conn.execute(sql, params).rowcount)
+            except sqlite3.Error as exc:  # this statement alone is rolled back
+                outcomes.append(exc)
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+    return outcomes
 
 
 class Ledger:
     """Owns the database connection. Open with ``await Ledger.open(path, defaults)``."""
+
+    CHECKPOINT_SECONDS = 1.0
 
     def __init__(self, db: aiosqlite.Connection, defaults: QuotaDefaults, clock: Clock) -> None:
         self._db = db
         self._writes = GroupCommit(db)
         self.defaults = defaults
         self.clock = clock
+        self._checkpointer: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(
@@ -182,15 +198,35 @@ class Ledger:
             await db.execute("PRAGMA journal_mode = WAL")
             await db.execute("PRAGMA synchronous = NORMAL")
             await db.execute("PRAGMA foreign_keys = ON")
+            # Checkpoints run in the background (below), not inside a writer's commit.
+            await db.execute("PRAGMA wal_autocheckpoint = 0")
             ledger = cls(db, defaults or QuotaDefaults(), clock)
             await ledger._migrate()
         except BaseException:
             await db.close()
             raise
+        ledger._checkpointer = asyncio.create_task(ledger._checkpoint_forever(path))
         return ledger
 
     async def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()
+            await asyncio.gather(self._checkpointer, return_exceptions=True)
+        with contextlib.suppress(sqlite3.Error):
+            await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         await self._db.close()
+
+    async def _checkpoint_forever(self, path: Path) -> None:
+        """Copy the WAL back into the database from a connection of its own, so that no
+        request's commit pays for it (SQLite's automatic checkpoint runs inside a commit)."""
+        async with aiosqlite.connect(path, isolation_level=None) as checkpointer:
+            await checkpointer.execute("PRAGMA busy_timeout = 1000")
+            while True:
+                await asyncio.sleep(self.CHECKPOINT_SECONDS)
+                try:
+                    await checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as exc:
+                    log.warning("WAL checkpoint failed: %s", exc)
 
     async def _migrate(self) -> None:
         version = await self._scalar("PRAGMA user_version")
@@ -475,27 +511,33 @@ class Ledger:
         )
         return changed == 1
 
-    async def record_free_job(self, new: NewJob, image_ids: list[str]) -> Job:
-        """A request that costs nothing (a cache hit) still gets a job for idempotency."""
+    async def record_free_job(self, new: NewJob, job_id: str, images: list[ImageRecord]) -> Job:
+        """A request that costs nothing (a cache hit) still gets a job, for idempotency, and
+        its image records: written together, in one batch."""
         now = self.now_iso()
         day = self.today()
-        job_id = new_id("job")
-        try:
-            await self._write(
-                "INSERT INTO jobs (id, idempotency_key, kind, user_id, guild_id, day, model, "
-                "state, planned_image_ids, params, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, 'settled', ?, ?, ?, ?)",
-                (
-                    job_id, new.idempotency_key, new.kind, new.user_id, new.guild_id,
-                    day, new.model, json.dumps(image_ids),
-                    json.dumps(new.params or {}, sort_keys=True), now, now,
-                ),
-            )  # fmt: skip
-        except sqlite3.IntegrityError:
+        image_ids = [image.id for image in images]
+        job_insert = self._write(
+            "INSERT INTO jobs (id, idempotency_key, kind, user_id, guild_id, day, model, "
+            "state, planned_image_ids, params, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, 'settled', ?, ?, ?, ?)",
+            (
+                job_id, new.idempotency_key, new.kind, new.user_id, new.guild_id,
+                day, new.model, json.dumps(image_ids),
+                json.dumps(new.params or {}, sort_keys=True), now, now,
+            ),
+        )  # fmt: skip
+        outcomes = await asyncio.gather(
+            job_insert, *(self.add_image(image) for image in images), return_exceptions=True
+        )
+        if isinstance(outcomes[0], sqlite3.IntegrityError):
             existing = await self.job_by_key(new.idempotency_key or "")
             if existing is None:
-                raise
+                raise outcomes[0]
             raise DuplicateRequest(existing) from None
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
         return self._job_from(new, job_id, day, "settled", now, image_ids)
 
     async def get_job(self, job_id: str) -> Job | None:

@@ -89,14 +89,16 @@ MIGRATIONS: tuple[str, ...] = (
             milli_neurons = milli_neurons + excluded.milli_neurons;
     END;
 
-    -- Any change of state or amount applies the difference between what the row counted
-    -- before and what it counts now.
+    -- Any change of what a job counts applies the difference to its three counters (a plain
+    -- state change such as reserved -> storing -> settled at the estimate changes nothing).
     CREATE TRIGGER jobs_count_update AFTER UPDATE OF state, images, micro_usd, milli_neurons
     ON jobs
+    WHEN (NEW.state = 'refunded') != (OLD.state = 'refunded')
+        OR NEW.images != OLD.images OR NEW.micro_usd != OLD.micro_usd
+        OR NEW.milli_neurons != OLD.milli_neurons
     BEGIN
         UPDATE usage_counters SET
-            images = images
-                + (CASE WHEN NEW.state = 'refunded' THEN 0 ELSE NEW.images END)
+            images = images + (CASE WHEN NEW.state = 'refunded' THEN 0 ELSE NEW.images END)
                 - (CASE WHEN OLD.state = 'refunded' THEN 0 ELSE OLD.images END),
             micro_usd = micro_usd
                 + (CASE WHEN NEW.state = 'refunded' THEN 0 ELSE NEW.micro_usd END)
@@ -104,11 +106,28 @@ MIGRATIONS: tuple[str, ...] = (
             milli_neurons = milli_neurons
                 + (CASE WHEN NEW.state = 'refunded' THEN 0 ELSE NEW.milli_neurons END)
                 - (CASE WHEN OLD.state = 'refunded' THEN 0 ELSE OLD.milli_neurons END)
-        WHERE day = NEW.day AND (
-            (scope = 'user' AND scope_id = NEW.guild_id || ':' || NEW.user_id)
-            OR (scope = 'guild' AND scope_id = NEW.guild_id AND NEW.guild_id != '')
-            OR (scope = 'all' AND scope_id = '')
-        );
+        WHERE day = NEW.day AND scope = 'user' AND scope_id = NEW.guild_id || ':' || NEW.user_id;
+        UPDATE usage_counters SET
+            images = images + (CASE WHEN NEW.state = 'refunded' THEN 0 ELSE NEW.images END)
+                - (CASE WHEN OLD.state = 'refunded' THEN 0 ELSE OLD.images END),
+            micro_usd = micro_usd
+                + (CASE WHEN NEW.state = 'refunded' THEN 0 ELSE NEW.micro_usd END)
+                - (CASE WHEN OLD.state = 'refunded' THEN 0 ELSE OLD.micro_usd END),
+            milli_neurons = milli_neurons
+                + (CASE WHEN NEW.state = 'refunded' THEN 0 ELSE NEW.milli_neurons END)
+                - (CASE WHEN OLD.state = 'refunded' THEN 0 ELSE OLD.milli_neurons END)
+        WHERE day = NEW.day AND scope = 'guild' AND scope_id = NEW.guild_id
+            AND NEW.guild_id != '';
+        UPDATE usage_counters SET
+            images = images + (CASE WHEN NEW.state = 'refunded' THEN 0 ELSE NEW.images END)
+                - (CASE WHEN OLD.state = 'refunded' THEN 0 ELSE OLD.images END),
+            micro_usd = micro_usd
+                + (CASE WHEN NEW.state = 'refunded' THEN 0 ELSE NEW.micro_usd END)
+                - (CASE WHEN OLD.state = 'refunded' THEN 0 ELSE OLD.micro_usd END),
+            milli_neurons = milli_neurons
+                + (CASE WHEN NEW.state = 'refunded' THEN 0 ELSE NEW.milli_neurons END)
+                - (CASE WHEN OLD.state = 'refunded' THEN 0 ELSE OLD.milli_neurons END)
+        WHERE day = NEW.day AND scope = 'all' AND scope_id = '';
     END;
 
     -- /quota reset-user: what the user had used when an admin reset them; their usage today
