@@ -232,3 +232,30 @@ async def test_user_quotas_are_per_server_and_reset_clears_today_only(ledger):
     assert used.images == 2 and limits_now.user_images == 25
     assert (await ledger.usage("guild", "g1")).images == 4  # what was spent is all still there
     assert await ledger.audit() == {"counter_mismatches": 0, "open_jobs": 4 + 2}
+
+
+async def test_a_failing_write_in_a_batch_fails_alone(ledger):
+    """Concurrent writes share a transaction; a constraint failure rolls back only itself."""
+    from bot.errors import Conflict
+    from bot.ledger import Template
+
+    def template(name: str, n: int) -> Template:
+        return Template(id=f"tpl_{n}", guild_id="g1", name=name, prompt="a style",
+                        created_by="u1", created_at=ledger.now_iso())  # fmt: skip
+
+    names = ["a", "b", "a", "c", "b", "d"]
+    outcomes = await asyncio.gather(
+        *(ledger.add_template(template(name, n)) for n, name in enumerate(names)),
+        *(ledger.reserve(job(key=f"batch-{n}"), Limits(*[WIDE] * 4)) for n in range(5)),
+        ledger.reserve(job(key="batch-0"), Limits(*[WIDE] * 4)),
+        return_exceptions=True,
+    )
+    template_outcomes, reserve_outcomes = outcomes[:6], outcomes[6:]
+    assert [type(o).__name__ for o in template_outcomes] == [
+        "NoneType", "NoneType", "Conflict", "NoneType", "Conflict", "NoneType"
+    ]  # fmt: skip
+    assert all(isinstance(o, Conflict) for o in template_outcomes if o is not None)
+    assert sum(not isinstance(o, BaseException) for o in reserve_outcomes) == 5
+    assert isinstance(reserve_outcomes[-1], DuplicateRequest)
+    assert sorted(t.name for t in await ledger.list_templates("g1")) == ["a", "b", "c", "d"]
+    assert (await ledger.user_usage("u1", "g1")).images == 5
