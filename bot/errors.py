@@ -74,6 +74,13 @@ class NotFound(BotError):
     http_status = 404
 
 
+class Unauthorized(BotError):
+    """No API key, or one that is wrong or revoked."""
+
+    code = "unauthorized"
+    http_status = 401
+
+
 class Forbidden(BotError):
     code = "forbidden"
     http_status = 403

@@ -26,6 +26,9 @@ from bot.errors import Conflict, NotFound, QuotaExceeded
 from bot.ledger.migrations import MIGRATIONS
 from bot.ledger.records import (
     OPEN_STATES,
+    ApiKey,
+    Batch,
+    BatchItem,
     ImageRecord,
     Job,
     Limits,
@@ -654,6 +657,128 @@ class Ledger:
 
     async def delete_template(self, template_id: str) -> bool:
         return await self._write("DELETE FROM templates WHERE id = ?", (template_id,)) == 1
+
+    # -- API keys -------------------------------------------------------------------------
+
+    async def add_api_key(self, key: ApiKey) -> None:
+        placeholders = ", ".join("?" for _ in ApiKey.COLUMNS)
+        await self._write(
+            f"INSERT INTO api_keys ({', '.join(ApiKey.COLUMNS)}) VALUES ({placeholders})",  # noqa: S608
+            tuple(getattr(key, c) for c in ApiKey.COLUMNS),
+        )
+
+    async def api_key_by_hash(self, key_hash: str) -> ApiKey | None:
+        row = await self._one("SELECT * FROM api_keys WHERE key_hash = ?", (key_hash,))
+        return ApiKey.from_row(row) if row else None
+
+    async def get_api_key(self, key_id: str) -> ApiKey | None:
+        row = await self._one("SELECT * FROM api_keys WHERE id = ?", (key_id,))
+        return ApiKey.from_row(row) if row else None
+
+    async def api_keys_of(self, user_id: str) -> list[ApiKey]:
+        rows = await self._all(
+            "SELECT * FROM api_keys WHERE user_id = ? ORDER BY created_at", (user_id,)
+        )
+        return [ApiKey.from_row(r) for r in rows]
+
+    async def revoke_api_key(self, key_id: str) -> bool:
+        changed = await self._write(
+            "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+            (self.now_iso(), key_id),
+        )
+        return changed == 1
+
+    # -- batches ----------------------------------------------------------------------------
+
+    async def add_batch(self, batch: Batch) -> None:
+        writes = [
+            self._write(
+                "INSERT INTO batches (id, key_id, user_id, guild_id, model, webhook_url, state, "
+                "webhook_state, created_at) VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?)",
+                (
+                    batch.id,
+                    batch.key_id,
+                    batch.user_id,
+                    batch.guild_id,
+                    batch.model,
+                    batch.webhook_url,
+                    "pending" if batch.webhook_url else None,
+                    batch.created_at,
+                ),
+            )
+        ]
+        writes += [
+            self._write(
+                "INSERT INTO batch_items (batch_id, position, prompt, state, error_code, "
+                "error_message) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    batch.id,
+                    item.position,
+                    item.prompt,
+                    item.state,
+                    item.error_code,
+                    item.error_message,
+                ),
+            )
+            for item in batch.items
+        ]
+        for outcome in await asyncio.gather(*writes, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    async def update_batch_item(
+        self,
+        batch_id: str,
+        position: int,
+        state: str,
+        image_id: str | None = None,
+        error_code: str | None = None,
+        error_message: str | None = None,
+    ) -> None:
+        await self._write(
+            "UPDATE batch_items SET state = ?, image_id = ?, error_code = ?, error_message = ? "
+            "WHERE batch_id = ? AND position = ?",
+            (state, image_id, error_code, error_message, batch_id, position),
+        )
+
+    async def finish_batch(self, batch_id: str) -> None:
+        await self._write(
+            "UPDATE batches SET state = 'done', finished_at = ? WHERE id = ?",
+            (self.now_iso(), batch_id),
+        )
+
+    async def record_webhook(self, batch_id: str, state: str, attempts: int) -> None:
+        await self._write(
+            "UPDATE batches SET webhook_state = ?, webhook_attempts = ? WHERE id = ?",
+            (state, attempts, batch_id),
+        )
+
+    async def get_batch(self, batch_id: str) -> Batch | None:
+        row = await self._one("SELECT * FROM batches WHERE id = ?", (batch_id,))
+        if row is None:
+            return None
+        items = await self._all(
+            "SELECT * FROM batch_items WHERE batch_id = ? ORDER BY position", (batch_id,)
+        )
+        return Batch.from_row(row, [BatchItem.from_row(r) for r in items])
+
+    async def unfinished_batches(self) -> list[str]:
+        rows = await self._all("SELECT id FROM batches WHERE state = 'running'")
+        return [r[0] for r in rows]
+
+    # -- placeholders -------------------------------------------------------------------------
+
+    async def placeholder(self, path: str) -> str | None:
+        row = await self._one("SELECT image_id FROM placeholders WHERE path = ?", (path,))
+        return row[0] if row else None
+
+    async def set_placeholder(self, path: str, image_id: str) -> None:
+        await self._write(
+            "INSERT INTO placeholders (path, image_id, created_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (path) DO UPDATE SET image_id = excluded.image_id, "
+            "created_at = excluded.created_at",
+            (path, image_id, self.now_iso()),
+        )
 
     # -- blocklist ------------------------------------------------------------------------
 

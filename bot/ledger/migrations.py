@@ -193,4 +193,51 @@ MIGRATIONS: tuple[str, ...] = (
         UNIQUE (guild_id, name)
     );
     """,
+    # 2: the HTTP API: keys, batches and the placeholder cache.
+    """
+    CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        guild_id TEXT NOT NULL DEFAULT '',
+        name TEXT NOT NULL,
+        key_hash TEXT NOT NULL UNIQUE,
+        hint TEXT NOT NULL,
+        webhook_secret TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        revoked_at TEXT
+    );
+    CREATE INDEX api_keys_user ON api_keys (user_id);
+
+    CREATE TABLE batches (
+        id TEXT PRIMARY KEY,
+        key_id TEXT NOT NULL REFERENCES api_keys (id),
+        user_id TEXT NOT NULL,
+        guild_id TEXT NOT NULL DEFAULT '',
+        model TEXT,
+        webhook_url TEXT,
+        state TEXT NOT NULL CHECK (state IN ('running', 'done')),
+        webhook_state TEXT CHECK (webhook_state IN ('pending', 'delivered', 'failed')),
+        webhook_attempts INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL,
+        finished_at TEXT
+    );
+    CREATE INDEX batches_user ON batches (user_id, created_at);
+
+    CREATE TABLE batch_items (
+        batch_id TEXT NOT NULL REFERENCES batches (id),
+        position INTEGER NOT NULL,
+        prompt TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'failed')),
+        image_id TEXT,
+        error_code TEXT,
+        error_message TEXT,
+        PRIMARY KEY (batch_id, position)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE placeholders (
+        path TEXT PRIMARY KEY,
+        image_id TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    ) WITHOUT ROWID;
+    """,
 )

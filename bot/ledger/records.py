@@ -229,3 +229,69 @@ def image_to_public(image: ImageRecord) -> dict[str, Any]:
         "source_image_id": image.source_image_id,
         "metadata": image.metadata,
     }
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """An API key as stored: only a hash of the secret, plus a hint to recognise it."""
+
+    id: str
+    user_id: str
+    guild_id: str
+    name: str
+    key_hash: str
+    hint: str
+    webhook_secret: str
+    created_at: str
+    revoked_at: str | None = None
+
+    COLUMNS = (
+        "id", "user_id", "guild_id", "name", "key_hash", "hint", "webhook_secret",
+        "created_at", "revoked_at",
+    )  # fmt: skip
+
+    @classmethod
+    def from_row(cls, row: Any) -> ApiKey:
+        return cls(**{c: row[c] for c in cls.COLUMNS})
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    batch_id: str
+    position: int
+    prompt: str
+    state: str
+    image_id: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+
+    @classmethod
+    def from_row(cls, row: Any) -> BatchItem:
+        return cls(
+            row["batch_id"], row["position"], row["prompt"], row["state"], row["image_id"],
+            row["error_code"], row["error_message"],
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Batch:
+    id: str
+    key_id: str
+    user_id: str
+    guild_id: str
+    model: str | None
+    webhook_url: str | None
+    state: str
+    webhook_state: str | None
+    webhook_attempts: int
+    created_at: str
+    finished_at: str | None
+    items: list[BatchItem] = field(default_factory=list)
+
+    @classmethod
+    def from_row(cls, row: Any, items: list[BatchItem]) -> Batch:
+        return cls(
+            row["id"], row["key_id"], row["user_id"], row["guild_id"], row["model"],
+            row["webhook_url"], row["state"], row["webhook_state"], row["webhook_attempts"],
+            row["created_at"], row["finished_at"], items,
+        )  # fmt: skip
