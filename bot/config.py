@@ -62,6 +62,9 @@ class Settings:
     max_jobs_per_user: int = 2
     max_queue: int = 100
     max_concurrent_jobs: int = 8
+    api_rate_per_minute: int = 60
+    placeholder_daily_images: int = 50
+    allow_private_urls: bool = False
     log_level: str = "INFO"
 
 
@@ -223,5 +226,8 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         max_jobs_per_user=read.integer("MAX_JOBS_PER_USER", 2, minimum=1, maximum=64),
         max_queue=read.integer("MAX_QUEUE", 100, minimum=1, maximum=100_000),
         max_concurrent_jobs=read.integer("MAX_CONCURRENT_JOBS", 8, minimum=1, maximum=1024),
+        api_rate_per_minute=read.integer("API_RATE_PER_MINUTE", 60, minimum=1, maximum=100_000),
+        placeholder_daily_images=read.integer("PLACEHOLDER_DAILY_IMAGES", 50),
+        allow_private_urls=read.choice("ALLOW_PRIVATE_URLS", "false", ("true", "false")) == "true",
         log_level=read.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper(),
     )

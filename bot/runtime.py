@@ -13,11 +13,14 @@ from dataclasses import dataclass
 
 import httpx
 
+from bot.api_keys import ApiKeys
+from bot.batches import BatchService
 from bot.catalog import Catalog, load_catalog
 from bot.cloudflare_api import CloudflareAPI
 from bot.config import Settings
 from bot.errors import ConfigError, InvalidModel
 from bot.ledger import Ledger
+from bot.placeholders import PlaceholderService
 from bot.providers.base import ImageProvider
 from bot.providers.cloudflare import CloudflareProvider
 from bot.providers.local import LocalProvider
@@ -32,6 +35,7 @@ log = logging.getLogger(__name__)
 
 HTTP_TIMEOUT = httpx.Timeout(connect=10.0, read=120.0, write=60.0, pool=30.0)
 HTTP_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=32)
+OUTBOUND_TIMEOUT = httpx.Timeout(15.0, connect=5.0)
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,10 @@ class Runtime:
     store: ImageStore
     service: ImageService
     admin: ServerAdmin
+    keys: ApiKeys
+    batches: BatchService
+    placeholders: PlaceholderService
+    http: httpx.AsyncClient  # for addresses users give: uploads by URL, webhooks
 
 
 def check_catalog(settings: Settings, catalog: Catalog) -> None:
@@ -102,4 +110,16 @@ async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIter
         if recover:
             await service.recover()
         admin = ServerAdmin(ledger, catalog, settings.default_model)
-        yield Runtime(settings, catalog, ledger, provider, store, service, admin)
+        outbound = await stack.enter_async_context(
+            httpx.AsyncClient(timeout=OUTBOUND_TIMEOUT, follow_redirects=False)
+        )
+        batches = BatchService(
+            service, ledger, outbound, allow_private_urls=settings.allow_private_urls
+        )
+        stack.push_async_callback(batches.close)
+        placeholders = PlaceholderService(service, ledger, store)
+        await placeholders.set_daily_quota(settings.placeholder_daily_images)
+        yield Runtime(
+            settings, catalog, ledger, provider, store, service, admin, ApiKeys(ledger),
+            batches, placeholders, outbound,
+        )  # fmt: skip

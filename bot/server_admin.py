@@ -111,7 +111,10 @@ class ServerAdmin:
         return await self.ledger.list_templates(guild_id, prefix)
 
     async def template(self, guild_id: str, name: str) -> Template:
+        """By name (any case) or id."""
         return await self.ledger.get_template(guild_id, name)
+
+    template_by_id = template
 
     # -- quotas ---------------------------------------------------------------------------
 

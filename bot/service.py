@@ -791,6 +791,12 @@ class ImageService:
         """A user's live images and uploads, newest first (for pickers and listings)."""
         return await self.ledger.list_images(user_id, limit=limit, prefix=prefix)
 
+    async def user_images_page(
+        self, user_id: str, *, limit: int, before: str | None
+    ) -> list[ImageRecord]:
+        """A page of a user's live images, newest first; ``before`` is the last created_at."""
+        return await self.ledger.list_images(user_id, limit=limit, before=before)
+
     async def personal_usage(self, guild_id: str, user_id: str) -> PersonalUsage:
         return await personal_usage(self.ledger, guild_id, user_id)
 

@@ -122,11 +122,26 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 def build_web_app(runtime: Runtime) -> web.Application:
-    app = web.Application(client_max_size=1024 * 1024)
+    """Image hosting, health, the JSON API and placeholders, in one aiohttp app."""
+    from bot.web.api import API, Api, KeyRateLimiter, add_api_routes, auth_middleware
+    from bot.web.http import errors_middleware
+
+    app = web.Application(
+        client_max_size=11 * 1024 * 1024, middlewares=[errors_middleware, auth_middleware]
+    )
     app[RUNTIME_KEY] = runtime
     app[CACHE_KEY] = VariantCache()
+    app[API] = Api(runtime, KeyRateLimiter(runtime.settings.api_rate_per_minute))
     app.router.add_get("/images/{image_id}/{variant}", serve_image)
     app.router.add_get("/healthz", healthz)
+    add_api_routes(app)
+
+    async def resume_batches(app: web.Application) -> None:
+        resumed = await runtime.batches.resume()
+        if resumed:
+            log.info("resumed %d unfinished batch(es)", resumed)
+
+    app.on_startup.append(resume_batches)
     return app
 
 

@@ -1,0 +1,203 @@
+"""Batch generation for the HTTP API: many prompts, one id to poll, a signed webhook at the end.
+
+Each item is an ordinary generation under the key's user's quotas, with the idempotency key
+``batch:<id>:<position>``, so a batch resumed after a restart never charges an item twice.
+A batch needing more images than the user has left today is refused whole, before anything
+runs; an item that later meets a spent money budget fails alone and says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import replace
+from typing import Any
+
+import httpx
+
+from bot.errors import BotError, InvalidRequest, NotFound, QuotaExceeded
+from bot.ledger import ImageRecord, Ledger
+from bot.ledger.records import ApiKey, Batch, BatchItem, image_to_public, new_id
+from bot.outbound import check_url, deliver_webhook
+from bot.requests import GenerateRequest
+from bot.service import ImageService
+from bot.validation import clean_text
+
+log = logging.getLogger(__name__)
+
+MAX_PROMPTS = 50
+ITEMS_AT_ONCE = 2
+
+
+class BatchService:
+    def __init__(
+        self,
+        service: ImageService,
+        ledger: Ledger,
+        http: httpx.AsyncClient,
+        *,
+        allow_private_urls: bool = False,
+    ) -> None:
+        self.service = service
+        self.ledger = ledger
+        self.http = http
+        self.allow_private_urls = allow_private_urls
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def submit(
+        self, key: ApiKey, prompts: list[str], model: str | None, webhook_url: str | None
+    ) -> Batch:
+        if not 1 <= len(prompts) <= MAX_PROMPTS:
+            raise InvalidRequest("prompts", f"A batch holds 1 to {MAX_PROMPTS} prompts.")
+        if model is not None:
+            self.service.catalog.get(model)
+        if webhook_url is not None:
+            await check_url(webhook_url, allow_private=self.allow_private_urls, field="webhook_url")
+        remaining = await self.service.remaining(key.user_id, key.guild_id)
+        if remaining.images < len(prompts):
+            raise QuotaExceeded(
+                "user_daily_images",
+                f"This batch needs {len(prompts)} images; you have {remaining.images} left "
+                "today. Nothing was started.",
+                remaining.resets_at,
+            )
+        batch = Batch(
+            id=new_id("bat"),
+            key_id=key.id,
+            user_id=key.user_id,
+            guild_id=key.guild_id,
+            model=model,
+            webhook_url=webhook_url,
+            state="running",
+            webhook_state="pending" if webhook_url else None,
+            webhook_attempts=0,
+            created_at=self.ledger.now_iso(),
+            finished_at=None,
+            items=[
+                BatchItem(batch_id="", position=n, prompt=clean_text(p)[:2048], state="queued")
+                for n, p in enumerate(prompts)
+            ],
+        )
+        await self.ledger.add_batch(batch)
+        self._start(batch.id)
+        return batch
+
+    async def get(self, batch_id: str, key: ApiKey) -> Batch:
+        batch = await self.ledger.get_batch(batch_id)
+        if batch is None or batch.user_id != key.user_id:
+            raise NotFound(f"No batch with id {batch_id}.")
+        return batch
+
+    async def images_of(self, batch: Batch) -> dict[str, ImageRecord]:
+        ids = [item.image_id for item in batch.items if item.image_id]
+        return {image.id: image for image in await self.ledger.images_by_ids(ids)}
+
+    async def resume(self) -> int:
+        """Start again the batches a restart interrupted (their done items are kept)."""
+        unfinished = await self.ledger.unfinished_batches()
+        for batch_id in unfinished:
+            self._start(batch_id)
+        return len(unfinished)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def wait_idle(self) -> None:
+        """For tests and shutdown: until every running batch has finished."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def _start(self, batch_id: str) -> None:
+        task = asyncio.create_task(self._run(batch_id), name=f"batch {batch_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, batch_id: str) -> None:
+        batch = await self.ledger.get_batch(batch_id)
+        key = await self.ledger.get_api_key(batch.key_id) if batch else None
+        if batch is None or key is None:
+            return
+        gate = asyncio.Semaphore(ITEMS_AT_ONCE)
+
+        async def run_item(item: BatchItem) -> None:
+            async with gate:
+                await self._run_item(batch, key, item)
+
+        await asyncio.gather(
+            *(run_item(i) for i in batch.items if i.state in ("queued", "running"))
+        )
+        await self.ledger.finish_batch(batch.id)
+        if batch.webhook_url and batch.webhook_state != "delivered":
+            await self._notify(batch.id, key)
+
+    async def _run_item(self, batch: Batch, key: ApiKey, item: BatchItem) -> None:
+        await self.ledger.update_batch_item(batch.id, item.position, "running")
+        try:
+            result = await self.service.generate(
+                GenerateRequest(
+                    prompt=item.prompt,
+                    user_id=key.user_id,
+                    guild_id=key.guild_id,
+                    model=batch.model,
+                    idempotency_key=f"batch:{batch.id}:{item.position}",
+                    metadata={"batch_id": batch.id, "position": str(item.position)},
+                )
+            )
+        except BotError as error:
+            await self.ledger.update_batch_item(
+                batch.id, item.position, "failed", None, error.code, error.user_message
+            )
+            return
+        await self.ledger.update_batch_item(batch.id, item.position, "done", result.images[0].id)
+
+    async def _notify(self, batch_id: str, key: ApiKey) -> None:
+        batch = await self.ledger.get_batch(batch_id)
+        if batch is None or batch.webhook_url is None:
+            return
+        payload = self.describe(batch, await self.images_of(batch))
+        delivery = await deliver_webhook(
+            self.http,
+            batch.webhook_url,
+            payload,
+            key.webhook_secret,
+            delivery_id=batch.id,
+            allow_private=self.allow_private_urls,
+        )
+        state = "delivered" if delivery.delivered else "failed"
+        await self.ledger.record_webhook(batch.id, state, delivery.attempts)
+        if not delivery.delivered:
+            log.warning("webhook for batch %s not delivered: %s", batch.id, delivery.error)
+
+    @staticmethod
+    def describe(batch: Batch, images: dict[str, ImageRecord]) -> dict[str, Any]:
+        """The batch as the API shows it (and as the webhook receives it)."""
+        counts = {state: 0 for state in ("queued", "running", "done", "failed")}
+        for item in batch.items:
+            counts[item.state] += 1
+        return {
+            "id": batch.id,
+            "status": batch.state,
+            "model": batch.model,
+            "created_at": batch.created_at,
+            "finished_at": batch.finished_at,
+            "counts": counts,
+            "webhook": {"state": batch.webhook_state, "attempts": batch.webhook_attempts}
+            if batch.webhook_url
+            else None,
+            "items": [
+                {
+                    "position": item.position,
+                    "prompt": item.prompt,
+                    "status": item.state,
+                    "image": image_to_public(images[item.image_id])
+                    if item.image_id in images
+                    else None,
+                    "error": {"code": item.error_code, "message": item.error_message}
+                    if item.state == "failed"
+                    else None,
+                }
+                for item in (replace(i, batch_id=batch.id) for i in batch.items)
+            ],
+        }

@@ -1,0 +1,97 @@
+"""The placeholder service (the seeds' "Placeholder Zoo"): ``/{W}x{H}/{slug}`` → an image.
+
+The slug becomes a prompt (enhanced, as in the seed); the image is generated once per slug and
+served resized to exactly W×H (``fit=cover``) for every size, so varying the size costs nothing.
+Anonymous generations draw on the placeholder user's own daily quota (PLACEHOLDER_DAILY_IMAGES,
+may be 0); ``?redo`` regenerates and needs an API key, whose user pays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from bot import imaging
+from bot.errors import InvalidRequest, NotFound
+from bot.ledger import ImageRecord, Ledger
+from bot.ledger.records import ApiKey
+from bot.requests import GenerateRequest
+from bot.service import ImageService
+from bot.stores.base import ImageStore
+
+PLACEHOLDER_USER = "placeholder"
+MIN_SIDE, MAX_SIDE = 16, 4096
+SLUG = re.compile(r"^[a-z0-9]+(?:[-_][a-z0-9]+){0,30}$")
+SIZE = re.compile(r"^([0-9]{1,5})x([0-9]{1,5})$")
+
+
+def parse_placeholder(size: str, slug: str) -> tuple[int, int, str]:
+    """(width, height, prompt) from the two path segments, or InvalidRequest."""
+    match = SIZE.match(size)
+    if match is None:
+        raise InvalidRequest("size", "The size must look like 800x600.")
+    width, height = int(match[1]), int(match[2])
+    if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE):
+        raise InvalidRequest("size", f"Width and height must be {MIN_SIDE} to {MAX_SIDE} pixels.")
+    if len(slug) > 200 or not SLUG.match(slug):
+        raise InvalidRequest(
+            "slug", "The name must be lowercase words joined by dashes, like sunglasses-sloth."
+        )
+    prompt = re.sub(r"[-_]+", " ", slug)
+    if len(prompt) < 3:
+        raise InvalidRequest("slug", "The name must be at least 3 characters.")
+    return width, height, prompt
+
+
+class PlaceholderService:
+    def __init__(self, service: ImageService, ledger: Ledger, store: ImageStore) -> None:
+        self.service = service
+        self.ledger = ledger
+        self.store = store
+        self._inflight: dict[str, asyncio.Future[ImageRecord]] = {}
+
+    async def set_daily_quota(self, daily_images: int) -> None:
+        """Anonymous placeholders are one user with its own daily limit."""
+        await self.ledger.set_user_quota("", PLACEHOLDER_USER, daily_images, None)
+
+    async def image_for(self, slug: str, prompt: str, *, redo_by: ApiKey | None) -> ImageRecord:
+        """The slug's image: from the cache, or generated once (concurrent misses share it)."""
+        if redo_by is None:
+            image_id = await self.ledger.placeholder(slug)
+            if image_id is not None:
+                try:
+                    return await self.service.get_image(image_id)
+                except NotFound:
+                    pass  # deleted since: make a new one
+            running = self._inflight.get(slug)
+            if running is not None:
+                return await asyncio.shield(running)
+        future: asyncio.Future[ImageRecord] = asyncio.get_running_loop().create_future()
+        self._inflight[slug] = future
+        try:
+            result = await self.service.generate(
+                GenerateRequest(
+                    prompt=prompt,
+                    user_id=redo_by.user_id if redo_by else PLACEHOLDER_USER,
+                    guild_id=redo_by.guild_id if redo_by else "",
+                    enhance=True,
+                    fresh=redo_by is not None,
+                    metadata={"placeholder": slug},
+                )
+            )
+            image = result.images[0]
+            await self.ledger.set_placeholder(slug, image.id)
+            future.set_result(image)
+            return image
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # joiners may not exist: mark it retrieved
+            raise
+        finally:
+            if self._inflight.get(slug) is future:
+                del self._inflight[slug]
+
+    async def render(self, image: ImageRecord, width: int, height: int) -> tuple[bytes, str]:
+        original = await self.store.get(image.storage_key)
+        variant = imaging.parse_variant(f"w={width},h={height},fit=cover", max_side=MAX_SIDE)
+        return await asyncio.to_thread(imaging.render_variant, original, variant)

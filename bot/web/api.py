@@ -1,0 +1,460 @@
+"""The JSON API under /api and the placeholder images at /{W}x{H}/{slug}.
+
+Thin handlers: parse and check the request, call the same service methods the Discord cogs use
+(same quotas, same ledger, same errors), and turn the result into JSON.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from datetime import date, timedelta
+from html import escape
+from typing import Any
+
+from aiohttp import web
+
+from bot.api_keys import ApiKeys
+from bot.batches import MAX_PROMPTS, BatchService
+from bot.catalog import ModelSpec
+from bot.errors import BotError, Forbidden, InvalidRequest, NotFound, Unauthorized
+from bot.ledger import Template
+from bot.ledger.records import ApiKey, ImageRecord, image_to_public
+from bot.money import micro_to_usd_decimal
+from bot.outbound import fetch_bytes
+from bot.placeholders import PlaceholderService, parse_placeholder
+from bot.requests import GenerateRequest
+from bot.runtime import Runtime
+from bot.web.http import (
+    Field,
+    Handler,
+    PayloadTooLarge,
+    RateLimited,
+    bot_error_response,
+    check_fields,
+    json_response,
+    read_json,
+)
+
+UPLOAD_LIMIT = 10 * 1024 * 1024
+
+
+@dataclass
+class Api:
+    """Everything the handlers need, kept on the app."""
+
+    runtime: Runtime
+    limiter: KeyRateLimiter
+
+    @property
+    def keys(self) -> ApiKeys:
+        return self.runtime.keys
+
+    @property
+    def batches(self) -> BatchService:
+        return self.runtime.batches
+
+    @property
+    def placeholders(self) -> PlaceholderService:
+        return self.runtime.placeholders
+
+
+API = web.AppKey("api", Api)
+KEY = "api_key"
+
+
+class KeyRateLimiter:
+    """At most N requests per key per minute (sliding window); bounded to 10,000 keys."""
+
+    def __init__(self, per_minute: int, max_keys: int = 10_000) -> None:
+        self.per_minute = per_minute
+        self.max_keys = max_keys
+        self._starts: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def check(self, key_id: str) -> None:
+        now = time.monotonic()
+        starts = self._starts.pop(key_id, None) or deque()
+        while starts and starts[0] <= now - 60:
+            starts.popleft()
+        self._starts[key_id] = starts
+        if len(self._starts) > self.max_keys:
+            self._starts.popitem(last=False)
+        if len(starts) >= self.per_minute:
+            raise RateLimited(max(1, int(starts[0] + 60 - now) + 1))
+        starts.append(now)
+
+
+def api_of(request: web.Request) -> Api:
+    return request.app[API]
+
+
+def key_of(request: web.Request) -> ApiKey:
+    key: ApiKey = request[KEY]
+    return key
+
+
+def is_admin(request: web.Request, key: ApiKey) -> bool:
+    return key.user_id.isdigit() and int(key.user_id) in api_of(request).runtime.settings.admin_ids
+
+
+PUBLIC_API = {"/api/models", "/api/openapi.json"}
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every /api route but the public ones needs a Bearer key; each key is rate-limited."""
+    if request.path.startswith("/api/") and request.path not in PUBLIC_API:
+        api = api_of(request)
+        header = request.headers.get("Authorization", "")
+        token = header[7:].strip() if header[:7].lower() == "bearer " else None
+        key = await api.keys.authenticate(token)
+        api.limiter.check(key.id)
+        request[KEY] = key
+    return await handler(request)
+
+
+# -- images ----------------------------------------------------------------------------------
+
+GENERATE = {
+    "prompt": Field("str", required=True, max_length=4096),
+    "model": Field("str", max_length=200),
+    "template_id": Field("str", max_length=100),
+    "metadata": Field("strmap"),
+    "width": Field("int", minimum=1, maximum=100_000),
+    "height": Field("int", minimum=1, maximum=100_000),
+    "seed": Field("int", minimum=0, maximum=2**32 - 1),
+    "steps": Field("int", minimum=1, maximum=1000),
+    "negative_prompt": Field("str", max_length=4096),
+    "image_id": Field("str", max_length=100),
+    "enhance": Field("bool"),
+    "fresh": Field("bool"),
+}
+
+
+async def generate(request: web.Request) -> web.Response:
+    body = check_fields(await read_json(request), GENERATE)
+    key = key_of(request)
+    idempotency = request.headers.get("Idempotency-Key", "")[:200] or uuid.uuid4().hex
+    result = await api_of(request).runtime.service.generate(
+        GenerateRequest(
+            prompt=body["prompt"],
+            user_id=key.user_id,
+            guild_id=key.guild_id,
+            model=body.get("model"),
+            template=body.get("template_id"),
+            negative_prompt=body.get("negative_prompt"),
+            width=body.get("width"),
+            height=body.get("height"),
+            seed=body.get("seed"),
+            steps=body.get("steps"),
+            image_id=body.get("image_id"),
+            enhance=body.get("enhance", False),
+            fresh=body.get("fresh", False),
+            idempotency_key=f"api:{key.id}:{idempotency}",
+            metadata=body.get("metadata", {}),
+        )
+    )
+    return json_response(image_json(result.images[0]), status=201)
+
+
+def image_json(image: ImageRecord) -> dict[str, Any]:
+    return image_to_public(image)
+
+
+async def list_images(request: web.Request) -> web.Response:
+    limit = _int_param(request, "limit", 25, 1, 100)
+    before = request.query.get("before") or None
+    images = await api_of(request).runtime.service.user_images_page(
+        key_of(request).user_id, limit=limit, before=before
+    )
+    next_cursor = images[-1].created_at if len(images) == limit else None
+    return json_response({"images": [image_json(i) for i in images], "next": next_cursor})
+
+
+async def get_image(request: web.Request) -> web.Response:
+    key = key_of(request)
+    image = await api_of(request).runtime.service.visible_image(
+        request.match_info["image_id"], key.user_id, key.guild_id
+    )
+    return json_response(image_json(image))
+
+
+async def delete_image(request: web.Request) -> web.Response:
+    key = key_of(request)
+    service = api_of(request).runtime.service
+    image_id = request.match_info["image_id"]
+    await service.visible_image(image_id, key.user_id, key.guild_id)
+    deleted = await service.delete_image(
+        image_id, requester_id=key.user_id, is_admin=is_admin(request, key)
+    )
+    return json_response(image_json(deleted))
+
+
+async def upload(request: web.Request) -> web.Response:
+    api = api_of(request)
+    key = key_of(request)
+    if request.content_type == "multipart/form-data":
+        data = await _multipart_file(request)
+    else:
+        body = check_fields(await read_json(request), {"url": Field("str", True, max_length=2048)})
+        data, _ = await fetch_bytes(
+            api.runtime.http,
+            body["url"],
+            max_bytes=UPLOAD_LIMIT,
+            allow_private=api.runtime.settings.allow_private_urls,
+        )
+    record = await api.runtime.service.upload(data, user_id=key.user_id, guild_id=key.guild_id)
+    return json_response({"id": record.id, "url": record.url, "image": image_json(record)}, 201)
+
+
+async def _multipart_file(request: web.Request) -> bytes:
+    reader = await request.multipart()
+    while (part := await reader.next()) is not None:
+        if getattr(part, "name", None) != "file":
+            continue
+        chunks, size = [], 0
+        while chunk := await part.read_chunk(64 * 1024):  # type: ignore[union-attr]
+            size += len(chunk)
+            if size > UPLOAD_LIMIT:
+                raise PayloadTooLarge("The file is larger than 10 MB.")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    raise InvalidRequest("file", "Send the image as the multipart field 'file'.")
+
+
+# -- models, templates, analytics -----------------------------------------------------------
+
+
+def model_json(spec: ModelSpec) -> dict[str, Any]:
+    cost = spec.default_cost()
+    return {
+        "id": spec.id,
+        "name": spec.name,
+        "cost_per_image": float(micro_to_usd_decimal(cost.micro_usd)),
+        "neurons_per_image": cost.milli_neurons / 1000,
+        "default_width": spec.default_width,
+        "default_height": spec.default_height,
+        "speed_seconds": spec.typical_seconds,
+        "capabilities": sorted(spec.capabilities),
+        "description": spec.description,
+    }
+
+
+async def models(request: web.Request) -> web.Response:
+    specs = api_of(request).runtime.catalog.enabled_image_models()
+    return json_response({"models": [model_json(s) for s in specs]})
+
+
+TEMPLATE = {
+    "name": Field("str", required=True, max_length=200),
+    "prompt": Field("str", required=True, max_length=4096),
+    "model": Field("str", max_length=200),
+    "negative_prompt": Field("str", max_length=4096),
+    "aspect_ratio": Field("str", max_length=10),
+    "steps": Field("int", minimum=1, maximum=1000),
+}
+
+
+def template_json(template: Template) -> dict[str, Any]:
+    return {
+        "id": template.id,
+        "name": template.name,
+        "prompt": template.prompt,
+        "model": template.model,
+        "negative_prompt": template.negative_prompt,
+        "aspect_ratio": template.aspect_ratio,
+        "steps": template.steps,
+        "created_by": template.created_by,
+        "created_at": template.created_at,
+    }
+
+
+async def create_template(request: web.Request) -> web.Response:
+    body = check_fields(await read_json(request), TEMPLATE)
+    key = key_of(request)
+    template = await api_of(request).runtime.admin.create_template(
+        guild_id=key.guild_id, user_id=key.user_id, **body
+    )
+    return json_response(template_json(template), status=201)
+
+
+async def list_templates(request: web.Request) -> web.Response:
+    templates = await api_of(request).runtime.admin.templates(key_of(request).guild_id)
+    return json_response({"templates": [template_json(t) for t in templates]})
+
+
+async def get_template(request: web.Request) -> web.Response:
+    template = await api_of(request).runtime.admin.template_by_id(
+        key_of(request).guild_id, request.match_info["template_id"]
+    )
+    return json_response(template_json(template))
+
+
+async def delete_template(request: web.Request) -> web.Response:
+    key = key_of(request)
+    admin = api_of(request).runtime.admin
+    template = await admin.template_by_id(key.guild_id, request.match_info["template_id"])
+    await admin.delete_template(
+        guild_id=key.guild_id, name=template.id, user_id=key.user_id,
+        is_admin=is_admin(request, key),
+    )  # fmt: skip
+    return json_response(template_json(template))
+
+
+async def costs(request: web.Request) -> web.Response:
+    """Own usage by default; ``scope=server`` gives the key's server (its admins only)."""
+    key = key_of(request)
+    today = date.fromisoformat(api_of(request).runtime.ledger.today())
+    end = _date_param(request, "to", today)
+    start = _date_param(request, "from", end - timedelta(days=29))
+    if start > end or (end - start).days > 366:
+        raise InvalidRequest("from", "'from' must be on or before 'to', at most 366 days apart.")
+    scope = request.query.get("scope", "user")
+    if scope not in ("user", "server"):
+        raise InvalidRequest("scope", "scope is 'user' or 'server'.")
+    if scope == "server" and not (key.guild_id and is_admin(request, key)):
+        raise Forbidden("Server analytics are for the server's admins.")
+    report = await api_of(request).runtime.ledger.report(
+        start.isoformat(),
+        end.isoformat(),
+        guild_id=key.guild_id,
+        user_id=None if scope == "server" else key.user_id,
+    )
+
+    def usd(micro: int) -> float:
+        return float(micro_to_usd_decimal(micro))
+
+    return json_response(
+        {
+            "from": start.isoformat(),
+            "to": end.isoformat(),
+            "scope": scope,
+            "total_cost": usd(report.total_micro_usd),
+            "total_images": report.total_images,
+            "average_cost": usd(report.average_micro_usd),
+            "by_model": {m: {"images": i, "cost": usd(c)} for m, (i, c) in report.by_model.items()},
+            "by_day": {d: {"images": i, "cost": usd(c)} for d, (i, c) in report.by_day.items()},
+        }
+    )
+
+
+# -- batches --------------------------------------------------------------------------------
+
+BATCH = {
+    "prompts": Field("strlist", required=True, maximum=MAX_PROMPTS),
+    "model": Field("str", max_length=200),
+    "webhook_url": Field("str", max_length=2048),
+}
+
+
+async def create_batch(request: web.Request) -> web.Response:
+    body = check_fields(await read_json(request), BATCH)
+    api = api_of(request)
+    batch = await api.batches.submit(
+        key_of(request), body["prompts"], body.get("model"), body.get("webhook_url")
+    )
+    return json_response(
+        {"id": batch.id, "status": batch.state, "status_url": f"/api/batch/{batch.id}",
+         "items": len(batch.items)},
+        status=202,
+    )  # fmt: skip
+
+
+async def get_batch(request: web.Request) -> web.Response:
+    api = api_of(request)
+    batch = await api.batches.get(request.match_info["batch_id"], key_of(request))
+    return json_response(api.batches.describe(batch, await api.batches.images_of(batch)))
+
+
+# -- placeholders ---------------------------------------------------------------------------
+
+
+def placeholder_help(message: str) -> web.Response:
+    examples = ["800x600/sunglasses-sloth", "400x400/happy-robot", "1200x630/misty-mountains"]
+    items = "".join(f'<li><a href="/{e}">/{e}</a></li>' for e in examples)
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>Placeholder images</title>"
+        f"</head><body><h1>Placeholder images</h1><p>{escape(message)}</p>"
+        "<p>Ask for <code>/WIDTHxHEIGHT/what-to-draw</code>, sides 16 to 4096, the name in "
+        "lowercase words joined by dashes:</p>"
+        f"<ul>{items}</ul></body></html>"
+    )
+    return web.Response(text=page, status=400, content_type="text/html")
+
+
+async def placeholder(request: web.Request) -> web.StreamResponse:
+    api = api_of(request)
+    try:
+        width, height, prompt = parse_placeholder(
+            request.match_info["size"], request.match_info["slug"]
+        )
+    except InvalidRequest as exc:
+        return placeholder_help(exc.user_message)
+    redo_by = None
+    if "redo" in request.query:
+        header = request.headers.get("Authorization", "")
+        token = header[7:].strip() if header[:7].lower() == "bearer " else None
+        try:
+            redo_by = await api.keys.authenticate(token)
+        except Unauthorized as exc:
+            return bot_error_response(exc)
+        api.limiter.check(redo_by.id)
+    slug = request.match_info["slug"]
+    image = await api.placeholders.image_for(slug, prompt, redo_by=redo_by)
+    data, content_type = await api.placeholders.render(image, width, height)
+    return web.Response(
+        body=data,
+        content_type=content_type,
+        headers={"Cache-Control": "public, max-age=86400", "X-Image-Id": image.id},
+    )
+
+
+# -- helpers and the router -----------------------------------------------------------------
+
+
+def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise InvalidRequest(name, f"{name!r} must be a whole number from {low} to {high}.")
+    return int(raw)
+
+
+def _date_param(request: web.Request, name: str, default: date) -> date:
+    raw = request.query.get(name)
+    if not raw:
+        return default
+    try:
+        return date.fromisoformat(raw)
+    except ValueError:
+        raise InvalidRequest(name, f"{name!r} must be a date like 2026-01-31.") from None
+
+
+def add_api_routes(app: web.Application) -> None:
+    from bot.web.openapi import openapi_document
+
+    async def openapi(request: web.Request) -> web.Response:
+        return json_response(openapi_document())
+
+    router = app.router
+    router.add_post("/api/generate", generate)
+    router.add_get("/api/images", list_images)
+    router.add_get("/api/images/{image_id}", get_image)
+    router.add_delete("/api/images/{image_id}", delete_image)
+    router.add_post("/api/upload", upload)
+    router.add_get("/api/models", models)
+    router.add_post("/api/templates", create_template)
+    router.add_get("/api/templates", list_templates)
+    router.add_get("/api/templates/{template_id}", get_template)
+    router.add_delete("/api/templates/{template_id}", delete_template)
+    router.add_get("/api/analytics/costs", costs)
+    router.add_post("/api/batch/generate", create_batch)
+    router.add_get("/api/batch/{batch_id}", get_batch)
+    router.add_get("/api/openapi.json", openapi)
+    router.add_get("/{size:[0-9]+x[0-9]+}/{slug}", placeholder)
+
+
+__all__ = ["API", "Api", "BotError", "KeyRateLimiter", "NotFound", "add_api_routes"]

@@ -1,0 +1,219 @@
+"""HTTP plumbing shared by the API handlers: JSON responses, the error shape, strict bodies.
+
+Every error leaves as ``{"error": "...", "details": {...}}`` with a 4xx or 5xx status; nothing
+else ever reaches a client (no stack trace, no secret).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from bot.errors import (
+    BotError,
+    Busy,
+    InvalidModel,
+    InvalidRequest,
+    ProviderError,
+    QuotaExceeded,
+    StoreError,
+)
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+JSON_LIMIT = 64 * 1024
+
+
+class RateLimited(BotError):
+    code = "rate_limited"
+    http_status = 429
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(
+            f"Too many requests for this key; try again in {retry_after} s.",
+            retry_after=retry_after,
+        )
+        self.retry_after = retry_after
+
+
+class UnsupportedMediaType(BotError):
+    code = "unsupported_media_type"
+    http_status = 415
+
+
+class PayloadTooLarge(BotError):
+    code = "payload_too_large"
+    http_status = 413
+
+
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=json.dumps(data, ensure_ascii=False).encode("utf-8"),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def error_response(
+    status: int, error: str, details: dict[str, Any], headers: dict[str, str] | None = None
+) -> web.Response:
+    return json_response({"error": error, "details": details}, status, headers)
+
+
+def bot_error_response(exc: BotError) -> web.Response:
+    """One domain error → status and JSON, the same mapping for every endpoint."""
+    details: dict[str, Any] = {"code": exc.code, "message": exc.user_message}
+    headers: dict[str, str] = {}
+    if isinstance(exc, InvalidRequest):
+        details["field"] = exc.field
+        if isinstance(exc, InvalidModel) or exc.field == "model":
+            details["model"] = exc.details.get("model")
+            return error_response(400, "Invalid model", details)
+        title = "Invalid prompt" if exc.field == "prompt" else "Invalid request"
+        return error_response(400, title, details)
+    if isinstance(exc, QuotaExceeded):
+        details.update(limit=exc.limit, resets_at=exc.resets_at.isoformat())
+        return error_response(403, "Quota exceeded", details)
+    if isinstance(exc, RateLimited):
+        headers["Retry-After"] = str(exc.retry_after)
+        return error_response(429, "Too many requests", details, headers)
+    if isinstance(exc, Busy):
+        headers["Retry-After"] = "30"
+        return error_response(429, "Busy", details, headers)
+    if isinstance(exc, ProviderError):
+        return error_response(502, "Image generation failed", details)
+    if isinstance(exc, StoreError):
+        return error_response(502, "Image storage failed", details)
+    titles = {401: "Unauthorized", 403: "Forbidden", 404: "Not found", 409: "Conflict",
+              413: "Payload too large", 415: "Unsupported media type"}  # fmt: skip
+    status = exc.http_status if exc.http_status in titles else 500
+    return error_response(status, titles.get(status, "Internal error"), details)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except BotError as exc:
+        return bot_error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
+        message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else ""
+        return error_response(
+            exc.status, exc.reason, {"message": message or exc.reason}, headers or None
+        )
+    except Exception:
+        reference = secrets.token_hex(4)
+        log.exception("unexpected error in %s %s (reference %s)", request.method,
+                      request.path, reference)  # fmt: skip
+        return error_response(500, "Internal error", {"reference": reference})
+
+
+async def read_json(request: web.Request, limit: int = JSON_LIMIT) -> dict[str, Any]:
+    """The request body as a JSON object, or a clear 4xx."""
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType("Send a JSON body with Content-Type: application/json.")
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"The body is larger than {limit // 1024} KB.")
+    raw = await request.content.read(limit + 1)
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"The body is larger than {limit // 1024} KB.")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidRequest("body", "The body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("body", "The body must be a JSON object.")
+    return data
+
+
+@dataclass(frozen=True)
+class Field:
+    """What one body field may hold. ``kind``: str, int, number, bool, strmap, strlist."""
+
+    kind: str
+    required: bool = False
+    minimum: float | None = None
+    maximum: float | None = None
+    max_length: int | None = None
+
+
+def check_fields(data: dict[str, Any], spec: dict[str, Field]) -> dict[str, Any]:
+    """Only known fields, each of the right type and range; null means absent."""
+    for name in data:
+        if name not in spec:
+            raise InvalidRequest(name, f"Unknown field {name!r}.")
+    values: dict[str, Any] = {}
+    for name, field in spec.items():
+        value = data.get(name)
+        if value is None:
+            if field.required:
+                raise InvalidRequest(name, f"The field {name!r} is required.")
+            continue
+        values[name] = _check_value(name, value, field)
+    return values
+
+
+def _check_value(name: str, value: Any, field: Field) -> Any:
+    kind = field.kind
+    if kind == "str":
+        if not isinstance(value, str):
+            raise InvalidRequest(name, f"{name!r} must be a string.")
+        if field.max_length is not None and len(value) > field.max_length:
+            raise InvalidRequest(name, f"{name!r} is longer than {field.max_length} characters.")
+        return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise InvalidRequest(name, f"{name!r} must be true or false.")
+        return value
+    if kind in ("int", "number"):
+        numeric = isinstance(value, int) or (kind == "number" and isinstance(value, float))
+        if isinstance(value, bool) or not numeric or not math.isfinite(value):
+            raise InvalidRequest(
+                name, f"{name!r} must be a{'n integer' if kind == 'int' else ' number'}."
+            )
+        if (field.minimum is not None and value < field.minimum) or (
+            field.maximum is not None and value > field.maximum
+        ):
+            raise InvalidRequest(
+                name, f"{name!r} must be between {field.minimum:g} and {field.maximum:g}."
+            )
+        return value
+    if kind == "strmap":
+        if (
+            not isinstance(value, dict)
+            or len(value) > 20
+            or not all(
+                isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 256
+                for k, v in value.items()
+            )
+        ):
+            raise InvalidRequest(
+                name, f"{name!r} must be an object of at most 20 short string values."
+            )
+        return dict(value)
+    if kind == "strlist":
+        limit = int(field.maximum or 50)
+        if (
+            not isinstance(value, list)
+            or not 1 <= len(value) <= limit
+            or not all(isinstance(v, str) and 1 <= len(v) <= 2048 for v in value)
+        ):
+            raise InvalidRequest(
+                name, f"{name!r} must be a list of 1 to {limit} strings (each ≤ 2048 characters)."
+            )
+        return list(value)
+    raise AssertionError(kind)
