@@ -44,6 +44,11 @@ class QuotaStatus:
         return max(0, self.limits.user_micro_usd - self.used.micro_usd)
 
 
+def template_scope(guild_id: str, user_id: str) -> str:
+    """Templates belong to a server; outside one (DMs, keys made outside a server) to the user."""
+    return guild_id or f"user:{user_id}"
+
+
 def prompt_matches(prompt: str, terms: list[str]) -> bool:
     """Whole-word, case-insensitive match of any blocked term (phrases allowed)."""
     folded = prompt.casefold()

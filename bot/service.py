@@ -34,7 +34,7 @@ from bot.providers.base import GeneratedImage, ImageProvider, ImageRequest
 from bot.reports import PersonalUsage, ServerUsage, personal_usage, server_usage
 from bot.requests import GenerateRequest, GenerationResult, Progress, Remaining
 from bot.scheduler import JobScheduler
-from bot.server_admin import PromptBlocked, prompt_matches
+from bot.server_admin import PromptBlocked, prompt_matches, template_scope
 from bot.stores.base import ImageStore
 from bot.validation import (
     clean_negative,
@@ -372,9 +372,9 @@ class ImageService:
         aspect = request.aspect_ratio
         steps = request.steps
         if request.template:
-            if not request.guild_id:
-                raise InvalidRequest("template", "Templates belong to a server; use one there.")
-            template = await self.ledger.get_template(request.guild_id, request.template)
+            template = await self.ledger.get_template(
+                template_scope(request.guild_id, request.user_id), request.template
+            )
             prompt_text = template.apply(clean_prompt(prompt_text, 100_000))
             model_id = model_id or template.model
             negative = negative if negative is not None else template.negative_prompt

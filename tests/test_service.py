@@ -135,7 +135,6 @@ async def test_quota_of_10_under_200_concurrent_requests_gives_exactly_10(make_s
         ({"negative_prompt": "blurry"}, InvalidRequest, "negative_prompt"),
         ({"model": SDXL, "guidance": 99.0}, InvalidRequest, "guidance"),
         ({"strength": 0.5}, InvalidRequest, "strength"),
-        ({"template": "house"}, InvalidRequest, "template"),
     ],
 )
 async def test_bad_requests_name_the_field_and_charge_nothing(local_runtime, fields, error, field):

@@ -27,6 +27,7 @@ from bot.outbound import fetch_bytes
 from bot.placeholders import PlaceholderService, parse_placeholder
 from bot.requests import GenerateRequest
 from bot.runtime import Runtime
+from bot.server_admin import template_scope
 from bot.web.http import (
     Field,
     Handler,
@@ -93,6 +94,10 @@ def api_of(request: web.Request) -> Api:
 def key_of(request: web.Request) -> ApiKey:
     key: ApiKey = request[KEY]
     return key
+
+
+def scope_of(key: ApiKey) -> str:
+    return template_scope(key.guild_id, key.user_id)
 
 
 def is_admin(request: web.Request, key: ApiKey) -> bool:
@@ -275,19 +280,19 @@ async def create_template(request: web.Request) -> web.Response:
     body = check_fields(await read_json(request), TEMPLATE)
     key = key_of(request)
     template = await api_of(request).runtime.admin.create_template(
-        guild_id=key.guild_id, user_id=key.user_id, **body
+        guild_id=scope_of(key), user_id=key.user_id, **body
     )
     return json_response(template_json(template), status=201)
 
 
 async def list_templates(request: web.Request) -> web.Response:
-    templates = await api_of(request).runtime.admin.templates(key_of(request).guild_id)
+    templates = await api_of(request).runtime.admin.templates(scope_of(key_of(request)))
     return json_response({"templates": [template_json(t) for t in templates]})
 
 
 async def get_template(request: web.Request) -> web.Response:
     template = await api_of(request).runtime.admin.template_by_id(
-        key_of(request).guild_id, request.match_info["template_id"]
+        scope_of(key_of(request)), request.match_info["template_id"]
     )
     return json_response(template_json(template))
 
@@ -295,9 +300,9 @@ async def get_template(request: web.Request) -> web.Response:
 async def delete_template(request: web.Request) -> web.Response:
     key = key_of(request)
     admin = api_of(request).runtime.admin
-    template = await admin.template_by_id(key.guild_id, request.match_info["template_id"])
+    template = await admin.template_by_id(scope_of(key), request.match_info["template_id"])
     await admin.delete_template(
-        guild_id=key.guild_id, name=template.id, user_id=key.user_id,
+        guild_id=scope_of(key), name=template.id, user_id=key.user_id,
         is_admin=is_admin(request, key),
     )  # fmt: skip
     return json_response(template_json(template))
