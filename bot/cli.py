@@ -63,7 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--day", type=date.fromisoformat, help="YYYY-MM-DD (default: today)")
     usage.add_argument("--json", action="store_true")
 
-    commands.add_parser("serve", help="run only the built-in web server")
+    commands.add_parser("serve", help="run only the built-in web server and HTTP API")
+
+    apikey = commands.add_parser("apikey", help="manage HTTP API keys")
+    actions = apikey.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="make a key for a Discord user id")
+    create.add_argument("--user", required=True, help="the Discord user id the key acts as")
+    create.add_argument("--guild", default="", help="count against this server's quotas")
+    create.add_argument("--name", default="API key")
+    revoke = actions.add_parser("revoke", help="revoke a key by its id (key_…)")
+    revoke.add_argument("key_id")
+    listing = actions.add_parser("list", help="a user's keys")
+    listing.add_argument("--user", required=True)
     return parser
 
 
@@ -74,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc.user_message}", file=sys.stderr)
         return EXIT_CONFIG
-    env_level = "WARNING" if args.command in ("imagine", "models", "usage") else settings.log_level
+    quiet = ("imagine", "models", "usage", "apikey")
+    env_level = "WARNING" if args.command in quiet else settings.log_level
     configure_logging(env_level, _secrets(settings))
     if args.command is None and not settings.discord_token:
         print(
@@ -121,6 +133,8 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
             return await _usage(runtime, args)
         if args.command == "serve":
             return await _serve(runtime)
+        if args.command == "apikey":
+            return await _apikey(runtime, args)
         from bot.discord_bot import run_discord
 
         await run_discord(runtime)
@@ -269,6 +283,28 @@ async def _usage(runtime: Runtime, args: argparse.Namespace) -> int:
           f"{format_usd(report.average_micro_usd)} per image")  # fmt: skip
     for user in report.users:
         print(f"  {user.user_id}: {user.images} images, {format_usd(user.micro_usd)}")
+    return 0
+
+
+async def _apikey(runtime: Runtime, args: argparse.Namespace) -> int:
+    keys = runtime.keys
+    if args.action == "create":
+        if not args.user.isdigit() or (args.guild and not args.guild.isdigit()):
+            print("error: --user and --guild are Discord ids (digits)", file=sys.stderr)
+            return EXIT_ERROR
+        key, plaintext = await keys.create(user_id=args.user, guild_id=args.guild, name=args.name)
+        print(f"key id:          {key.id}")
+        print(f"key:             {plaintext}")
+        print(f"webhook secret:  {key.webhook_secret}")
+        print("The key is shown only now; it is stored as a hash.", file=sys.stderr)
+        return 0
+    if args.action == "revoke":
+        key = await keys.revoke(args.key_id, requester_id="", is_admin=True)
+        print(f"revoked {key.id} ({key.name}, {key.hint}) of user {key.user_id}")
+        return 0
+    for key in await keys.list(args.user):
+        state = f"revoked {key.revoked_at[:10]}" if key.revoked_at else "active"
+        print(f"{key.id}  {key.hint}  {key.name}  made {key.created_at[:10]}  {state}")
     return 0
 
 

@@ -31,6 +31,7 @@ EXTENSIONS: tuple[str, ...] = (
     "cogs.templates",
     "cogs.usage",
     "cogs.quota",
+    "cogs.apikeys",
 )
 
 

@@ -250,3 +250,18 @@ def test_dotenv_is_loaded_and_the_real_environment_wins(tmp_path: Path) -> None:
     assert allowed.returncode == 0, allowed.stderr
     assert URL_RE.match(allowed.stdout.splitlines()[0])
     assert "4 images" in allowed.stdout  # the limit of 5 from the environment, one used
+
+
+def test_apikey_create_list_and_revoke(tmp_path):
+    created = run_bot(tmp_path, "apikey", "create", "--user", "1234", "--name", "ci")
+    assert created.returncode == 0
+    lines = dict(line.split(":", 1) for line in created.stdout.splitlines())
+    key_id, key = lines["key id"].strip(), lines["key"].strip()
+    assert key.startswith("cfib_") and lines["webhook secret"].strip()
+    listed = run_bot(tmp_path, "apikey", "list", "--user", "1234")
+    assert key_id in listed.stdout and "active" in listed.stdout and key not in listed.stdout
+    revoked = run_bot(tmp_path, "apikey", "revoke", key_id)
+    assert revoked.returncode == 0 and "revoked" in revoked.stdout
+    assert "revoked" in run_bot(tmp_path, "apikey", "list", "--user", "1234").stdout
+    bad = run_bot(tmp_path, "apikey", "create", "--user", "not-a-number")
+    assert bad.returncode == 1

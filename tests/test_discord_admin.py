@@ -186,3 +186,42 @@ async def test_unexpected_errors_get_a_reference_and_no_details(fake_discord, bo
     logged = [r for r in caplog.records if reference in r.getMessage()]
     assert logged and logged[0].exc_info is not None  # the traceback is in the log
     assert await local_runtime.ledger.audit() == {"counter_mismatches": 0, "open_jobs": 0}
+
+
+async def test_apikey_from_discord_shares_the_users_quota_and_usage(fake_discord, bot_harness,
+                                                                    local_runtime):  # fmt: skip
+    import httpx
+
+    from tests.test_api import serve
+
+    await bot_harness.start(ImageBot(local_runtime))
+    created = await run(fake_discord, "apikey create", {"name": "scripts"})
+    message = await created.wait_for_message(lambda m: bool(m.embeds))
+    assert message.ephemeral
+    fields = {f["name"]: f["value"] for f in message.embeds[0]["fields"]}
+    plaintext = fields["Key"].strip("|`")
+    assert plaintext.startswith("cfib_")
+    from bot.web.app import build_web_app
+
+    runner, base = await serve(build_web_app(local_runtime))
+    try:
+        async with httpx.AsyncClient(base_url=base) as http:
+            made = await http.post("/api/generate", json={"prompt": "made over http"},
+                                   headers={"Authorization": f"Bearer {plaintext}"})  # fmt: skip
+            assert made.status_code == 201
+            assert made.json()["user_id"] == str(fake_discord.member.id)
+            me = await reply(await run(fake_discord, "usage me"), "This month")
+            assert "1 images, $0.000634" in text_of(me)
+            listed = await reply(await run(fake_discord, "apikey list"), "scripts")
+            key_id = listed.content.split("`")[1]
+            choices = await fake_discord.autocomplete("apikey revoke", "key_id", "")
+            assert [c["value"] for c in choices] == [key_id]
+            stranger = fake_discord.add_user("stranger")
+            refused = await run(fake_discord, "apikey revoke", {"key_id": key_id}, user=stranger,
+                                permissions="0")  # fmt: skip
+            await reply(refused, "No such API key")
+            await reply(await run(fake_discord, "apikey revoke", {"key_id": key_id}), "Revoked")
+            after = await http.get("/api/images", headers={"Authorization": f"Bearer {plaintext}"})
+            assert after.status_code == 401
+    finally:
+        await runner.cleanup()
