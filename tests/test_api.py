@@ -432,3 +432,19 @@ async def test_keys_without_a_server_keep_personal_templates(start_api):
     _, other = await api.runtime.keys.create(user_id="7", name="other")
     theirs = await api.http.get("/api/templates", headers={"Authorization": f"Bearer {other}"})
     assert theirs.json()["templates"] == []
+
+
+async def test_unicode_oddities_are_cleaned_or_refused_never_a_500(api):
+    headers = {**api.auth, "Content-Type": "application/json"}
+    cases = {
+        b'{"\\ud800": 1, "prompt": "abc"}': 400,
+        b'{"prompt": "a \\ud800 cat \\u0000 \\u202e dog"}': 201,
+        b'{"prompt": "\\u0000\\u0000\\u0000"}': 400,
+        b'{"prompt": "\\ufeffa\\u200bb"}': 400,
+    }
+    for content, status in cases.items():
+        response = await api.http.post("/api/generate", content=content, headers=headers)
+        assert response.status_code == status, content
+    made = await api.http.post("/api/generate", content=b'{"prompt": "a \\ud800 cat \\u0000 dog"}',
+                               headers=headers)  # fmt: skip
+    assert made.json()["prompt"] == "a cat dog"

@@ -57,8 +57,8 @@ class PayloadTooLarge(BotError):
 def json_response(
     data: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:
-    return web.Response(
-        body=json.dumps(data, ensure_ascii=False).encode("utf-8"),
+    return web.Response(  # ASCII-escaped: any string a client sent (even a lone surrogate) is safe
+        body=json.dumps(data).encode("ascii"),
         status=status,
         content_type="application/json",
         headers=headers,
