@@ -836,8 +836,18 @@ class ImageService:
             resets_at=next_utc_midnight(self.ledger.clock()),
         )
 
-    async def usage_report(self, start_day: str, end_day: str | None = None) -> UsageReport:
-        return await self.ledger.report(start_day, end_day or start_day)
+    async def usage_report(
+        self,
+        start_day: str,
+        end_day: str | None = None,
+        *,
+        guild_id: str | None = None,
+        user_id: str | None = None,
+    ) -> UsageReport:
+        """Settled charges between two UTC days, optionally for one server and/or user."""
+        return await self.ledger.report(
+            start_day, end_day or start_day, guild_id=guild_id, user_id=user_id
+        )
 
     def models(self) -> list[ModelSpec]:
         return self.catalog.enabled_image_models()

@@ -321,7 +321,7 @@ async def costs(request: web.Request) -> web.Response:
         raise InvalidRequest("scope", "scope is 'user' or 'server'.")
     if scope == "server" and not (key.guild_id and is_admin(request, key)):
         raise Forbidden("Server analytics are for the server's admins.")
-    report = await api_of(request).runtime.ledger.report(
+    report = await api_of(request).runtime.service.usage_report(
         start.isoformat(),
         end.isoformat(),
         guild_id=key.guild_id,
