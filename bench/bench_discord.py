@@ -19,13 +19,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bot.config import load_settings  # noqa: E402
-from bot.discord_bot import ImageBot  # noqa: E402
-from bot.providers.base import GeneratedImage, ImageRequest  # noqa: E402
-from bot.providers.local import LocalProvider  # noqa: E402
-from bot.requests import GenerateRequest  # noqa: E402
-from bot.runtime import open_runtime  # noqa: E402
-from tests.fakes.discord import BotHarness, FakeDiscord, patched_discord_endpoints  # noqa: E402
+from bot.config import load_settings
+from bot.discord_bot import ImageBot
+from bot.providers.base import GeneratedImage, ImageRequest
+from bot.providers.local import LocalProvider
+from bot.requests import GenerateRequest
+from bot.runtime import open_runtime
+from tests.fakes.discord import BotHarness, FakeDiscord, patched_discord_endpoints
 
 SDXL = "@cf/stabilityai/stable-diffusion-xl-base-1.0"
 GENEROUS = {
@@ -65,10 +65,13 @@ async def with_bot(latency: float, body):  # type: ignore[no-untyped-def]
         settings = load_settings({"DATA_DIR": folder, **GENEROUS})
         async with open_runtime(settings) as runtime:
             runtime.service.provider = SleepyProvider(latency, image)
-            async with FakeDiscord() as fake, patched_discord_endpoints(fake):
-                async with BotHarness(fake) as harness:
-                    await harness.start(ImageBot(runtime))
-                    return await body(fake, runtime)
+            async with (
+                FakeDiscord() as fake,
+                patched_discord_endpoints(fake),
+                BotHarness(fake) as harness,
+            ):
+                await harness.start(ImageBot(runtime))
+                return await body(fake, runtime)
 
 
 def options(n: int) -> dict[str, object]:
