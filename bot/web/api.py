@@ -15,6 +15,7 @@ from html import escape
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from bot.api_keys import ApiKeys
 from bot.batches import MAX_PROMPTS, BatchService
@@ -215,6 +216,13 @@ async def upload(request: web.Request) -> web.Response:
 
 
 async def _multipart_file(request: web.Request) -> bytes:
+    try:
+        return await _read_file_part(request)
+    except (ValueError, HttpProcessingError):
+        raise InvalidRequest("file", "The multipart body is malformed.") from None
+
+
+async def _read_file_part(request: web.Request) -> bytes:
     reader = await request.multipart()
     while (part := await reader.next()) is not None:
         if getattr(part, "name", None) != "file":
@@ -423,7 +431,7 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
     raw = request.query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 6) or not low <= int(raw) <= high:
         raise InvalidRequest(name, f"{name!r} must be a whole number from {low} to {high}.")
     return int(raw)
 

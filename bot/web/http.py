@@ -128,13 +128,20 @@ async def read_json(request: web.Request, limit: int = JSON_LIMIT) -> dict[str, 
         raise UnsupportedMediaType("Send a JSON body with Content-Type: application/json.")
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"The body is larger than {limit // 1024} KB.")
-    raw = await request.content.read(limit + 1)
+    raw = bytearray()
+    while len(raw) <= limit:  # a body can arrive in many pieces: read until its end
+        chunk = await request.content.read(limit + 1 - len(raw))
+        if not chunk:
+            break
+        raw += chunk
     if len(raw) > limit:
         raise PayloadTooLarge(f"The body is larger than {limit // 1024} KB.")
     try:
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise InvalidRequest("body", "The body is not valid JSON.") from None
+    except RecursionError:
+        raise InvalidRequest("body", "The body is nested too deeply.") from None
     if not isinstance(data, dict):
         raise InvalidRequest("body", "The body must be a JSON object.")
     return data
@@ -181,7 +188,11 @@ def _check_value(name: str, value: Any, field: Field) -> Any:
         return value
     if kind in ("int", "number"):
         numeric = isinstance(value, int) or (kind == "number" and isinstance(value, float))
-        if isinstance(value, bool) or not numeric or not math.isfinite(value):
+        if (
+            isinstance(value, bool)
+            or not numeric
+            or (isinstance(value, float) and not math.isfinite(value))
+        ):
             raise InvalidRequest(
                 name, f"{name!r} must be a{'n integer' if kind == 'int' else ' number'}."
             )

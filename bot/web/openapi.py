@@ -142,27 +142,29 @@ SCHEMAS: dict[str, Any] = {
     },
 }
 
+# Optional body fields may be null, which the API reads as absent.
 GENERATE_BODY: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
     "required": ["prompt"],
     "properties": {
-        "prompt": {"type": "string", "minLength": 1, "maxLength": 4096},
-        "model": {"type": "string", "maxLength": 200},
-        "template_id": {"type": "string", "maxLength": 100},
+        "prompt": {"type": "string", "minLength": 3, "maxLength": 4096},
+        "model": {"type": ["string", "null"], "maxLength": 200},
+        "template_id": {"type": ["string", "null"], "maxLength": 100},
         "metadata": {
-            "type": "object",
+            "type": ["object", "null"],
             "maxProperties": 20,
+            "propertyNames": {"maxLength": 64},
             "additionalProperties": {"type": "string", "maxLength": 256},
         },
-        "width": {"type": "integer", "minimum": 1, "maximum": 100000},
-        "height": {"type": "integer", "minimum": 1, "maximum": 100000},
-        "seed": {"type": "integer", "minimum": 0, "maximum": 4294967295},
-        "steps": {"type": "integer", "minimum": 1, "maximum": 1000},
-        "negative_prompt": {"type": "string", "maxLength": 4096},
-        "image_id": {"type": "string", "maxLength": 100},
-        "enhance": {"type": "boolean"},
-        "fresh": {"type": "boolean"},
+        "width": {"type": ["integer", "null"], "minimum": 1, "maximum": 100000},
+        "height": {"type": ["integer", "null"], "minimum": 1, "maximum": 100000},
+        "seed": {"type": ["integer", "null"], "minimum": 0, "maximum": 4294967295},
+        "steps": {"type": ["integer", "null"], "minimum": 1, "maximum": 1000},
+        "negative_prompt": {"type": ["string", "null"], "maxLength": 4096},
+        "image_id": {"type": ["string", "null"], "maxLength": 100},
+        "enhance": {"type": ["boolean", "null"]},
+        "fresh": {"type": ["boolean", "null"]},
     },
 }
 
@@ -171,14 +173,17 @@ TEMPLATE_BODY: dict[str, Any] = {
     "additionalProperties": False,
     "required": ["name", "prompt"],
     "properties": {
-        "name": {"type": "string", "maxLength": 200},
-        "prompt": {"type": "string", "maxLength": 4096},
-        "model": {"type": "string", "maxLength": 200},
-        "negative_prompt": {"type": "string", "maxLength": 4096},
-        "aspect_ratio": {"type": "string", "maxLength": 10},
-        "steps": {"type": "integer", "minimum": 1, "maximum": 1000},
+        "name": {"type": "string", "minLength": 1, "maxLength": 200},
+        "prompt": {"type": "string", "minLength": 3, "maxLength": 4096},
+        "model": {"type": ["string", "null"], "maxLength": 200},
+        "negative_prompt": {"type": ["string", "null"], "maxLength": 4096},
+        "aspect_ratio": {"type": ["string", "null"], "maxLength": 10},
+        "steps": {"type": ["integer", "null"], "minimum": 1, "maximum": 1000},
     },
 }
+
+
+DAY_OR_EMPTY: dict[str, Any] = {"type": "string", "anyOf": [{"format": "date"}, {"maxLength": 0}]}
 
 
 def _id_param(name: str) -> dict[str, Any]:
@@ -209,7 +214,9 @@ def openapi_document() -> dict[str, Any]:
                             "name": "Idempotency-Key",
                             "in": "header",
                             "required": False,
-                            "schema": {"type": "string", "maxLength": 200},
+                            "description": "Retries with the same key get the same image; "
+                            "only its first 200 characters count.",
+                            "schema": {"type": "string"},
                         },
                     ],
                     "requestBody": {
@@ -360,12 +367,14 @@ def openapi_document() -> dict[str, Any]:
                         {
                             "name": "from",
                             "in": "query",
-                            "schema": {"type": "string", "format": "date"},
+                            "description": "First day; empty or absent: 29 days before 'to'",
+                            "schema": DAY_OR_EMPTY,
                         },
                         {
                             "name": "to",
                             "in": "query",
-                            "schema": {"type": "string", "format": "date"},
+                            "description": "Last day; empty or absent: today (UTC)",
+                            "schema": DAY_OR_EMPTY,
                         },
                         {"name": "scope", "in": "query", "schema": {"enum": ["user", "server"]}},
                     ],
@@ -420,12 +429,15 @@ def openapi_document() -> dict[str, Any]:
                                             "maxItems": 50,
                                             "items": {
                                                 "type": "string",
-                                                "minLength": 1,
+                                                "minLength": 3,
                                                 "maxLength": 2048,
                                             },
                                         },
-                                        "model": {"type": "string", "maxLength": 200},
-                                        "webhook_url": {"type": "string", "maxLength": 2048},
+                                        "model": {"type": ["string", "null"], "maxLength": 200},
+                                        "webhook_url": {
+                                            "type": ["string", "null"],
+                                            "maxLength": 2048,
+                                        },
                                     },
                                 }
                             }
@@ -499,6 +511,7 @@ def openapi_document() -> dict[str, Any]:
                             "description": "Not a placeholder path: a page of examples",
                             "content": {"text/html": {"schema": {"type": "string"}}},
                         },
+                        "404": _json(_ref("Error"), "The size is not digits x digits: no route"),
                         **_errors(401, 403, 429, 502),
                     },
                 }
