@@ -1,22 +1,17 @@
 """Foundation benchmarks: local renderer, cache hits, ledger throughput, pipeline overhead.
 
-Run: ./dev bench   (or .venv/bin/python bench/bench_foundation.py [--write BENCHMARKS.md])
+Run: ./dev bench   (or .venv/bin/python bench/bench_foundation.py)
 Figures are medians / p99 over repeated runs on this machine; no network is used.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextvars
-import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 from bot import imaging
@@ -177,49 +172,5 @@ async def main() -> dict[str, dict[str, float]]:
     return results
 
 
-def write_markdown(path: Path, results: dict[str, dict[str, float]]) -> None:
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    rows = [
-        ("Local renderer 1024×1024", "< 100 ms",
-         f"median {results['renderer_1024']['median_ms']:.1f} ms, "
-         f"p99 {results['renderer_1024']['p99_ms']:.1f} ms"),
-        ("Cache hit (service.generate)", "p99 < 5 ms",
-         f"median {results['cache_hit']['median_ms']:.2f} ms, "
-         f"p99 {results['cache_hit']['p99_ms']:.2f} ms"),
-        ("Ledger reserve+settle, file database", "≥ 5,000 pairs/s",
-         f"{results['ledger']['pairs_per_second']:,.0f} pairs/s"),
-        ("Pipeline overhead, 100 in flight", "p99 < 10 ms",
-         f"median {results['overhead']['median_ms']:.2f} ms, "
-         f"p99 {results['overhead']['p99_ms']:.2f} ms"),
-    ]  # fmt: skip
-    lines = [
-        "# Benchmarks",
-        "",
-        f"Measured {datetime.now(UTC):%Y-%m-%d} on {machine} with "
-        "`.venv/bin/python bench/bench_foundation.py --write BENCHMARKS.md`.",
-        "",
-        "| figure | target | measured |",
-        "|---|---|---|",
-        *[f"| {a} | {b} | {c} |" for a, b, c in rows],
-        "",
-        "Method: the renderer is timed over 30 renders of distinct prompts; cache hits over 500",
-        "identical requests after the first (each one records a free job and an image row);",
-        "the ledger runs 10,000 reserve+settle pairs from 64 coroutines on a WAL file database",
-        "and then audits that counters equal the sum of charges; overhead is end-to-end time",
-        "minus the time measured inside the provider call (a 500 ms sleep) and the store call",
-        "(a 50 ms sleep plus the file write), with 100 requests always in flight from distinct",
-        "users for 6 s (closed loop, starts staggered; cache off): what remains is validation,",
-        "the ledger's reads and group-committed writes, the scheduler and header decoding.",
-        "",
-    ]
-    path.write_text("\n".join(lines), encoding="utf-8")
-
-
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--write", type=Path, help="also write the figures to this Markdown file")
-    args = parser.parse_args()
-    figures = asyncio.run(main())
-    if args.write:
-        write_markdown(args.write, figures)
-        print(f"wrote {args.write}", file=sys.stderr)
+    asyncio.run(main())
