@@ -48,6 +48,7 @@ class Settings:
     cloudflare_images_signing_key: str | None = field(default=None, repr=False)
     cloudflare_api_base_url: str = DEFAULT_API_BASE
     cloudflare_image_delivery_url: str = DEFAULT_DELIVERY_URL
+    cloudflare_timeout_seconds: int = 120
     image_provider: Backend = "local"
     image_store: Backend = "local"
     backend_reason: str = ""
@@ -206,6 +207,9 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         cloudflare_api_base_url=read.url("CLOUDFLARE_API_BASE_URL", DEFAULT_API_BASE),
         cloudflare_image_delivery_url=read.url(
             "CLOUDFLARE_IMAGE_DELIVERY_URL", DEFAULT_DELIVERY_URL
+        ),
+        cloudflare_timeout_seconds=read.integer(
+            "CLOUDFLARE_TIMEOUT_SECONDS", 120, minimum=1, maximum=600
         ),
         image_provider=provider,
         image_store=store,

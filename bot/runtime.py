@@ -33,7 +33,6 @@ from bot.stores.local import LocalImageStore
 
 log = logging.getLogger(__name__)
 
-HTTP_TIMEOUT = httpx.Timeout(connect=10.0, read=120.0, write=60.0, pool=30.0)
 HTTP_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=32)
 OUTBOUND_TIMEOUT = httpx.Timeout(15.0, connect=5.0)
 
@@ -69,8 +68,10 @@ async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIter
     async with AsyncExitStack() as stack:
         api: CloudflareAPI | None = None
         if "cloudflare" in (settings.image_provider, settings.image_store):
+            read = float(settings.cloudflare_timeout_seconds)
+            timeout = httpx.Timeout(connect=10.0, read=read, write=60.0, pool=30.0)
             http = await stack.enter_async_context(
-                httpx.AsyncClient(timeout=HTTP_TIMEOUT, limits=HTTP_LIMITS)
+                httpx.AsyncClient(timeout=timeout, limits=HTTP_LIMITS)
             )
             assert settings.cloudflare_account_id and settings.cloudflare_api_token
             api = CloudflareAPI(
@@ -78,6 +79,7 @@ async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIter
                 account_id=settings.cloudflare_account_id,
                 api_token=settings.cloudflare_api_token,
                 base_url=settings.cloudflare_api_base_url,
+                max_total_seconds=max(60.0, read * 2),
             )
         provider: ImageProvider = CloudflareProvider(api) if api else LocalProvider()
         store: ImageStore
