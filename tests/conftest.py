@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator, Callable
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,58 @@ pytest_plugins = ("tests.fakes.discord",)
 FAKE_CF_TOKEN = "cfut_TEST-SECRET-token-0b7e41d9"
 FAKE_DISCORD_TOKEN = "MTIz.TEST-SECRET-discord-token.4c2f"
 FAKE_SIGNING_KEY = "TEST-SECRET-signing-key-93ad"
+
+# Every recognisable fake secret the suite uses. After every test, none may appear in a log
+# record (raw, before any masking), in anything the bot sent to the fake Discord, or in an HTTP
+# API response (checked where the API is served, in tests/test_api.py).
+SECRETS = (
+    FAKE_CF_TOKEN,
+    FAKE_DISCORD_TOKEN,
+    FAKE_SIGNING_KEY,
+    "MTIz.fake-discord-bot-token.test",  # tests/fakes/discord.py
+    "cfut_SECRET-token-7f3a9c2e5b1d",  # tests/test_cloudflare.py
+    "images-signing-key-42",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "secret_in_logs: the test puts a secret in a log record on purpose"
+    )
+
+
+class _RawRecords(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if record.exc_info:
+            text += logging.Formatter().formatException(record.exc_info)
+        self.lines.append(text)
+
+
+@pytest.fixture(autouse=True)
+def no_secret_leaves(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The suite-wide secrets check: logs (every level) and what the bot sent to Discord."""
+    capture = _RawRecords()
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(capture)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        root.removeHandler(capture)
+        root.setLevel(previous)
+    if request.node.get_closest_marker("secret_in_logs") is None:
+        leaked = [line for line in capture.lines if any(s in line for s in SECRETS)]
+        assert not leaked, f"a secret reached a log line: {leaked[0][:200]}"
+    fake = request.node.funcargs.get("fake_discord")
+    if fake is not None:
+        sent = json.dumps([r.body for r in fake.requests], default=str)
+        assert not any(s in sent for s in SECRETS), "a secret was sent to Discord"
 
 
 def png(width: int = 64, height: int = 48, colour: str = "teal") -> bytes:

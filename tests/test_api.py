@@ -20,7 +20,7 @@ from PIL import Image
 from bot.config import Settings
 from bot.runtime import Runtime, open_runtime
 from bot.web.app import build_web_app
-from tests.conftest import CountingProvider, png
+from tests.conftest import SECRETS, CountingProvider, png
 
 SDXL = "@cf/stabilityai/stable-diffusion-xl-base-1.0"
 
@@ -50,6 +50,12 @@ class ApiClient:
 
 
 async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
+    async def no_secret_in_responses(request: web.Request, response: web.StreamResponse) -> None:
+        body = getattr(response, "body", None)
+        if isinstance(body, bytes):
+            assert not any(s.encode() in body for s in SECRETS), request.path
+
+    app.on_response_prepare.append(no_secret_in_responses)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -490,7 +490,9 @@ async def test_retries_are_logged_at_info_with_status_and_attempt(provider, fake
     caplog.set_level(logging.INFO, logger="bot.cloudflare_api")
     fake.inject("3040")
     await provider.generate(image_request(SDXL))
-    (record,) = [r for r in caplog.records if r.levelno == logging.INFO]
+    (record,) = [
+        r for r in caplog.records if r.levelno == logging.INFO and r.name == "bot.cloudflare_api"
+    ]
     assert "status 429" in record.getMessage()
     assert "code 3040" in record.getMessage()
     assert "attempt 1/4" in record.getMessage()

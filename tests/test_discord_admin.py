@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 
+import pytest
 from PIL import Image
 
 from bot.discord_bot import ImageBot
@@ -173,6 +174,7 @@ class BrokenProvider(CountingProvider):
         raise RuntimeError(f"internal detail /srv/secret/path {FAKE_CF_TOKEN}")
 
 
+@pytest.mark.secret_in_logs  # the "buggy provider" puts a token in its exception on purpose
 async def test_unexpected_errors_get_a_reference_and_no_details(fake_discord, bot_harness,
                                                                 local_runtime, caplog):  # fmt: skip
     local_runtime.service.provider = BrokenProvider()

@@ -5,10 +5,13 @@ from __future__ import annotations
 import io
 import logging
 
+import pytest
+
 from bot.logs import RedactSecrets
 from tests.conftest import FAKE_CF_TOKEN, FAKE_DISCORD_TOKEN
 
 
+@pytest.mark.secret_in_logs
 def test_secrets_are_masked_everywhere_in_a_record():
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
