@@ -166,6 +166,13 @@ class ProviderAuthError(ProviderError):
     code = "provider_auth"
 
 
+class LedgerUnavailable(BotError):
+    """The database is locked by someone else or out of space: nothing was charged."""
+
+    code = "ledger_unavailable"
+    http_status = 503
+
+
 class StoreError(BotError):
     """The image store failed to save, fetch or delete."""
 

@@ -353,8 +353,20 @@ class ImageService:
             metadata=dict(request.metadata),
             created_at=self.ledger.now_iso(),
         )
-        await self.ledger.add_image(record)
+        await self._record_or_unstore(record)
         return record
+
+    async def _record_or_unstore(self, record: ImageRecord) -> None:
+        """Record a stored image; if the record cannot be written, take the bytes back out of
+        the store, so nothing stored is ever left without a record."""
+        try:
+            await self.ledger.add_image(record)
+        except BaseException:
+            try:
+                await self.store.delete(record.storage_key)
+            except Exception:  # crash recovery finds it through the job's planned ids
+                log.warning("could not remove unrecorded image %s from the store", record.id)
+            raise
 
     async def _settle(self, job: Job, plan: _Plan, made: int) -> None:
         unit = plan.unit_cost
@@ -768,7 +780,7 @@ class ImageService:
                 metadata=dict(metadata or {}),
                 created_at=self.ledger.now_iso(),
             )
-            await self.ledger.add_image(record)
+            await self._record_or_unstore(record)
         except BaseException as exc:
             code = exc.code if isinstance(exc, BotError) else "internal"
             await self.ledger.refund(job.id, code)

@@ -22,7 +22,7 @@ import aiosqlite
 
 from bot.catalog import Cost
 from bot.config import QuotaDefaults
-from bot.errors import Conflict, NotFound, QuotaExceeded
+from bot.errors import Conflict, LedgerUnavailable, NotFound, QuotaExceeded
 from bot.ledger.migrations import MIGRATIONS
 from bot.ledger.records import (
     OPEN_STATES,
@@ -49,6 +49,19 @@ Clock = Callable[[], datetime]
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def _unavailable(exc: sqlite3.OperationalError) -> LedgerUnavailable:
+    """A database that is locked, full or failing, as a user-safe domain error."""
+    text = str(exc).lower()
+    if "full" in text:
+        log.error("the database is full: %s", exc)
+        return LedgerUnavailable("The bot's storage is full, so nothing was done or charged. "
+                                 "The operator needs to free some space.")  # fmt: skip
+    log.warning("database unavailable: %s", exc)
+    return LedgerUnavailable(
+        "The bot's database is busy right now; nothing was charged. Try again in a moment."
+    )
 
 
 def user_scope(guild_id: str, user_id: str) -> str:
@@ -188,6 +201,7 @@ class Ledger:
         self.defaults = defaults
         self.clock = clock
         self._checkpointer: asyncio.Task[None] | None = None
+        self._retries: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def open(
@@ -212,6 +226,9 @@ class Ledger:
         return ledger
 
     async def close(self) -> None:
+        for task in list(self._retries):
+            task.cancel()
+        await asyncio.gather(*self._retries, return_exceptions=True)
         if self._checkpointer is not None:
             self._checkpointer.cancel()
             await asyncio.gather(self._checkpointer, return_exceptions=True)
@@ -258,19 +275,46 @@ class Ledger:
         return rows[0] if rows else None
 
     async def _all(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Any]:
-        return list(await self._db.execute_fetchall(sql, params))
+        try:
+            return list(await self._db.execute_fetchall(sql, params))
+        except sqlite3.OperationalError as exc:
+            raise _unavailable(exc) from None
 
     async def _write(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> int:
         """One atomic statement (group-committed); retried briefly if another process holds
-        the database."""
-        for attempt in range(5):
+        the database, then LedgerUnavailable."""
+        for attempt in range(3):
             try:
                 return await self._writes.write(sql, params)
             except sqlite3.OperationalError as exc:
-                if ("locked" not in str(exc) and "busy" not in str(exc)) or attempt == 4:
-                    raise
+                if ("locked" not in str(exc) and "busy" not in str(exc)) or attempt == 2:
+                    raise _unavailable(exc) from None
                 await asyncio.sleep(0.05 * (attempt + 1))
         raise AssertionError("unreachable")
+
+    async def _close_job(self, sql: str, params: Sequence[Any]) -> bool:
+        """Settle or refund. Never raises for a locked or full database: the change is retried
+        in the background until it lands (and crash recovery covers a stop meanwhile)."""
+        try:
+            return await self._write(sql, params) == 1
+        except LedgerUnavailable as exc:
+            log.warning("could not close job %s now (%s); retrying in the background",
+                        params[-1], exc.code)  # fmt: skip
+            task = asyncio.create_task(self._close_later(sql, params))
+            self._retries.add(task)
+            task.add_done_callback(self._retries.discard)
+            return False
+
+    async def _close_later(self, sql: str, params: Sequence[Any]) -> None:
+        delay = 0.5
+        for _ in range(40):  # about 10 minutes in all
+            await asyncio.sleep(delay)
+            try:
+                await self._write(sql, params)
+                return
+            except LedgerUnavailable:
+                delay = min(delay * 2, 30.0)
+        log.error("job %s is still open; the next start's recovery will close it", params[-1])
 
     def now_iso(self) -> str:
         return self.clock().astimezone(UTC).isoformat(timespec="milliseconds")
@@ -495,24 +539,24 @@ class Ledger:
             )
 
     async def settle(self, job_id: str, images: int, cost: Cost) -> bool:
-        """Replace the reserved estimate by the actual charge. False if not open."""
-        changed = await self._write(
+        """Replace the reserved estimate by the actual charge. False if not open (or deferred:
+        see ``_close_job``)."""
+        return await self._close_job(
             "UPDATE jobs SET state = 'settled', images = ?, micro_usd = ?, milli_neurons = ?, "
             "updated_at = ? WHERE id = ? AND state IN ('reserved', 'generating', 'storing')",
             (images, cost.micro_usd, cost.milli_neurons, self.now_iso(), job_id),
         )
-        return changed == 1
 
     async def refund(
         self, job_id: str, error_code: str | None = None, error_message: str | None = None
     ) -> bool:
-        """Give the reservation back. False if the job was not open (never refunds twice)."""
-        changed = await self._write(
+        """Give the reservation back. False if the job was not open (never refunds twice), or
+        deferred (see ``_close_job``)."""
+        return await self._close_job(
             "UPDATE jobs SET state = 'refunded', error_code = ?, error_message = ?, "
             "updated_at = ? WHERE id = ? AND state IN ('reserved', 'generating', 'storing')",
             (error_code, error_message, self.now_iso(), job_id),
         )
-        return changed == 1
 
     async def record_free_job(self, new: NewJob, job_id: str, images: list[ImageRecord]) -> Job:
         """A request that costs nothing (a cache hit) still gets a job, for idempotency, and

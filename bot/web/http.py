@@ -96,7 +96,8 @@ def bot_error_response(exc: BotError) -> web.Response:
     if isinstance(exc, StoreError):
         return error_response(502, "Image storage failed", details)
     titles = {401: "Unauthorized", 403: "Forbidden", 404: "Not found", 409: "Conflict",
-              413: "Payload too large", 415: "Unsupported media type"}  # fmt: skip
+              413: "Payload too large", 415: "Unsupported media type",
+              503: "Service unavailable"}  # fmt: skip
     status = exc.http_status if exc.http_status in titles else 500
     return error_response(status, titles.get(status, "Internal error"), details)
 

@@ -27,11 +27,12 @@ def _errors(*statuses: int) -> dict[str, Any]:
         415: "Wrong content type",
         429: "Rate limited or busy",
         502: "Image generation or storage failed",
+        503: "The database is locked or full: nothing was charged",
     }
     return {str(s): _json(_ref("Error"), texts[s]) for s in statuses}
 
 
-AUTH_ERRORS = (400, 401, 403, 429)
+AUTH_ERRORS = (400, 401, 403, 429, 503)
 SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object",
