@@ -111,6 +111,10 @@ async def test_quota_commands_and_refusals(fake_discord, bot_harness, local_runt
         ("quota reset-user", {"member": member}),
         ("quota show", {"member": fake_discord.admin}),
         ("blocklist add", {"term": "gore"}),
+        ("blocklist remove", {"term": "gore"}),
+        ("blocklist list", {}),
+        ("usage server", {}),
+        ("usage user", {"member": fake_discord.admin}),
     ):
         refused = await run(fake_discord, name, options, permissions="0")
         assert (await reply(refused, "Only server admins")).ephemeral, name
@@ -227,3 +231,41 @@ async def test_apikey_from_discord_shares_the_users_quota_and_usage(fake_discord
             assert after.status_code == 401
     finally:
         await runner.cleanup()
+
+
+async def test_random_options_of_the_other_commands_always_get_one_clear_reply(
+    fake_discord, bot_harness, local_runtime
+):
+    """Generated values for /templates, /quota, /blocklist and /upload: never an unexpected
+    error, always exactly one private reply."""
+    import random
+
+    rng = random.Random(11)
+    await bot_harness.start(ImageBot(local_runtime))
+    words = ["", "x", "noir", "x" * 32, "🦊🦊", "name with spaces", "{prompt}", "a\u0000b"]
+    cases = []
+    for _ in range(40):
+        name, options = rng.choice([
+            ("templates create", {"name": rng.choice(words) or "t", "prompt": rng.choice(
+                ["{prompt} in ink", "ab", "x" * 2048, "🙈 style"]),
+             **({"steps": rng.choice([1, 50, 100])} if rng.random() < 0.5 else {}),
+             **({"model": rng.choice(["nope", "flux-1-schnell"])} if rng.random() < 0.5
+                else {})}),
+            ("templates show", {"name": rng.choice(words) or "t"}),
+            ("quota set-user", {"member": fake_discord.member,
+                                "daily_images": rng.choice([0, 1, 100_000]),
+                                "daily_usd": rng.choice([0.0, 0.000001, 0.1234567, 10_000.0])}),
+            ("quota set-server", {"daily_usd": rng.choice([0.0, 1e-7, 99_999.99])}),
+            ("blocklist add", {"term": rng.choice(words) or "t"}),
+            ("upload", {"image": fake_discord.add_attachment(
+                "f.png", rng.choice([png(), b"", b"GIF89a", b"\x89PNG\r\n\x1a\n"]),
+                "image/png")}),
+        ])  # fmt: skip
+        cases.append((name, options))
+    for name, options in cases:
+        interaction = await run(fake_discord, name, options, user=fake_discord.admin)
+        reply = await interaction.wait_for_message(
+            lambda m: bool(m.content or m.embeds) and not m.loading, timeout=10
+        )
+        assert "Something went wrong" not in text_of(reply), (name, options)
+        assert len([m for m in interaction.messages if not m.deleted]) == 1

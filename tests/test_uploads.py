@@ -65,6 +65,7 @@ def test_animated_gif_is_accepted_and_its_frames_counted():
         (png_claiming(12_001, 10), "too_wide"),
         (png_claiming(30_000, 30_000), "too_wide"),
         (png_claiming(11_000, 10_000), "too_many_pixels"),
+        (png_claiming(14_143, 14_143), "too_wide"),  # 200 MP cannot fit under 12,000 px
         (png_claiming(0, 10), "corrupt"),
     ],
     ids=[
@@ -78,6 +79,7 @@ def test_animated_gif_is_accepted_and_its_frames_counted():
         "12001px-side",
         "bomb-30000",
         "110-megapixels",
+        "200-megapixels",
         "zero-size",
     ],
 )
