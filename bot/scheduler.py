@@ -114,9 +114,14 @@ class JobScheduler:
             self._announce(first_changed)
 
     def _announce(self, start: int) -> None:
+        """Tell waiters their new place. Far back in a long queue, only every tenth place is
+        worth a message: re-announcing every shift to everyone is O(n²) in the queue length."""
         for index in range(start, len(self._waiting)):
             waiter = self._waiting[index]
-            if waiter.position != index + 1:
-                waiter.position = index + 1
-                if waiter.on_position is not None:
-                    waiter.on_position(index + 1)
+            position = index + 1
+            if waiter.position == position:
+                continue
+            first = waiter.position == 0
+            waiter.position = position
+            if waiter.on_position is not None and (first or position <= 20 or position % 10 == 0):
+                waiter.on_position(position)

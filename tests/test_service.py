@@ -382,3 +382,22 @@ async def test_drain_lets_jobs_finish_then_refunds_the_rest_and_refuses_new_work
         await service.generate(ask("after shutdown began"))
     assert await local_runtime.ledger.audit() == {"counter_mismatches": 0, "open_jobs": 0}
     assert (await local_runtime.ledger.user_usage("u1")).images == 1
+
+
+async def test_queue_positions_are_announced_sparsely_far_back():
+    scheduler = JobScheduler(max_per_user=1, max_running=1, max_queue=100)
+    gate = asyncio.Event()
+    heard: list[int] = []
+
+    async def hold(user: str, report=None) -> None:  # type: ignore[no-untyped-def]
+        async with scheduler.slot(user, report):
+            await gate.wait()
+
+    tasks = [asyncio.create_task(hold("first"))]
+    tasks += [asyncio.create_task(hold(f"u{n}")) for n in range(40)]
+    tasks.append(asyncio.create_task(hold("watcher", heard.append)))  # 41st in the queue
+    await asyncio.sleep(0.01)
+    gate.set()
+    await asyncio.gather(*tasks)
+    assert heard[0] == 41  # told its place at once
+    assert heard[1:] == [40, 30, *range(20, 0, -1)]  # then every tenth, then every place
