@@ -11,7 +11,6 @@ kept out of reprs, log lines and every error message.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
 import random
 import re
@@ -37,6 +36,7 @@ from bot.errors import (
     ProviderUnavailable,
     StoreError,
 )
+from bot.http_headers import retry_after_seconds
 
 log = logging.getLogger(__name__)
 
@@ -189,23 +189,6 @@ class SlidingWindowLimiter:
                     self._starts.append(now)
                     return
                 await self._sleep(self._starts[0] + self.window - now)
-
-
-def _retry_after_seconds(response: httpx.Response, now: datetime | None = None) -> float | None:
-    value = response.headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 def _is_json(response: httpx.Response) -> bool:
@@ -405,7 +388,7 @@ class CloudflareAPI:
         retryable = (
             status in RETRYABLE_STATUSES or status >= 500 or bool(RETRYABLE_CODES & set(codes))
         ) and CODE_DAILY_ALLOCATION not in codes
-        retry_after = _retry_after_seconds(response) if status in (429, 503) else None
+        retry_after = retry_after_seconds(response) if status in (429, 503) else None
         return Failure(
             method,
             path,

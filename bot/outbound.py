@@ -11,7 +11,6 @@ POSTs a signed JSON body with bounded retries. ``allow_private`` (which also per
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import hashlib
 import hmac
 import ipaddress
@@ -21,13 +20,13 @@ import random
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
 from bot.errors import InvalidRequest
+from bot.http_headers import retry_after_seconds
 
 log = logging.getLogger(__name__)
 
@@ -227,24 +226,6 @@ class Delivery:
     error: str | None
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    """``Retry-After`` in seconds (delta-seconds or an HTTP date), or None."""
-    value = response.headers.get("retry-after", "").strip()
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
 def _retryable(status: int) -> bool:
     return status in (408, 429) or status >= 500
 
@@ -304,7 +285,7 @@ async def deliver_webhook(
                     return Delivery(True, sent, status, None)
                 error = f"The receiver answered HTTP {status}."
                 if status == 429 or status == 503:
-                    retry_after = _retry_after(response)
+                    retry_after = retry_after_seconds(response)
         except (TimeoutError, httpx.TimeoutException):
             status, error = None, "The receiver took too long to answer."
         except httpx.TransportError:
