@@ -19,42 +19,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import GENEROUS, SDXL, SleepyProvider, pct
+
 from bot.config import load_settings
 from bot.discord_bot import ImageBot
-from bot.providers.base import GeneratedImage, ImageRequest
-from bot.providers.local import LocalProvider
 from bot.requests import GenerateRequest
 from bot.runtime import open_runtime
 from tests.fakes.discord import BotHarness, FakeDiscord, patched_discord_endpoints
-
-SDXL = "@cf/stabilityai/stable-diffusion-xl-base-1.0"
-GENEROUS = {
-    "QUOTA_USER_DAILY_IMAGES": "1000000",
-    "QUOTA_USER_DAILY_USD": "100000",
-    "QUOTA_GUILD_DAILY_USD": "1000000",
-    "QUOTA_DAILY_NEURONS": "1000000000",
-    "MAX_QUEUE": "100000",
-    "MAX_JOBS_PER_USER": "64",
-    "MAX_CONCURRENT_JOBS": "64",
-    "CACHE_SCOPE": "off",
-}
-
-
-class SleepyProvider(LocalProvider):
-    """A fixed latency and a prepared image: the provider's time is only waiting."""
-
-    def __init__(self, latency: float, image: bytes) -> None:
-        self.latency = latency
-        self.image = image
-
-    async def generate(self, request: ImageRequest) -> GeneratedImage:
-        await asyncio.sleep(self.latency)
-        return GeneratedImage(self.image, "image/png", "png")
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def with_bot(latency: float, body):  # type: ignore[no-untyped-def]

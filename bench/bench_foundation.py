@@ -7,30 +7,24 @@ Figures are medians / p99 over repeated runs on this machine; no network is used
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import statistics
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from common import EXTERNAL, SleepyProvider, SlowStore, pct
+
 from bot import imaging
 from bot.catalog import Cost
 from bot.config import load_settings
 from bot.ledger import Ledger, Limits
 from bot.ledger.ledger import NewJob
-from bot.providers.base import GeneratedImage, ImageRequest
-from bot.providers.local import LocalProvider
 from bot.requests import GenerateRequest
 from bot.runtime import open_runtime
 from bot.stores.local import LocalImageStore
 
 WIDE = 10**15
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def bench_renderer(runs: int = 30) -> dict[str, float]:
@@ -80,38 +74,6 @@ async def bench_cache_hits(hits: int = 500) -> dict[str, float]:
     return {"median_ms": statistics.median(times), "p99_ms": pct(times, 0.99)}
 
 
-EXTERNAL: contextvars.ContextVar[list[float]] = contextvars.ContextVar("external")
-
-
-class SlowProvider(LocalProvider):
-    """Answers a prepared image after a latency: stands for the provider call alone."""
-
-    def __init__(self, latency: float, image: bytes) -> None:
-        self.latency = latency
-        self.image = image
-
-    async def generate(self, request: ImageRequest) -> GeneratedImage:
-        start = time.perf_counter()
-        await asyncio.sleep(self.latency)
-        EXTERNAL.get().append(time.perf_counter() - start)
-        return GeneratedImage(self.image, "image/png", "png")
-
-
-class SlowStore(LocalImageStore):
-    """The local store after a latency; the whole put counts as the store call."""
-
-    def __init__(self, inner: LocalImageStore, latency: float) -> None:
-        super().__init__(inner.root, inner.base_url)
-        self.latency = latency
-
-    async def put(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        start = time.perf_counter()
-        await asyncio.sleep(self.latency)
-        stored = await super().put(*args, **kwargs)
-        EXTERNAL.get().append(time.perf_counter() - start)
-        return stored
-
-
 async def bench_overhead(
     in_flight: int = 100, seconds: float = 6.0, provider_s: float = 0.5, store_s: float = 0.05
 ) -> dict[str, float]:
@@ -128,7 +90,7 @@ async def bench_overhead(
         })  # fmt: skip
         async with open_runtime(settings) as runtime:
             service = runtime.service
-            service.provider = SlowProvider(provider_s, image)
+            service.provider = SleepyProvider(provider_s, image)
             assert isinstance(runtime.store, LocalImageStore)
             service.store = SlowStore(runtime.store, store_s)
             deadline = time.perf_counter() + seconds

@@ -22,47 +22,18 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common import GENEROUS, SDXL, SleepyProvider, SlowStore  # noqa: E402
+
 from bot import imaging  # noqa: E402
 from bot.config import load_settings  # noqa: E402
-from bot.providers.base import GeneratedImage, ImageRequest  # noqa: E402
-from bot.providers.local import LocalProvider  # noqa: E402
 from bot.requests import GenerateRequest  # noqa: E402
 from bot.runtime import open_runtime  # noqa: E402
 from bot.stores.local import LocalImageStore  # noqa: E402
 from tests.fakes.discord import FakeDiscord  # noqa: E402
-
-GENEROUS = {
-    "QUOTA_USER_DAILY_IMAGES": "1000000", "QUOTA_USER_DAILY_USD": "100000",
-    "QUOTA_GUILD_DAILY_USD": "1000000", "QUOTA_DAILY_NEURONS": "1000000000",
-    "MAX_QUEUE": "100000", "MAX_JOBS_PER_USER": "64", "MAX_CONCURRENT_JOBS": "1024",
-    "CACHE_SCOPE": "off",
-}  # fmt: skip
-SDXL = "@cf/stabilityai/stable-diffusion-xl-base-1.0"
-
-
-class SleepyProvider(LocalProvider):
-    def __init__(self, latency: float, image: bytes, copy: bool = False) -> None:
-        self.latency, self.image, self.copy = latency, image, copy
-
-    async def generate(self, request: ImageRequest) -> GeneratedImage:
-        await asyncio.sleep(self.latency)
-        data = bytes(bytearray(self.image)) if self.copy else self.image
-        return GeneratedImage(data, "image/png", "png")
-
-
-class SlowStore(LocalImageStore):
-    def __init__(self, inner: LocalImageStore, latency: float) -> None:
-        super().__init__(inner.root, inner.base_url)
-        self.latency = latency
-
-    async def put(self, *args: Any, **kwargs: Any) -> Any:
-        await asyncio.sleep(self.latency)
-        return await super().put(*args, **kwargs)
 
 
 def peak_rss_mb() -> float:
