@@ -31,6 +31,7 @@ from bot.ledger import ImageRecord, Job, Ledger, Limits, Usage, UsageReport
 from bot.ledger.ledger import DuplicateRequest, NewJob
 from bot.ledger.records import new_id, next_utc_midnight
 from bot.providers.base import GeneratedImage, ImageProvider, ImageRequest
+from bot.recovery import CrashRecovery, RecoveryReport
 from bot.reports import PersonalUsage, ServerUsage, personal_usage, server_usage
 from bot.requests import GenerateRequest, GenerationResult, Progress, Remaining
 from bot.scheduler import JobScheduler
@@ -85,13 +86,6 @@ class _Slot:
     index: int
     seed: int
     cache_key: str
-
-
-@dataclass(frozen=True)
-class RecoveryReport:
-    settled: int = 0
-    refunded: int = 0
-    images_recovered: int = 0
 
 
 class ImageService:
@@ -868,82 +862,7 @@ class ImageService:
 
     async def recover(self) -> RecoveryReport:
         """Settle or refund jobs a crash left open; record stored images nobody recorded."""
-        settled = refunded = recovered = 0
-        for job in await self.ledger.open_jobs():
-            recorded = [i for i in await self.ledger.images_for_job(job.id) if not i.cached]
-            known = {image.id for image in recorded}
-            if job.state == "storing":
-                for planned in job.planned_image_ids:
-                    if planned in known:
-                        continue
-                    record = await self._recover_image(job, planned)
-                    if record is not None:
-                        recorded.append(record)
-                        recovered += 1
-            if recorded and job.kind == "generate":
-                unit = Cost(job.params["unit_micro_usd"], job.params["unit_milli_neurons"])
-                made = len(recorded)
-                await self.ledger.settle(
-                    job.id, made, Cost(unit.micro_usd * made, unit.milli_neurons * made)
-                )
-                settled += 1
-            elif recorded:
-                await self.ledger.settle(job.id, 0, ZERO_COST)
-                settled += 1
-            else:
-                await self.ledger.refund(
-                    job.id, "interrupted", "The bot restarted before this finished."
-                )
-                refunded += 1
-            await self.ledger.note_job(job.id, "closed by crash recovery at start-up")
-        if settled or refunded:
-            log.warning(
-                "crash recovery: %d job(s) settled, %d refunded, %d stored image(s) recorded",
-                settled, refunded, recovered,
-            )  # fmt: skip
-        return RecoveryReport(settled, refunded, recovered)
-
-    async def _recover_image(self, job: Job, image_id: str) -> ImageRecord | None:
-        key = await self.store.find(image_id)
-        if key is None:
-            return None
-        data = await self.store.get(key)
-        info = await asyncio.to_thread(imaging.probe, data)
-        params: dict[str, Any] = job.params
-        slots: list[dict[str, Any]] = params.get("slots", [])
-        slot = next((s for s in slots if s.get("id") == image_id), {})
-        generated = job.kind == "generate"
-        record = ImageRecord(
-            id=image_id,
-            kind="generated" if generated else "upload",
-            job_id=job.id,
-            user_id=job.user_id,
-            guild_id=job.guild_id,
-            prompt=params.get("prompt"),
-            prompt_used=params.get("prompt_used"),
-            negative_prompt=params.get("negative_prompt"),
-            model=job.model,
-            width=info.width,
-            height=info.height,
-            steps=params.get("steps"),
-            seed=slot.get("seed"),
-            guidance=params.get("guidance"),
-            strength=params.get("strength"),
-            source_image_id=params.get("source_image_id"),
-            store=self.store.name,
-            storage_key=key,
-            url=self.store.url(key),
-            content_type=info.content_type,
-            bytes=len(data),
-            cost_micro_usd=params.get("unit_micro_usd", 0) if generated else 0,
-            cost_milli_neurons=params.get("unit_milli_neurons", 0) if generated else 0,
-            cache_key=slot.get("cache_key") if params.get("cache_scope") else None,
-            cache_scope=params.get("cache_scope"),
-            metadata={**params.get("metadata", {}), "recovered": "true"},
-            created_at=self.ledger.now_iso(),
-        )
-        await self.ledger.add_image(record)
-        return record
+        return await CrashRecovery(self.ledger, self.store).run()
 
     # -- small helpers --------------------------------------------------------------------------
 
