@@ -454,3 +454,9 @@ async def test_unicode_oddities_are_cleaned_or_refused_never_a_500(api):
     made = await api.http.post("/api/generate", content=b'{"prompt": "a \\ud800 cat \\u0000 dog"}',
                                headers=headers)  # fmt: skip
     assert made.json()["prompt"] == "a cat dog"
+
+
+async def test_get_on_the_batch_submission_path_is_405(api):
+    response = await api.get("/api/batch/generate")
+    assert response.status_code == 405 and response.headers["Allow"] == "POST"
+    assert (await api.get("/api/batch/not-a-batch-id")).status_code == 404

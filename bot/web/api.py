@@ -64,7 +64,7 @@ class Api:
 
 
 API = web.AppKey("api", Api)
-KEY = "api_key"
+KEY = web.RequestKey("api_key", ApiKey)
 
 
 class KeyRateLimiter:
@@ -93,8 +93,7 @@ def api_of(request: web.Request) -> Api:
 
 
 def key_of(request: web.Request) -> ApiKey:
-    key: ApiKey = request[KEY]
-    return key
+    return request[KEY]
 
 
 def scope_of(key: ApiKey) -> str:
@@ -465,7 +464,7 @@ def add_api_routes(app: web.Application) -> None:
     router.add_delete("/api/templates/{template_id}", delete_template)
     router.add_get("/api/analytics/costs", costs)
     router.add_post("/api/batch/generate", create_batch)
-    router.add_get("/api/batch/{batch_id}", get_batch)
+    router.add_get("/api/batch/{batch_id:bat_[0-9a-f]+}", get_batch)
     router.add_get("/api/openapi.json", openapi)
     router.add_get("/{size:[0-9]+x[0-9]+}/{slug}", placeholder)
 
