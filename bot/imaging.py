@@ -49,6 +49,10 @@ ACCEPTED_TYPES = "PNG, JPEG, WebP or GIF"
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_MAX_SIDE = 12_000
 DEFAULT_MAX_PIXELS = 100_000_000
+# Pillow's own decompression-bomb threshold (89.5 MP by default) is only a backstop behind the
+# header checks below; align it with the documented 100 MP limit so nothing in between is
+# refused. Set once at import, before any decoding thread exists.
+Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, DEFAULT_MAX_PIXELS)
 MAX_FRAMES = 1000
 MAX_FRAME_PIXEL_FACTOR = 4  # all frames together may hold this many times max_pixels
 

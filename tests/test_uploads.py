@@ -161,3 +161,9 @@ def test_preview_renderer_is_deterministic_and_honours_the_size():
     changed = imaging.render_preview_from(start, "x y z", seed=1, width=128, height=128,
                                           strength=1)  # fmt: skip
     assert kept != changed and Image.open(io.BytesIO(kept)).size == (128, 128)
+
+
+def test_a_95_megapixel_image_is_accepted_under_the_100_mp_limit():
+    data = encode(Image.new("L", (10_000, 9_500), 128), "PNG")  # small file, 95 MP decoded
+    info = imaging.validate_upload(data)
+    assert (info.width, info.height) == (10_000, 9_500)
