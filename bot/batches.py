@@ -17,8 +17,9 @@ import httpx
 
 from bot.errors import BotError, InvalidRequest, NotFound, QuotaExceeded
 from bot.ledger import ImageRecord, Ledger
-from bot.ledger.records import ApiKey, Batch, BatchItem, image_to_public, new_id
+from bot.ledger.records import ApiKey, Batch, BatchItem, new_id
 from bot.outbound import check_url, deliver_webhook
+from bot.public import image_to_public
 from bot.requests import GenerateRequest
 from bot.service import ImageService
 from bot.validation import clean_text

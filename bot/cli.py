@@ -21,9 +21,9 @@ from typing import Any
 from bot.catalog import Catalog, load_catalog
 from bot.config import Settings, load_settings, read_environment
 from bot.errors import BotError, ConfigError
-from bot.ledger.records import image_to_public
 from bot.logs import configure_logging
-from bot.money import format_neurons, format_usd, micro_to_usd_decimal
+from bot.money import format_neurons, format_usd
+from bot.public import image_to_public, model_json, report_json, usd
 from bot.requests import GenerateRequest, GenerationResult, Progress
 from bot.runtime import Runtime, open_runtime
 from bot.stores.local import LocalImageStore
@@ -199,13 +199,13 @@ def _result_json(result: GenerationResult, store: object) -> dict[str, Any]:
         "prompt": result.prompt,
         "prompt_used": result.prompt_used,
         "cached": result.cached,
-        "cost": float(micro_to_usd_decimal(result.cost.micro_usd)),
+        "cost": usd(result.cost.micro_usd),
         "cost_micro_usd": result.cost.micro_usd,
         "cost_milli_neurons": result.cost.milli_neurons,
         "failed": result.failed,
         "remaining": {
             "images": result.remaining.images,
-            "cost": float(micro_to_usd_decimal(result.remaining.micro_usd)),
+            "cost": usd(result.remaining.micro_usd),
             "resets_at": result.remaining.resets_at.isoformat(),
         },
     }
@@ -214,27 +214,7 @@ def _result_json(result: GenerationResult, store: object) -> dict[str, Any]:
 def _print_models(catalog: Catalog, as_json: bool) -> int:
     models = catalog.enabled_image_models()
     if as_json:
-        print(
-            json.dumps(
-                [
-                    {
-                        "id": m.id,
-                        "name": m.name,
-                        "capabilities": sorted(m.capabilities),
-                        "cost_per_image": float(micro_to_usd_decimal(m.default_cost().micro_usd)),
-                        "cost_per_image_micro_usd": m.default_cost().micro_usd,
-                        "neurons_per_image": float(m.default_cost().milli_neurons) / 1000,
-                        "default_size": [m.default_width, m.default_height],
-                        "sizes": "fixed" if m.fixed_size else [m.min_side, m.max_side],
-                        "steps": [m.min_steps, m.max_steps, m.default_steps],
-                        "typical_seconds": m.typical_seconds,
-                        "description": m.description,
-                    }
-                    for m in models
-                ],
-                indent=2,
-            )
-        )
+        print(json.dumps([model_json(m) for m in models], indent=2))
         return 0
     for m in models:
         cost = m.default_cost()
@@ -248,35 +228,10 @@ def _print_models(catalog: Catalog, as_json: bool) -> int:
 
 
 async def _usage(runtime: Runtime, args: argparse.Namespace) -> int:
-    day = (args.day or date.fromisoformat(runtime.ledger.today())).isoformat()
+    day = (args.day or date.fromisoformat(runtime.service.today())).isoformat()
     report = await runtime.service.usage_report(day)
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "day": day,
-                    "total_images": report.total_images,
-                    "total_cost": float(micro_to_usd_decimal(report.total_micro_usd)),
-                    "total_cost_micro_usd": report.total_micro_usd,
-                    "total_neurons": report.total_milli_neurons / 1000,
-                    "average_cost": float(micro_to_usd_decimal(report.average_micro_usd)),
-                    "users": [
-                        {
-                            "user_id": u.user_id,
-                            "images": u.images,
-                            "cost": float(micro_to_usd_decimal(u.micro_usd)),
-                            "cost_micro_usd": u.micro_usd,
-                        }
-                        for u in report.users
-                    ],
-                    "by_model": {
-                        model: {"images": images, "cost": float(micro_to_usd_decimal(usd))}
-                        for model, (images, usd) in report.by_model.items()
-                    },
-                },
-                indent=2,
-            )
-        )
+        print(json.dumps({"day": day, **report_json(report)}, indent=2))
         return 0
     print(f"{day} (UTC): {report.total_images} images, {format_usd(report.total_micro_usd)}"
           f" ({format_neurons(report.total_milli_neurons)} Neurons), average "

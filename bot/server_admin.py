@@ -119,8 +119,6 @@ class ServerAdmin:
         """By name (any case) or id."""
         return await self.ledger.get_template(guild_id, name)
 
-    template_by_id = template
-
     # -- quotas ---------------------------------------------------------------------------
 
     async def quota_status(self, guild_id: str, user_id: str) -> QuotaStatus:

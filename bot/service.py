@@ -834,6 +834,10 @@ class ImageService:
 
     # -- quotas and reports --------------------------------------------------------------------
 
+    def today(self) -> str:
+        """The current UTC day (the day quotas and reports count)."""
+        return self.ledger.today()
+
     async def remaining(self, user_id: str, guild_id: str) -> Remaining:
         limits, used = await self.ledger.limits_and_usage(user_id, guild_id)
         return Remaining(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 OPEN_STATES = ("reserved", "generating", "storing")
@@ -22,10 +22,6 @@ def utc_day(moment: datetime) -> str:
 def next_utc_midnight(moment: datetime) -> datetime:
     tomorrow = moment.astimezone(UTC).date() + timedelta(days=1)
     return datetime.combine(tomorrow, time(0, 0), tzinfo=UTC)
-
-
-def day_start(day: str) -> datetime:
-    return datetime.combine(date.fromisoformat(day), time(0, 0), tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -200,35 +196,6 @@ class UsageReport:
     @property
     def average_micro_usd(self) -> int:
         return self.total_micro_usd // self.total_images if self.total_images else 0
-
-
-def image_to_public(image: ImageRecord) -> dict[str, Any]:
-    """The image record as fronts show it (HTTP API, CLI --json); cost in USD."""
-    from bot.money import micro_to_usd_decimal
-
-    return {
-        "id": image.id,
-        "kind": image.kind,
-        "prompt": image.prompt,
-        "prompt_used": image.prompt_used,
-        "negative_prompt": image.negative_prompt,
-        "model": image.model,
-        "storage_key": image.storage_key,
-        "url": image.url,
-        "width": image.width,
-        "height": image.height,
-        "steps": image.steps,
-        "seed": image.seed,
-        "created_at": image.created_at,
-        "user_id": image.user_id,
-        "guild_id": image.guild_id or None,
-        "cost": float(micro_to_usd_decimal(image.cost_micro_usd)),
-        "cost_micro_usd": image.cost_micro_usd,
-        "cached": image.cached,
-        "is_deleted": image.is_deleted,
-        "source_image_id": image.source_image_id,
-        "metadata": image.metadata,
-    }
 
 
 @dataclass(frozen=True)

@@ -19,13 +19,12 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from bot.api_keys import ApiKeys
 from bot.batches import MAX_PROMPTS, BatchService
-from bot.catalog import ModelSpec
-from bot.errors import BotError, Forbidden, InvalidRequest, NotFound, Unauthorized
+from bot.errors import Forbidden, InvalidRequest, Unauthorized
 from bot.ledger import Template
-from bot.ledger.records import ApiKey, ImageRecord, image_to_public
-from bot.money import micro_to_usd_decimal
+from bot.ledger.records import ApiKey, ImageRecord
 from bot.outbound import fetch_bytes
 from bot.placeholders import PlaceholderService, parse_placeholder
+from bot.public import image_to_public, model_json, report_json
 from bot.requests import GenerateRequest
 from bot.runtime import Runtime
 from bot.server_admin import template_scope
@@ -239,21 +238,6 @@ async def _read_file_part(request: web.Request) -> bytes:
 # -- models, templates, analytics -----------------------------------------------------------
 
 
-def model_json(spec: ModelSpec) -> dict[str, Any]:
-    cost = spec.default_cost()
-    return {
-        "id": spec.id,
-        "name": spec.name,
-        "cost_per_image": float(micro_to_usd_decimal(cost.micro_usd)),
-        "neurons_per_image": cost.milli_neurons / 1000,
-        "default_width": spec.default_width,
-        "default_height": spec.default_height,
-        "speed_seconds": spec.typical_seconds,
-        "capabilities": sorted(spec.capabilities),
-        "description": spec.description,
-    }
-
-
 async def models(request: web.Request) -> web.Response:
     specs = api_of(request).runtime.catalog.enabled_image_models()
     return json_response({"models": [model_json(s) for s in specs]})
@@ -298,7 +282,7 @@ async def list_templates(request: web.Request) -> web.Response:
 
 
 async def get_template(request: web.Request) -> web.Response:
-    template = await api_of(request).runtime.admin.template_by_id(
+    template = await api_of(request).runtime.admin.template(
         scope_of(key_of(request)), request.match_info["template_id"]
     )
     return json_response(template_json(template))
@@ -307,7 +291,7 @@ async def get_template(request: web.Request) -> web.Response:
 async def delete_template(request: web.Request) -> web.Response:
     key = key_of(request)
     admin = api_of(request).runtime.admin
-    template = await admin.template_by_id(scope_of(key), request.match_info["template_id"])
+    template = await admin.template(scope_of(key), request.match_info["template_id"])
     await admin.delete_template(
         guild_id=scope_of(key), name=template.id, user_id=key.user_id,
         is_admin=is_admin(request, key),
@@ -318,7 +302,7 @@ async def delete_template(request: web.Request) -> web.Response:
 async def costs(request: web.Request) -> web.Response:
     """Own usage by default; ``scope=server`` gives the key's server (its admins only)."""
     key = key_of(request)
-    today = date.fromisoformat(api_of(request).runtime.ledger.today())
+    today = date.fromisoformat(api_of(request).runtime.service.today())
     end = _date_param(request, "to", today)
     start = _date_param(request, "from", end - timedelta(days=29))
     if start > end or (end - start).days > 366:
@@ -335,21 +319,7 @@ async def costs(request: web.Request) -> web.Response:
         user_id=None if scope == "server" else key.user_id,
     )
 
-    def usd(micro: int) -> float:
-        return float(micro_to_usd_decimal(micro))
-
-    return json_response(
-        {
-            "from": start.isoformat(),
-            "to": end.isoformat(),
-            "scope": scope,
-            "total_cost": usd(report.total_micro_usd),
-            "total_images": report.total_images,
-            "average_cost": usd(report.average_micro_usd),
-            "by_model": {m: {"images": i, "cost": usd(c)} for m, (i, c) in report.by_model.items()},
-            "by_day": {d: {"images": i, "cost": usd(c)} for d, (i, c) in report.by_day.items()},
-        }
-    )
+    return json_response({**report_json(report), "scope": scope})
 
 
 # -- batches --------------------------------------------------------------------------------
@@ -467,6 +437,3 @@ def add_api_routes(app: web.Application) -> None:
     router.add_get("/api/batch/{batch_id:bat_[0-9a-f]+}", get_batch)
     router.add_get("/api/openapi.json", openapi)
     router.add_get("/{size:[0-9]+x[0-9]+}/{slug}", placeholder)
-
-
-__all__ = ["API", "Api", "BotError", "KeyRateLimiter", "NotFound", "add_api_routes"]
