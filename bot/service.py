@@ -726,6 +726,31 @@ class ImageService:
         text = enhance.tidy_answer(answer.text, plan.prompt, plan.spec.max_prompt_chars)
         return text, actual, job.id
 
+    # -- delivery -----------------------------------------------------------------------------
+
+    async def record_delivery(self, job_id: str, way: str) -> None:
+        """Note how a result reached its user (``DELIVERY_WAYS``): shown in Details."""
+        await self.ledger.set_delivery(job_id, way)
+
+    async def refund_undelivered(self, job_id: str) -> int:
+        """A result no way could show is not charged: its job (and the prompt enhancement
+        made for it) refunded with reason ``undelivered``; its images stay in the owner's
+        list. Returns the micro-dollars given back (0 if nothing was settled)."""
+        job = await self.ledger.get_job(job_id)
+        jobs = [job] if job is not None else []
+        if job is not None and job.idempotency_key:
+            enhancement = await self.ledger.job_by_key(f"{job.idempotency_key}:enhance")
+            jobs += [enhancement] if enhancement is not None else []
+        refunded = 0
+        for each in jobs:
+            if await self.ledger.refund_undelivered(each.id):
+                refunded += each.micro_usd
+        return refunded
+
+    async def delivery_of(self, job_id: str | None) -> str | None:
+        job = await self.ledger.get_job(job_id) if job_id else None
+        return job.delivery if job is not None else None
+
     # -- uploads ------------------------------------------------------------------------------
 
     async def upload(

@@ -46,6 +46,7 @@ from bot.money import format_usd
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+UNDELIVERED_MESSAGE = "Discord would not show that result anywhere, so it was not charged."
 
 
 def utc_now() -> datetime:
@@ -510,6 +511,26 @@ class Ledger:
             if isinstance(outcome, BaseException):
                 raise outcome
         return self._job_from(new, job_id, day, "settled", now, image_ids)
+
+    async def set_delivery(self, job_id: str, way: str) -> None:
+        """Record how a settled job's result reached its user (one of DELIVERY_WAYS)."""
+        await self._write("UPDATE jobs SET delivery = ? WHERE id = ?", (way, job_id))
+
+    async def refund_undelivered(self, job_id: str) -> bool:
+        """A settled job whose result no way could show: refunded, reason ``undelivered``.
+
+        One statement: the counters' trigger takes the charge back in the same write, and a
+        second call (or a job already refunded) changes nothing. False if it was not settled.
+        """
+        return (
+            await self._write(
+                "UPDATE jobs SET state = 'refunded', delivery = 'undelivered', "
+                "error_code = 'undelivered', error_message = ?, updated_at = ? "
+                "WHERE id = ? AND state = 'settled'",
+                (UNDELIVERED_MESSAGE, self.now_iso(), job_id),
+            )
+            == 1
+        )
 
     async def get_job(self, job_id: str) -> Job | None:
         row = await self._one("SELECT * FROM jobs WHERE id = ?", (job_id,))

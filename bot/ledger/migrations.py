@@ -240,4 +240,10 @@ MIGRATIONS: tuple[str, ...] = (
         created_at TEXT NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 3: how each job's result reached its user; NULL for jobs from before it was recorded.
+    # 'undelivered' goes with state 'refunded': shown nowhere, so not charged.
+    """
+    ALTER TABLE jobs ADD COLUMN delivery TEXT
+        CHECK (delivery IN ('interaction', 'channel', 'dm', 'undelivered', 'api', 'cli'));
+    """,
 )

@@ -9,6 +9,9 @@ from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 OPEN_STATES = ("reserved", "generating", "storing")
+# How a result reached its user: through the interaction that asked, another Discord way, the
+# API or CLI answer; 'undelivered' when every way failed (then the job is refunded).
+DELIVERY_WAYS = ("interaction", "channel", "dm", "undelivered", "api", "cli")
 
 
 def new_id(prefix: str) -> str:
@@ -59,6 +62,7 @@ class Job:
     error_code: str | None
     error_message: str | None
     created_at: str
+    delivery: str | None = None  # how the result reached its user (see DELIVERY_WAYS)
 
     @classmethod
     def from_row(cls, row: Any) -> Job:
@@ -79,6 +83,7 @@ class Job:
             error_code=row["error_code"],
             error_message=row["error_message"],
             created_at=row["created_at"],
+            delivery=row["delivery"],
         )
 
     @property
