@@ -23,6 +23,8 @@ from bot.web.app import start_web_server
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 30.0
+# Set in ``interaction.extras`` once Discord said the token is dead (401/404): never use it again.
+DEAD_LINK = "interaction_unusable"
 
 # The cog extensions, loaded in this order by setup_hook.
 EXTENSIONS: tuple[str, ...] = (
@@ -48,6 +50,9 @@ async def reply_privately(interaction: discord.Interaction, text: str) -> None:
     After a public defer the first followup would replace the public "thinking" message, so
     that message is deleted first and the answer sent as an ephemeral followup.
     """
+    if interaction.extras.get(DEAD_LINK):
+        log.info("interaction %s can no longer be answered; not sent: %s", interaction.id, text)
+        return
     try:
         if not interaction.response.is_done():
             await interaction.response.send_message(text, ephemeral=True)

@@ -1,17 +1,17 @@
 """/imagine and the buttons on every result: re-roll, variations, details, delete.
 
 The command defers before anything else, reports queue position and progress by editing its
-message at a calm pace, and answers with one embed per image. Buttons are DynamicItems whose
-custom_id carries the image id, so they keep working after a restart.
+message (paced: ``cogs.progress``), and delivers one embed per image (``cogs.delivery``: in the
+channel or by DM when the interaction cannot carry it, refunded when nothing can). Buttons
+acknowledge before any work and are DynamicItems whose custom_id carries the image id, so they
+keep working after a restart; on a private result they answer privately.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import re
-import time
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from typing import Any
@@ -24,72 +24,38 @@ from bot.catalog import IMAGE_TO_IMAGE
 from bot.discord_bot import report_error
 from bot.errors import InvalidImage
 from bot.ledger import ImageRecord
-from bot.requests import GenerateRequest, GenerationResult, Progress
+from bot.money import format_usd
+from bot.requests import GenerateRequest, GenerationResult
 from bot.runtime import Runtime
 from bot.validation import ASPECT_RATIOS, MAX_SEED
 from cogs.common import clip, guild_key, is_admin, runtime_of
-from cogs.render import attachable, details_embed, image_embed, model_name, progress_text
+from cogs.delivery import InteractionLink, ResultMessage, deliver
+from cogs.progress import ProgressBoard
+from cogs.render import attachable, details_embed, image_embed, model_name
 
 log = logging.getLogger(__name__)
 
-EDIT_INTERVAL = 2.0
 MAX_ATTACHMENT_BYTES = 10 * 1024 * 1024
 IMAGE_ID = r"(?P<id>img_[0-9a-f]{20})"
 
 
-class ProgressMessage:
-    """Edits the deferred reply with the job's progress, at most once per EDIT_INTERVAL."""
-
-    def __init__(self, interaction: discord.Interaction, model: str) -> None:
-        self.interaction = interaction
-        self.model = model
-        self._latest: Progress | None = None
-        self._shown: Progress | None = None
-        self._last_edit = 0.0
-        self._task: asyncio.Task[None] | None = None
-        self._closed = False
-
-    def update(self, event: Progress) -> None:
-        if self._closed or event.stage == "done":
-            return
-        self._latest = event
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._edit_soon())
-
-    async def _edit_soon(self) -> None:
-        wait = self._last_edit + EDIT_INTERVAL - time.monotonic()
-        if wait > 0:
-            await asyncio.sleep(wait)
-        event = self._latest
-        if self._closed or event is None or event == self._shown:
-            return
-        self._shown = event
-        self._last_edit = time.monotonic()
-        try:
-            await self.interaction.edit_original_response(content=progress_text(event, self.model))
-        except discord.HTTPException:
-            log.debug("progress edit failed for interaction %s", self.interaction.id)
-
-    async def close(self) -> None:
-        self._closed = True
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-
-async def send_result(
-    interaction: discord.Interaction, runtime: Runtime, result: GenerationResult
-) -> None:
-    """Replace the deferred reply with the images, their embeds and their buttons."""
-    embeds, files, view = [], [], discord.ui.View(timeout=None)
-    for row, image in enumerate(result.images):
+async def result_message(runtime: Runtime, result: GenerationResult) -> ResultMessage:
+    """The images, their embeds and their buttons, as every way of delivery sends them."""
+    embeds, files = [], []
+    for image in result.images:
         file = await attachable(runtime, image)
         if file is not None:
-            files.append(file)
+            files.append((file.filename, file.fp.read()))
         embeds.append(image_embed(runtime, image, result, file.filename if file else None))
-        for item in image_buttons(runtime, image):
-            item.item.row = row
-            view.add_item(item)
+
+    def view() -> discord.ui.View:
+        buttons = discord.ui.View(timeout=None)
+        for row, image in enumerate(result.images):
+            for item in image_buttons(runtime, image):
+                item.item.row = row
+                buttons.add_item(item)
+        return buttons
+
     notes = []
     if result.cached:
         notes.append("♻️ Found in the cache: this one was free.")
@@ -97,9 +63,7 @@ async def send_result(
         notes.append(f"⚠️ {result.failed} image(s) failed and were not charged.")
     if runtime.settings.image_provider == "local":
         notes.append("🧪 Local preview renderer (no Cloudflare account configured).")
-    await interaction.edit_original_response(
-        content="\n".join(notes) or None, embeds=embeds, attachments=files, view=view
-    )
+    return ResultMessage(notes, embeds, files, view)
 
 
 def image_buttons(runtime: Runtime, image: ImageRecord) -> list[discord.ui.DynamicItem[Any]]:
@@ -113,14 +77,35 @@ def image_buttons(runtime: Runtime, image: ImageRecord) -> list[discord.ui.Dynam
 async def generate_and_reply(
     interaction: discord.Interaction, request: GenerateRequest, model_label: str
 ) -> None:
-    """Run one generation for an already-deferred interaction and show the result."""
+    """Run one generation for an already-deferred interaction and deliver the result: through
+    the interaction, else another way; refunded if no way shows it."""
     runtime = runtime_of(interaction)
-    progress = ProgressMessage(interaction, model_label)
+    link = InteractionLink.of(interaction)
+    spec = runtime.catalog.find(request.model or runtime.settings.default_model)
+    progress = board_of(interaction).track(
+        link,
+        model_label,
+        typical_seconds=spec.typical_seconds if spec else 10.0,
+        parallel=runtime.settings.max_concurrent_jobs,
+        private=request.private,
+    )
     try:
         result = await runtime.service.generate(replace(request, progress=progress.update))
     finally:
         await progress.close()
-    await send_result(interaction, runtime, result)
+    message = await result_message(runtime, result)
+    way = await deliver(link, message, private=request.private)
+    if way != "undelivered":
+        await runtime.service.record_delivery(result.job_id, way)
+        if message.tried:
+            log.info("job %s delivered by %s (%s)", result.job_id, way, "; ".join(message.tried))
+        return
+    refunded = await runtime.service.refund_undelivered(result.job_id)
+    log.warning(
+        "job %s of user %s could not be shown anywhere (%s): refunded %s; the images stay "
+        "in their list",
+        result.job_id, request.user_id, "; ".join(message.tried), format_usd(refunded),
+    )  # fmt: skip
 
 
 async def read_attachment(attachment: discord.Attachment) -> bytes:
@@ -177,12 +162,19 @@ class _ImageButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"i
         return await runtime_of(interaction).service.get_image(self.image_id)
 
 
+def asks_privately(interaction: discord.Interaction) -> bool:
+    """A button on a private (ephemeral) result, or in a DM, answers privately."""
+    message = interaction.message
+    return interaction.guild_id is None or bool(message and message.flags.ephemeral)
+
+
 class RerollButton(_ImageButton, template=rf"img:reroll:{IMAGE_ID}"):
     action, label, emoji = "reroll", "Re-roll", "🔄"
 
     @guarded
     async def callback(self, interaction: discord.Interaction) -> None:
-        await interaction.response.defer(thinking=True)
+        private = asks_privately(interaction)
+        await interaction.response.defer(thinking=True, ephemeral=private)
         image = await self.image(interaction)
         runtime = runtime_of(interaction)
         request = GenerateRequest(
@@ -198,6 +190,7 @@ class RerollButton(_ImageButton, template=rf"img:reroll:{IMAGE_ID}"):
             image_id=image.source_image_id,
             strength=image.strength,
             fresh=True,
+            private=private,
             idempotency_key=f"discord:{interaction.id}",
         )
         await generate_and_reply(interaction, request, model_name(runtime.catalog, image.model))
@@ -208,7 +201,8 @@ class VariationsButton(_ImageButton, template=rf"img:vary:{IMAGE_ID}"):
 
     @guarded
     async def callback(self, interaction: discord.Interaction) -> None:
-        await interaction.response.defer(thinking=True)
+        private = asks_privately(interaction)
+        await interaction.response.defer(thinking=True, ephemeral=private)
         image = await self.image(interaction)
         request = GenerateRequest(
             prompt=image.prompt or "a variation of this image",
@@ -217,6 +211,7 @@ class VariationsButton(_ImageButton, template=rf"img:vary:{IMAGE_ID}"):
             image_id=image.id,
             strength=0.6,
             fresh=True,
+            private=private,
             idempotency_key=f"discord:{interaction.id}",
         )
         await generate_and_reply(interaction, request, "image-to-image")
@@ -227,9 +222,12 @@ class DetailsButton(_ImageButton, template=rf"img:info:{IMAGE_ID}"):
 
     @guarded
     async def callback(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(thinking=True, ephemeral=True)
+        runtime = runtime_of(interaction)
         image = await self.image(interaction)
-        await interaction.response.send_message(
-            embed=details_embed(runtime_of(interaction), image), ephemeral=True
+        delivery = await runtime.service.delivery_of(image.job_id)
+        await interaction.followup.send(
+            embed=details_embed(runtime, image, delivery), ephemeral=True
         )
 
 
@@ -239,6 +237,9 @@ class DeleteButton(_ImageButton, template=rf"img:delete:{IMAGE_ID}"):
 
     @guarded
     async def callback(self, interaction: discord.Interaction) -> None:
+        """Acknowledged first (a slow store must not make the click fail), then the image is
+        deleted and the message edited to show the outcome."""
+        await interaction.response.defer()
         runtime = runtime_of(interaction)
         await runtime.service.delete_image(
             self.image_id, requester_id=str(interaction.user.id), is_admin=is_admin(interaction)
@@ -256,7 +257,7 @@ class DeleteButton(_ImageButton, template=rf"img:delete:{IMAGE_ID}"):
             a for a in (message.attachments if message else [])
             if not a.filename.startswith(self.image_id)
         ]  # fmt: skip
-        await interaction.response.edit_message(
+        await InteractionLink.of(interaction).edit(
             content=f"🗑️ An image was deleted by {interaction.user.mention}.",
             embeds=kept,
             attachments=kept_files,
@@ -264,9 +265,18 @@ class DeleteButton(_ImageButton, template=rf"img:delete:{IMAGE_ID}"):
         )
 
 
+def board_of(interaction: discord.Interaction) -> ProgressBoard:
+    """The progress board of the running Imagine cog (buttons reach it through the client)."""
+    cog = interaction.client.get_cog("Imagine")  # type: ignore[attr-defined]
+    if not isinstance(cog, Imagine):
+        raise RuntimeError("the Imagine cog is not loaded")
+    return cog.board
+
+
 class Imagine(commands.Cog):
     def __init__(self, bot: commands.Bot) -> None:
         self.bot = bot
+        self.board = ProgressBoard()
 
     @app_commands.command(name="imagine", description="Generate an image from a prompt")
     @app_commands.describe(
@@ -330,6 +340,7 @@ class Imagine(commands.Cog):
             strength=strength,
             enhance=enhance,
             fresh=fresh,
+            private=private,
             idempotency_key=f"discord:{interaction.id}",
         )
         label = model_name(runtime.catalog, model or runtime.settings.default_model)

@@ -62,7 +62,19 @@ async def attachable(runtime: Runtime, image: ImageRecord) -> discord.File | Non
     return discord.File(io.BytesIO(data), filename=name)
 
 
-def details_embed(runtime: Runtime, image: ImageRecord) -> discord.Embed:
+DELIVERY_LABELS = {
+    "interaction": "as the reply",
+    "channel": "in the channel",
+    "dm": "by DM",
+    "undelivered": "not shown anywhere by Discord: refunded",
+    "api": "through the HTTP API",
+    "cli": "on the command line",
+}
+
+
+def details_embed(
+    runtime: Runtime, image: ImageRecord, delivery: str | None = None
+) -> discord.Embed:
     embed = discord.Embed(title="Image details", url=image.url, colour=ACCENT)
     rows: list[tuple[str, Any]] = [
         ("Id", f"`{image.id}`"),
@@ -82,6 +94,7 @@ def details_embed(runtime: Runtime, image: ImageRecord) -> discord.Embed:
          "Neurons)"),
         ("Made by", f"<@{image.user_id}>" if image.user_id.isdigit() else image.user_id),
         ("Created", image.created_at),
+        ("Delivered", DELIVERY_LABELS.get(delivery or "")),
         ("URL", image.url),
     ]  # fmt: skip
     for name, value in rows:

@@ -165,7 +165,9 @@ async def test_buttons_work_and_keep_working_after_a_restart(
     assert reply.ephemeral
     delete = await fake_discord.click(message, f"img:delete:{image_id}", user=fake_discord.member)
     await delete.wait_for_callback()
-    assert delete.callback_type == 7  # the message itself is edited
+    assert delete.callback_type == 6  # acknowledged first, then the message itself is edited
+    edited = await delete.wait_for_message(lambda m: "was deleted by" in m.content)
+    assert edited.id == message.id and not edited.embeds and not edited.custom_ids
     assert (await local_runtime.ledger.get_image(image_id)).is_deleted
 
 
@@ -194,7 +196,9 @@ async def test_200_imagine_at_once_are_all_acknowledged(fake_discord, bot_harnes
 async def test_progress_shows_queue_position_then_generating(fake_discord, bot_harness,
                                                              make_settings):  # fmt: skip
     async with open_runtime(make_settings(MAX_JOBS_PER_USER=1)) as runtime:
-        runtime.service.provider = CountingProvider(delay=2.5)
+        # Long enough that the queued state outlasts the first edit (due after 2 s, one per
+        # second in a channel): shorter states are coalesced away.
+        runtime.service.provider = CountingProvider(delay=4.0)
         await bot_harness.start(ImageBot(runtime))
         first = await imagine(fake_discord, {"prompt": "slow picture one"})
         second = await imagine(fake_discord, {"prompt": "slow picture two"})
