@@ -151,6 +151,7 @@ class BatchService:
                 batch.id, item.position, "failed", None, error.code, error.user_message
             )
             return
+        await self.service.record_delivery(result.job_id, "api")
         await self.ledger.update_batch_item(batch.id, item.position, "done", result.images[0].id)
 
     async def _notify(self, batch_id: str, key: ApiKey) -> None:

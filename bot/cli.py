@@ -162,6 +162,7 @@ async def _imagine(runtime: Runtime, args: argparse.Namespace) -> int:
             progress=progress,
         )
     )
+    await runtime.service.record_delivery(result.job_id, "cli")
     store = runtime.store
     if args.json:
         print(json.dumps(_result_json(result, store), indent=2))

@@ -460,3 +460,9 @@ async def test_get_on_the_batch_submission_path_is_405(api):
     response = await api.get("/api/batch/generate")
     assert response.status_code == 405 and response.headers["Allow"] == "POST"
     assert (await api.get("/api/batch/not-a-batch-id")).status_code == 404
+
+
+async def test_an_api_result_is_recorded_as_delivered_by_the_api(api):
+    body = (await api.post("/api/generate", {"prompt": "a weather vane"})).json()
+    image = await api.runtime.ledger.get_image(body["id"])
+    assert await api.runtime.service.delivery_of(image.job_id) == "api"

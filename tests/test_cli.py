@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -265,3 +266,13 @@ def test_apikey_create_list_and_revoke(tmp_path):
     assert "revoked" in run_bot(tmp_path, "apikey", "list", "--user", "1234").stdout
     bad = run_bot(tmp_path, "apikey", "create", "--user", "not-a-number")
     assert bad.returncode == 1
+
+
+def test_a_cli_result_is_recorded_as_delivered_on_the_command_line(tmp_path: Path) -> None:
+    made = run_json(tmp_path, "imagine", "a tin lantern")
+    with sqlite3.connect(tmp_path / "data" / "bot.sqlite3") as db:
+        [(delivery,)] = db.execute(
+            "SELECT delivery FROM jobs JOIN images ON images.job_id = jobs.id WHERE images.id = ?",
+            (made["images"][0]["id"],),
+        ).fetchall()
+    assert delivery == "cli"

@@ -160,6 +160,7 @@ async def generate(request: web.Request) -> web.Response:
             metadata=body.get("metadata", {}),
         )
     )
+    await api_of(request).runtime.service.record_delivery(result.job_id, "api")
     return json_response(image_json(result.images[0]), status=201)
 
 
