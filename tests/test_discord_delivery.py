@@ -1,0 +1,96 @@
+"""Every paid image reaches its user, through the real discord.py client against the fake
+Discord: private buttons stay private, buttons answer within Discord's 3 s whatever the store
+does, and results the interaction cannot carry are delivered another way or refunded."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bot.discord_bot import ImageBot
+from bot.stores.local import LocalImageStore
+
+SDXL = "@cf/stabilityai/stable-diffusion-xl-base-1.0"
+SMALL = {"model": SDXL, "width": 256, "height": 256}
+
+
+class SlowDeletes(LocalImageStore):
+    """The local store, taking 5 seconds to delete (a slow or struggling store)."""
+
+    async def delete(self, key: str) -> None:
+        await asyncio.sleep(5.0)
+        await super().delete(key)
+
+
+def has_result(message) -> bool:
+    return bool(message.embeds)
+
+
+def public_messages(fake):
+    return [m for m in fake.messages.values() if not m.ephemeral and not m.deleted]
+
+
+async def imagine(fake, options, user=None, **extra):
+    interaction = await fake.slash("imagine", {**SMALL, **options},
+                                   user=user or fake.member, **extra)  # fmt: skip
+    await interaction.wait_for_callback()
+    return interaction
+
+
+async def test_reroll_and_variations_of_a_private_result_are_private(
+    fake_discord, bot_harness, local_runtime
+):
+    await bot_harness.start(ImageBot(local_runtime))
+    first = await imagine(fake_discord, {"prompt": "a secret garden", "private": True})
+    private = await first.wait_for_message(has_result)
+    assert private.ephemeral
+    image_id = private.embeds[0]["footer"]["text"]
+    for action in ("reroll", "vary"):
+        click = await fake_discord.click(private, f"img:{action}:{image_id}")
+        await click.wait_for_callback()
+        assert click.callback_type == 5 and click.callback.ephemeral  # private "thinking…"
+        answer = await click.wait_for_message(has_result, timeout=10)
+        assert answer.ephemeral, action
+        made = await local_runtime.ledger.get_image(answer.embeds[0]["footer"]["text"])
+        assert made.id != image_id and made.user_id == str(fake_discord.member.id)
+    details = await fake_discord.click(private, f"img:info:{image_id}")
+    assert (await details.wait_for_message(has_result)).ephemeral
+    delete = await fake_discord.click(private, f"img:delete:{image_id}")
+    edited = await delete.wait_for_message(lambda m: "was deleted by" in m.content)
+    assert edited.id == private.id and edited.ephemeral
+    assert public_messages(fake_discord) == []  # nothing reached the channel
+
+
+async def test_buttons_on_a_public_result_still_answer_in_public(
+    fake_discord, bot_harness, local_runtime
+):
+    await bot_harness.start(ImageBot(local_runtime))
+    first = await imagine(fake_discord, {"prompt": "a public fountain"})
+    public = await first.wait_for_message(has_result)
+    image_id = public.embeds[0]["footer"]["text"]
+    click = await fake_discord.click(public, f"img:reroll:{image_id}")
+    assert not (await click.wait_for_message(has_result, timeout=10)).ephemeral
+
+
+async def test_delete_with_a_five_second_store_is_acknowledged_in_time(
+    fake_discord, bot_harness, local_runtime
+):
+    store = local_runtime.service.store
+    assert isinstance(store, LocalImageStore)
+    local_runtime.service.store = SlowDeletes(store.root, store.base_url)
+    await bot_harness.start(ImageBot(local_runtime))
+    fake_discord.ack_deadline = 3.0  # like Discord: a later acknowledgement is refused
+    made = await imagine(fake_discord, {"prompt": "a sandcastle", "count": 2})
+    message = await made.wait_for_message(has_result)
+    gone, kept = (e["footer"]["text"] for e in message.embeds)
+
+    delete = await fake_discord.click(message, f"img:delete:{gone}")
+
+    await delete.wait_for_callback()
+    assert delete.callback_type == 6 and not delete.rejected  # acknowledged, in time
+    edited = await delete.wait_for_message(lambda m: "was deleted by" in m.content, timeout=10)
+    assert edited.id == message.id
+    assert [e["footer"]["text"] for e in edited.embeds] == [kept]
+    assert all(kept in custom_id for custom_id in edited.custom_ids)
+    assert (await local_runtime.ledger.get_image(gone)).is_deleted
+    assert not (await local_runtime.ledger.get_image(kept)).is_deleted
+
