@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+import aiohttp
 import discord
 
 from bot.discord_bot import DEAD_LINK
@@ -32,7 +33,8 @@ TOKEN_LIFETIME = timedelta(minutes=15)
 SAFETY_MARGIN = timedelta(seconds=10)  # no call on a token this close to its end
 # Invalid webhook token (expired), unknown webhook, unknown message (deleted).
 DEAD_TOKEN_CODES = frozenset({50027, 10015, 10008})
-DeliveryError = (discord.HTTPException, discord.RateLimited)
+# What a refused or failed send raises (a lost connection included; TimeoutError is an OSError).
+DeliveryError = (discord.HTTPException, discord.RateLimited, aiohttp.ClientError, OSError)
 
 
 class LinkClosed(Exception):

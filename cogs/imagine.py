@@ -93,7 +93,11 @@ async def generate_and_reply(
         result = await runtime.service.generate(replace(request, progress=progress.update))
     finally:
         await progress.close()
-    message = await result_message(runtime, result)
+    try:
+        message = await result_message(runtime, result)
+    except Exception:
+        await runtime.service.refund_undelivered(result.job_id)  # nothing can show it
+        raise
     way = await deliver(link, message, private=request.private)
     if way != "undelivered":
         await runtime.service.record_delivery(result.job_id, way)

@@ -5,8 +5,10 @@ does, and results the interaction cannot carry are delivered another way or refu
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 from bot.discord_bot import ImageBot
+from bot.errors import StoreError
 from bot.stores.local import LocalImageStore
 
 SDXL = "@cf/stabilityai/stable-diffusion-xl-base-1.0"
@@ -19,6 +21,13 @@ class SlowDeletes(LocalImageStore):
     async def delete(self, key: str) -> None:
         await asyncio.sleep(5.0)
         await super().delete(key)
+
+
+class UnreadableStore(LocalImageStore):
+    """Stores images, then cannot read them back (a disk that failed after the write)."""
+
+    async def get(self, key: str) -> bytes:
+        raise StoreError("The image store could not be read.")
 
 
 def has_result(message) -> bool:
@@ -94,3 +103,22 @@ async def test_delete_with_a_five_second_store_is_acknowledged_in_time(
     assert (await local_runtime.ledger.get_image(gone)).is_deleted
     assert not (await local_runtime.ledger.get_image(kept)).is_deleted
 
+
+
+async def test_a_result_that_cannot_be_attached_is_refunded_and_the_user_told(
+    fake_discord, bot_harness, local_runtime
+):
+    store = local_runtime.store
+    assert isinstance(store, LocalImageStore)
+    # The Discord front reads the bytes back to attach them (the local store is private).
+    front = replace(local_runtime, store=UnreadableStore(store.root, store.base_url))
+    await bot_harness.start(ImageBot(front))
+    made = await imagine(fake_discord, {"prompt": "a lost postcard"})
+    reply = await made.wait_for_message(lambda m: "could not be read" in m.content)
+    assert reply.ephemeral
+    ledger = local_runtime.ledger
+    assert (await ledger.user_usage(str(fake_discord.member.id),
+                                    str(fake_discord.guild.id))).images == 0  # fmt: skip
+    assert await ledger.audit() == {"counter_mismatches": 0, "open_jobs": 0}
+    [image] = await local_runtime.service.user_images(str(fake_discord.member.id))
+    assert image.prompt == "a lost postcard"  # still the owner's, findable
