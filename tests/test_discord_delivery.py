@@ -9,7 +9,10 @@ from dataclasses import replace
 
 from bot.discord_bot import ImageBot
 from bot.errors import StoreError
+from bot.runtime import open_runtime
 from bot.stores.local import LocalImageStore
+from cogs.progress import CHANNEL_EDIT_INTERVAL
+from tests.conftest import CountingProvider
 
 SDXL = "@cf/stabilityai/stable-diffusion-xl-base-1.0"
 SMALL = {"model": SDXL, "width": 256, "height": 256}
@@ -32,6 +35,11 @@ class UnreadableStore(LocalImageStore):
 
 def has_result(message) -> bool:
     return bool(message.embeds)
+
+
+def progress_edits(interaction):
+    """Edits of the reply that are not the result."""
+    return [e for e in interaction.events if e.kind == "edit" and not e.body.get("embeds")]
 
 
 def public_messages(fake):
@@ -122,3 +130,42 @@ async def test_a_result_that_cannot_be_attached_is_refunded_and_the_user_told(
     assert await ledger.audit() == {"counter_mismatches": 0, "open_jobs": 0}
     [image] = await local_runtime.service.user_images(str(fake_discord.member.id))
     assert image.prompt == "a lost postcard"  # still the owner's, findable
+
+
+async def test_a_job_done_before_the_first_edit_is_due_shows_no_progress(
+    fake_discord, bot_harness, local_runtime
+):
+    await bot_harness.start(ImageBot(local_runtime))
+    made = await imagine(fake_discord, {"prompt": "a quick doodle"})
+    await made.wait_for_message(has_result)
+    assert progress_edits(made) == []
+    [final] = [e for e in made.events if e.kind == "edit"]
+    assert final.body["embeds"]
+
+
+async def test_fifty_jobs_in_one_channel_share_a_progress_budget_and_all_arrive(
+    fake_discord, bot_harness, make_settings
+):
+    env = {"MAX_CONCURRENT_JOBS": 8, "QUOTA_USER_DAILY_IMAGES": 100, "QUOTA_USER_DAILY_USD": 10}
+    async with open_runtime(make_settings(**env)) as runtime:
+        runtime.service.provider = CountingProvider(delay=1.5)
+        users = [fake_discord.add_user(f"user{n}") for n in range(50)]
+        await bot_harness.start(ImageBot(runtime))
+        interactions = await asyncio.gather(*(
+            imagine(fake_discord, {"prompt": f"busy channel picture {n}"}, user=user)
+            for n, user in enumerate(users)
+        ))  # fmt: skip
+        await asyncio.gather(*(i.wait_for_message(has_result, timeout=60) for i in interactions))
+        await asyncio.sleep(CHANNEL_EDIT_INTERVAL * 2)  # an edit sent after the result would land
+        per_job = [len(progress_edits(i)) for i in interactions]
+        times = sorted(e.at for i in interactions for e in progress_edits(i))
+        busiest = max((sum(1 for t in times if start <= t < start + 1.0) for start in times),
+                      default=0)  # fmt: skip
+        print(f"50 jobs in one channel: {sum(per_job)} progress edits, at most {max(per_job)} "
+              f"per job, at most {busiest} in one second")  # fmt: skip
+        assert busiest <= 2  # one a second per channel, whatever the arrival jitter
+        for interaction in interactions:  # the result is the last edit: nothing went after it
+            assert interaction.events[-1].kind == "edit" and interaction.events[-1].body["embeds"]
+        jobs = [await runtime.ledger.job_by_key(f"discord:{i.id}") for i in interactions]
+        assert all(j is not None and j.delivery == "interaction" for j in jobs)
+        assert await runtime.ledger.audit() == {"counter_mismatches": 0, "open_jobs": 0}
