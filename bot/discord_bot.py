@@ -50,7 +50,7 @@ async def reply_privately(interaction: discord.Interaction, text: str) -> None:
     After a public defer the first followup would replace the public "thinking" message, so
     that message is deleted first and the answer sent as an ephemeral followup.
     """
-    if interaction.extras.get(DEAD_LINK):
+    if interaction.extras.get(DEAD_LINK) or interaction.is_expired():
         log.info("interaction %s can no longer be answered; not sent: %s", interaction.id, text)
         return
     try:

@@ -51,7 +51,6 @@ class ProgressMessage:
         self.private = private
         self.due = time.monotonic() + FIRST_EDIT_DELAY
         self.late = False  # the result will outlast the token: it goes elsewhere
-        self.edits = 0
         self._board = board
         self.channel_id = link.interaction.channel_id or 0
         self._latest: Progress | None = None
@@ -98,7 +97,6 @@ class ProgressMessage:
         try:
             if text is not None and text != self._shown and not self._closed:
                 self._shown = text
-                self.edits += 1
                 await self.link.edit(content=text)
         except LinkClosed:
             pass

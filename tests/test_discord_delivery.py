@@ -70,7 +70,10 @@ async def test_reroll_and_variations_of_a_private_result_are_private(
         made = await local_runtime.ledger.get_image(answer.embeds[0]["footer"]["text"])
         assert made.id != image_id and made.user_id == str(fake_discord.member.id)
     details = await fake_discord.click(private, f"img:info:{image_id}")
-    assert (await details.wait_for_message(has_result)).ephemeral
+    shown = await details.wait_for_message(has_result)
+    assert shown.ephemeral
+    fields = {f["name"]: f["value"] for f in shown.embeds[0]["fields"]}
+    assert fields["Delivered"] == "as the reply"
     delete = await fake_discord.click(private, f"img:delete:{image_id}")
     edited = await delete.wait_for_message(lambda m: "was deleted by" in m.content)
     assert edited.id == private.id and edited.ephemeral
