@@ -87,7 +87,7 @@ async def generate_and_reply(
         model_label,
         typical_seconds=spec.typical_seconds if spec else 10.0,
         parallel=runtime.settings.max_concurrent_jobs,
-        private=request.private,
+        private=request.private or interaction.guild_id is None,  # then a late result goes by DM
     )
     try:
         result = await runtime.service.generate(replace(request, progress=progress.update))
