@@ -58,6 +58,7 @@ class InteractionLink:
         self.interaction = interaction
         self.deadline = interaction.created_at + lifetime
         self.dead = False
+        self.death: str | None = None  # the answer that killed the token, for the log
         self._lock = asyncio.Lock()
 
     @classmethod
@@ -67,6 +68,9 @@ class InteractionLink:
         if not isinstance(link, InteractionLink):
             link = interaction.extras[cls] = cls(interaction, TOKEN_LIFETIME)
         return link
+
+    def why_unusable(self) -> str:
+        return f"token dead ({self.death})" if self.dead else "token at the end of its life"
 
     def usable_until(self) -> datetime:
         return self.deadline - SAFETY_MARGIN
@@ -85,7 +89,7 @@ class InteractionLink:
                 await self.interaction.edit_original_response(**fields)
             except discord.HTTPException as error:
                 if error.status in (401, 404) or error.code in DEAD_TOKEN_CODES:
-                    self.dead = True
+                    self.dead, self.death = True, describe(error)
                     self.interaction.extras[DEAD_LINK] = True
                 raise
 
@@ -121,7 +125,7 @@ async def deliver(link: InteractionLink, message: ResultMessage, *, private: boo
         await link.edit(**message.fields(notes), attachments=message.attachments())
         return "interaction"
     except LinkClosed:
-        message.tried.append("interaction: token expired or dead")
+        message.tried.append(f"interaction: {link.why_unusable()}")
     except DeliveryError as error:
         message.tried.append(f"interaction: {describe(error)}")
     user, channel = interaction.user, interaction.channel

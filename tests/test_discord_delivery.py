@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
+import pytest
+
 from bot.discord_bot import ImageBot
 from bot.errors import StoreError
 from bot.runtime import open_runtime
@@ -15,7 +17,9 @@ from cogs.progress import CHANNEL_EDIT_INTERVAL
 from tests.conftest import CountingProvider
 
 SDXL = "@cf/stabilityai/stable-diffusion-xl-base-1.0"
-SMALL = {"model": SDXL, "width": 256, "height": 256}
+SMALL = {"model": SDXL, "width": 256, "height": 256}  # quick to render, and free
+PAID = {"model": "@cf/black-forest-labs/flux-1-schnell", "width": 1024, "height": 1024}
+SCHNELL_MICRO_USD = 634
 
 
 class SlowDeletes(LocalImageStore):
@@ -172,3 +176,159 @@ async def test_fifty_jobs_in_one_channel_share_a_progress_budget_and_all_arrive(
         jobs = [await runtime.ledger.job_by_key(f"discord:{i.id}") for i in interactions]
         assert all(j is not None and j.delivery == "interaction" for j in jobs)
         assert await runtime.ledger.audit() == {"counter_mismatches": 0, "open_jobs": 0}
+
+
+# -- when the interaction can no longer carry the result -------------------------------------
+
+
+def posted_results(messages):
+    return [m for m in messages if m.embeds and not m.deleted]
+
+
+async def delivery_of(runtime, interaction):
+    """Wait (up to 20 s) until the job of ``interaction`` has a recorded delivery; the job."""
+    async with asyncio.timeout(20.0):
+        while True:
+            job = await runtime.ledger.job_by_key(f"discord:{interaction.id}")
+            if job is not None and job.delivery is not None:
+                return job
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def slow_runtime(make_settings):
+    """A runtime whose provider takes 3 s: longer than the 2-second tokens below."""
+    async with open_runtime(make_settings()) as runtime:
+        runtime.service.provider = CountingProvider(delay=3.0)
+        yield runtime
+
+
+async def test_a_job_outliving_its_token_is_posted_in_the_channel_mentioning_only_its_user(
+    fake_discord, bot_harness, slow_runtime
+):
+    fake_discord.token_lifetime = 2.0
+    await bot_harness.start(ImageBot(slow_runtime))
+    made = await imagine(fake_discord, {"prompt": "a slow comet, @everyone"})
+    channel = fake_discord.guild.channel
+
+    job = await delivery_of(slow_runtime, made)
+
+    assert job.state == "settled" and job.delivery == "channel"
+    [posted] = posted_results(fake_discord.channel_messages[channel.id])
+    member = fake_discord.member
+    assert posted.mentions == [member.id] and not posted.mention_everyone
+    allowed = posted.allowed_mentions or {}
+    assert allowed["parse"] == [] and [int(u) for u in allowed["users"]] == [member.id]
+    assert posted.embeds[0]["footer"]["text"] in {i.id for i in
+                                                  await slow_runtime.service.user_images(
+                                                      str(member.id))}  # fmt: skip
+    assert sorted(c.split(":")[1] for c in posted.custom_ids) == ["delete", "info", "reroll",
+                                                                  "vary"]  # fmt: skip
+    assert posted.files  # the same attachment as the reply would have had
+    assert made.calls_after_dead == 0  # the first 401 was the last call on that token
+
+
+async def test_when_the_channel_refuses_the_result_comes_by_dm(
+    fake_discord, bot_harness, slow_runtime
+):
+    fake_discord.token_lifetime = 2.0
+    fake_discord.guild.channel.can_send = False
+    await bot_harness.start(ImageBot(slow_runtime))
+    made = await imagine(fake_discord, {"prompt": "a slow lighthouse"})
+
+    job = await delivery_of(slow_runtime, made)
+
+    assert job.state == "settled" and job.delivery == "dm"
+    [sent] = posted_results(fake_discord.dm_messages[fake_discord.member.id])
+    assert sent.custom_ids and sent.files
+    assert fake_discord.channel_messages[fake_discord.guild.channel.id] == []
+    assert made.calls_after_dead == 0
+
+
+async def test_when_no_way_shows_it_the_job_is_refunded_and_the_image_stays_findable(
+    fake_discord, bot_harness, slow_runtime, caplog
+):
+    fake_discord.token_lifetime = 2.0
+    fake_discord.guild.channel.can_send = False
+    fake_discord.member.accepts_dms = False
+    await bot_harness.start(ImageBot(slow_runtime))
+    member = str(fake_discord.member.id)
+    made = await imagine(fake_discord, {"prompt": "a slow rainbow", **PAID})
+
+    job = await delivery_of(slow_runtime, made)
+
+    assert job.state == "refunded" and job.delivery == "undelivered"
+    assert job.micro_usd == SCHNELL_MICRO_USD  # what was charged, and given back
+    ledger = slow_runtime.ledger
+    usage = await ledger.user_usage(member, str(fake_discord.guild.id))
+    assert usage.images == 0 and usage.micro_usd == 0
+    assert await ledger.audit() == {"counter_mismatches": 0, "open_jobs": 0}
+    [image] = await slow_runtime.service.user_images(member)
+    assert image.job_id == job.id and image.prompt == "a slow rainbow"
+    choices = await fake_discord.autocomplete("imagine", "image_id", "", {"prompt": "x"},
+                                              user=fake_discord.member)  # fmt: skip
+    assert [c["value"] for c in choices] == [image.id]
+    [warning] = [r for r in caplog.records if "could not be shown anywhere" in r.message]
+    assert warning.levelname == "WARNING"
+    assert "401 50027" in warning.message and "403 50013" in warning.message
+    assert "403 50007" in warning.message and "$0.000634" in warning.message
+    assert made.token not in warning.message
+    assert made.calls_after_dead == 0
+
+
+async def test_a_private_result_outliving_its_token_goes_by_dm_never_to_the_channel(
+    fake_discord, bot_harness, slow_runtime
+):
+    fake_discord.token_lifetime = 2.0
+    await bot_harness.start(ImageBot(slow_runtime))
+    made = await imagine(fake_discord, {"prompt": "a slow secret", "private": True})
+
+    job = await delivery_of(slow_runtime, made)
+
+    assert job.delivery == "dm"
+    assert posted_results(fake_discord.dm_messages[fake_discord.member.id])
+    assert fake_discord.channel_messages[fake_discord.guild.channel.id] == []
+
+
+async def test_a_private_result_is_refunded_rather_than_shown_in_the_channel(
+    fake_discord, bot_harness, slow_runtime
+):
+    fake_discord.token_lifetime = 2.0
+    fake_discord.member.accepts_dms = False
+    await bot_harness.start(ImageBot(slow_runtime))
+    made = await imagine(fake_discord, {"prompt": "a slow diary page", "private": True})
+
+    job = await delivery_of(slow_runtime, made)
+
+    assert job.state == "refunded" and job.delivery == "undelivered"
+    assert fake_discord.channel_messages[fake_discord.guild.channel.id] == []
+
+
+async def test_a_deleted_thinking_message_means_the_result_is_posted_in_the_channel(
+    fake_discord, bot_harness, slow_runtime
+):
+    await bot_harness.start(ImageBot(slow_runtime))
+    made = await imagine(fake_discord, {"prompt": "a slow mountain"})
+    fake_discord.delete_message(made.original.id)  # a moderator, while the job runs
+
+    job = await delivery_of(slow_runtime, made)
+
+    assert job.delivery == "channel"
+    assert posted_results(fake_discord.channel_messages[fake_discord.guild.channel.id])
+    assert made.calls_after_dead == 0
+
+
+async def test_a_429_outlasting_the_retries_on_the_result_is_delivered_another_way(
+    fake_discord, bot_harness, make_settings
+):
+    async with open_runtime(make_settings()) as runtime:
+        runtime.service.provider = CountingProvider(delay=0.5)  # done before any progress edit
+        await bot_harness.start(ImageBot(runtime))
+        made = await imagine(fake_discord, {"prompt": "a rate-limited sunset"})
+        fake_discord.force_429(5, retry_after=0.05)  # discord.py tries five times, then gives up
+
+        job = await delivery_of(runtime, made)
+
+        assert job.state == "settled" and job.delivery == "channel"
+        assert len([e for e in made.events if e.kind == "rate_limited"]) == 5
+        assert posted_results(fake_discord.channel_messages[fake_discord.guild.channel.id])
