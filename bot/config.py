@@ -63,6 +63,7 @@ class Settings:
     max_jobs_per_user: int = 2
     max_queue: int = 100
     max_concurrent_jobs: int = 8
+    discord_channel_messages_per_10s: int = 40
     api_rate_per_minute: int = 60
     placeholder_daily_images: int = 50
     allow_private_urls: bool = False
@@ -230,6 +231,9 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         max_jobs_per_user=read.integer("MAX_JOBS_PER_USER", 2, minimum=1, maximum=64),
         max_queue=read.integer("MAX_QUEUE", 100, minimum=1, maximum=100_000),
         max_concurrent_jobs=read.integer("MAX_CONCURRENT_JOBS", 8, minimum=1, maximum=1024),
+        discord_channel_messages_per_10s=read.integer(
+            "DISCORD_CHANNEL_MESSAGES_PER_10S", 40, minimum=0, maximum=10_000
+        ),
         api_rate_per_minute=read.integer("API_RATE_PER_MINUTE", 60, minimum=1, maximum=100_000),
         placeholder_daily_images=read.integer("PLACEHOLDER_DAILY_IMAGES", 50),
         allow_private_urls=read.choice("ALLOW_PRIVATE_URLS", "false", ("true", "false")) == "true",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -116,12 +116,21 @@ def only_mention(user: discord.abc.User) -> discord.AllowedMentions:
     return discord.AllowedMentions(everyone=False, users=[user], roles=False, replied_user=False)
 
 
-async def deliver(link: InteractionLink, message: ResultMessage, *, private: bool) -> str:
+async def deliver(
+    link: InteractionLink,
+    message: ResultMessage,
+    *,
+    private: bool,
+    channel_turn: Callable[[], Awaitable[None]],
+) -> str:
     """Show the result one way or another; the way it went (``DELIVERY_WAYS``), or
-    ``undelivered`` when Discord refused every way."""
+    ``undelivered`` when Discord refused every way. ``channel_turn`` waits until the channel
+    has room for one more message (the reply is in the channel too)."""
     interaction = link.interaction
     notes = "\n".join(message.notes) or None
     try:
+        if link.usable:
+            await channel_turn()
         await link.edit(**message.fields(notes), attachments=message.attachments())
         return "interaction"
     except LinkClosed:
@@ -133,6 +142,7 @@ async def deliver(link: InteractionLink, message: ResultMessage, *, private: boo
     if not private and in_a_server and isinstance(channel, discord.abc.Messageable):
         text = "\n".join([f"{user.mention}, here is your result.", *message.notes])
         try:
+            await channel_turn()
             await channel.send(**message.fields(text), files=message.attachments(),
                                allowed_mentions=only_mention(user))  # fmt: skip
             return "channel"

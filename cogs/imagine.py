@@ -81,8 +81,9 @@ async def generate_and_reply(
     the interaction, else another way; refunded if no way shows it."""
     runtime = runtime_of(interaction)
     link = InteractionLink.of(interaction)
+    board = board_of(interaction)
     spec = runtime.catalog.find(request.model or runtime.settings.default_model)
-    progress = board_of(interaction).track(
+    progress = board.track(
         link,
         model_label,
         typical_seconds=spec.typical_seconds if spec else 10.0,
@@ -98,7 +99,8 @@ async def generate_and_reply(
     except Exception:
         await runtime.service.refund_undelivered(result.job_id)  # nothing can show it
         raise
-    way = await deliver(link, message, private=request.private)
+    way = await deliver(link, message, private=request.private,
+                        channel_turn=lambda: board.result_turn(interaction.channel_id))  # fmt: skip
     if way != "undelivered":
         await runtime.service.record_delivery(result.job_id, way)
         if message.tried:
@@ -280,7 +282,8 @@ def board_of(interaction: discord.Interaction) -> ProgressBoard:
 class Imagine(commands.Cog):
     def __init__(self, bot: commands.Bot) -> None:
         self.bot = bot
-        self.board = ProgressBoard()
+        runtime: Runtime = bot.runtime  # type: ignore[attr-defined]
+        self.board = ProgressBoard(runtime.settings.discord_channel_messages_per_10s)
 
     @app_commands.command(name="imagine", description="Generate an image from a prompt")
     @app_commands.describe(

@@ -5,7 +5,9 @@ channel each editing every two seconds would meet both. So each job keeps only i
 (stale intermediate states are never sent), shows nothing before ``FIRST_EDIT_DELAY`` (a quick
 job goes straight to its result), edits at most every ``JOB_EDIT_INTERVAL``, and the jobs of one
 channel share one edit every ``CHANNEL_EDIT_INTERVAL``, the job waiting longest first. Closing
-a job's progress drops its pending edit, so the result is never queued behind one.
+a job's progress drops its pending edit, so the result is never queued behind one. Results
+themselves take turns in the channel's window (DISCORD_CHANNEL_MESSAGES_PER_10S), so a burst
+of results waits here instead of meeting 429s, which count toward Discord's IP ban.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import contextlib
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -29,6 +32,7 @@ log = logging.getLogger(__name__)
 FIRST_EDIT_DELAY = 2.0
 JOB_EDIT_INTERVAL = 2.0
 CHANNEL_EDIT_INTERVAL = 1.0
+CHANNEL_WINDOW = 10.0  # DISCORD_CHANNEL_MESSAGES_PER_10S counts over this window
 
 
 class ProgressMessage:
@@ -117,16 +121,21 @@ class ProgressMessage:
             await asyncio.gather(self._sending, return_exceptions=True)
 
 
-class _ChannelPacer:
-    """The jobs of one channel waiting for an edit, served one per CHANNEL_EDIT_INTERVAL.
+class _Channel:
+    """One channel's traffic: what the bot sent there in the last CHANNEL_WINDOW (results and
+    progress edits alike), and the jobs waiting for a progress edit, one per
+    CHANNEL_EDIT_INTERVAL. Results wait for room in the window (``sends``; 0: they do not
+    wait), in order; progress edits leave a quarter of it to results. It stays until a window
+    has passed with nothing waiting, so no send is forgotten while it still counts."""
 
-    It stays until an interval has passed with nobody waiting, so a new pacer for the channel
-    can never send within an interval of this one's last edit."""
-
-    def __init__(self, on_idle: Callable[[], object]) -> None:
+    def __init__(self, sends: int, on_idle: Callable[[], object]) -> None:
+        self.sends = sends
+        self.progress_sends = sends - sends // 4
         self.waiting: dict[ProgressMessage, None] = {}  # an insertion-ordered set
+        self._sends: deque[float] = deque()
         self._last_edit = -math.inf
         self._wake = asyncio.Event()
+        self._results = asyncio.Lock()
         self._on_idle = on_idle
         self._task = asyncio.create_task(self._run())
 
@@ -137,15 +146,41 @@ class _ChannelPacer:
     def drop(self, message: ProgressMessage) -> None:
         self.waiting.pop(message, None)
 
+    def _used(self, now: float) -> int:
+        while self._sends and self._sends[0] <= now - CHANNEL_WINDOW:
+            self._sends.popleft()
+        return len(self._sends)
+
+    def _room_at(self, now: float, sends: int) -> float:
+        """When the window will have room for one more send with ``sends`` allowed in it."""
+        used = self._used(now)
+        if not self.sends or used < sends:
+            return now
+        return self._sends[used - sends] + CHANNEL_WINDOW
+
+    async def result_turn(self) -> None:
+        """Wait for room in the window for a result, then count it."""
+        if not self.sends:
+            return
+        async with self._results:
+            now = time.monotonic()
+            start = self._room_at(now, self.sends)
+            if start > now:  # progress edits cannot take that room meanwhile
+                await asyncio.sleep(start - now)
+            self._sends.append(time.monotonic())
+
     async def _run(self) -> None:
         while True:
             now = time.monotonic()
-            start = self._last_edit + CHANNEL_EDIT_INTERVAL
-            if not self.waiting and now >= start:
+            if not self.waiting and not self._results.locked() and self._used(now) == 0:
                 break
             ready = [m for m in self.waiting if not m.sending]
             turn = min(ready, key=lambda m: m.due, default=None)
-            start = max(start, turn.due if turn else now + JOB_EDIT_INTERVAL)
+            start = max(
+                turn.due if turn else now + CHANNEL_WINDOW,
+                self._last_edit + CHANNEL_EDIT_INTERVAL,
+                self._room_at(now, self.progress_sends),
+            )
             if turn is None or start > now:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):  # woken early: a job wants an edit
@@ -153,15 +188,18 @@ class _ChannelPacer:
                 continue
             del self.waiting[turn]
             self._last_edit = now
+            if self.sends:
+                self._sends.append(now)
             turn.send()
         self._on_idle()
 
 
 class ProgressBoard:
-    """Every channel's pacer, while it has jobs waiting for an edit."""
+    """Every channel's traffic, while the bot has sent or wants to send something there."""
 
-    def __init__(self) -> None:
-        self._channels: dict[int, _ChannelPacer] = {}
+    def __init__(self, channel_sends: int) -> None:
+        self.channel_sends = channel_sends  # per CHANNEL_WINDOW; 0: results are not paced
+        self._channels: dict[int, _Channel] = {}
 
     def track(
         self,
@@ -175,16 +213,22 @@ class ProgressBoard:
         return ProgressMessage(self, link, model, typical_seconds=typical_seconds,
                                parallel=parallel, private=private)  # fmt: skip
 
-    def want(self, message: ProgressMessage) -> None:
-        pacer = self._channels.get(message.channel_id)
-        if pacer is None:
-            channel_id = message.channel_id
-            pacer = self._channels[channel_id] = _ChannelPacer(
-                lambda: self._channels.pop(channel_id, None)
+    def _channel(self, channel_id: int) -> _Channel:
+        channel = self._channels.get(channel_id)
+        if channel is None:
+            channel = self._channels[channel_id] = _Channel(
+                self.channel_sends, lambda: self._channels.pop(channel_id, None)
             )
-        pacer.want(message)
+        return channel
+
+    def want(self, message: ProgressMessage) -> None:
+        self._channel(message.channel_id).want(message)
 
     def drop(self, message: ProgressMessage) -> None:
-        pacer = self._channels.get(message.channel_id)
-        if pacer is not None:
-            pacer.drop(message)
+        channel = self._channels.get(message.channel_id)
+        if channel is not None:
+            channel.drop(message)
+
+    async def result_turn(self, channel_id: int | None) -> None:
+        """Wait until a result may be sent in this channel without meeting its limit."""
+        await self._channel(channel_id or 0).result_turn()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from datetime import timedelta
 
 import pytest
 
@@ -13,6 +14,7 @@ from bot.discord_bot import ImageBot
 from bot.errors import StoreError
 from bot.runtime import open_runtime
 from bot.stores.local import LocalImageStore
+from cogs import delivery
 from cogs.progress import CHANNEL_EDIT_INTERVAL
 from tests.conftest import CountingProvider
 
@@ -169,8 +171,10 @@ async def test_fifty_jobs_in_one_channel_share_a_progress_budget_and_all_arrive(
         busiest = max((sum(1 for t in times if start <= t < start + 1.0) for start in times),
                       default=0)  # fmt: skip
         print(f"50 jobs in one channel: {sum(per_job)} progress edits, at most {max(per_job)} "
-              f"per job, at most {busiest} in one second")  # fmt: skip
+              f"per job, at most {busiest} in one second; {fake_discord.rate_limited} answered "
+              "429")  # fmt: skip
         assert busiest <= 2  # one a second per channel, whatever the arrival jitter
+        assert fake_discord.rate_limited == 0  # results wait their turn in the channel instead
         for interaction in interactions:  # the result is the last edit: nothing went after it
             assert interaction.events[-1].kind == "edit" and interaction.events[-1].body["embeds"]
         jobs = [await runtime.ledger.job_by_key(f"discord:{i.id}") for i in interactions]
@@ -332,3 +336,26 @@ async def test_a_429_outlasting_the_retries_on_the_result_is_delivered_another_w
         assert job.state == "settled" and job.delivery == "channel"
         assert len([e for e in made.events if e.kind == "rate_limited"]) == 5
         assert posted_results(fake_discord.channel_messages[fake_discord.guild.channel.id])
+
+
+async def test_a_job_known_to_outlast_its_token_says_so_and_never_touches_it_late(
+    fake_discord, bot_harness, make_settings, monkeypatch
+):
+    """Tokens of 4 s here (Discord's are 15 minutes): the bot knows each deadline from the
+    interaction's creation, tells the user where the result will go, and makes no call on a
+    token it knows is at its end, so Discord never answers it 401."""
+    fake_discord.token_lifetime = 4.0
+    monkeypatch.setattr(delivery, "TOKEN_LIFETIME", timedelta(seconds=4))
+    monkeypatch.setattr(delivery, "SAFETY_MARGIN", timedelta(seconds=1))
+    async with open_runtime(make_settings()) as runtime:
+        runtime.service.provider = CountingProvider(delay=3.5)
+        await bot_harness.start(ImageBot(runtime))
+        made = await imagine(fake_discord, {"prompt": "a slow glacier"})
+
+        job = await delivery_of(runtime, made)
+
+        assert job.delivery == "channel"
+        notes = [e.body.get("content") or "" for e in progress_edits(made)]
+        assert any("I'll post the result in this channel and mention you" in n for n in notes)
+        assert posted_results(fake_discord.channel_messages[fake_discord.guild.channel.id])
+        assert fake_discord.invalid_requests == 0 and not made.rejected
