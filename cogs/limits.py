@@ -76,7 +76,8 @@ def fit_embed(embed: discord.Embed) -> discord.Embed:
     if embed.description:
         embed.description = clip(embed.description, DESCRIPTION)
     fields = embed.fields[:FIELDS]
-    embed.clear_fields()
+    if fields:
+        embed.clear_fields()
     for item in fields:
         name, value = clip(item.name or "​", FIELD_NAME), clip(item.value or "​", FIELD_VALUE)
         embed.add_field(name=name, value=value, inline=bool(item.inline))
@@ -93,24 +94,32 @@ def fit_embeds(embeds: Sequence[discord.Embed], total: int = EMBED_TOTAL) -> lis
     """At most 10 embeds, each within its limits and all together within ``total`` characters.
 
     Over the total, the longest texts (titles, descriptions, field values) are shortened to a
-    common length, the largest one that fits; field names, footers (the image id lives there)
-    and author names are kept whole.
+    common length, the largest one that fits; field names and author names are kept whole unless
+    they alone take half the total, and footers (the image id lives there) always are.
     """
     fitted = [fit_embed(embed) for embed in embeds[:EMBEDS]]
-    fixed = sum(_fixed_length(embed) for embed in fitted)
-    flexible = [len(text) for embed in fitted for text in _flexible_texts(embed)]
+    names_too = sum(_fixed_length(embed, names_too=False) for embed in fitted) > total // 2
+    fixed = sum(_fixed_length(embed, names_too) for embed in fitted)
+    flexible = [len(text) for embed in fitted for text in _flexible_texts(embed, names_too)]
     if fixed + sum(flexible) <= total:
         return fitted
-    cap = _water_level(flexible, max(total - fixed, 0))
+    cap = max(_water_level(flexible, max(total - fixed, 0)), 1)
     for embed in fitted:
         if embed.title and len(embed.title) > cap:
             embed.title = clip(embed.title, cap)
         if embed.description and len(embed.description) > cap:
             embed.description = clip(embed.description, cap)
         for index, item in enumerate(embed.fields):
-            if len(item.value or "") > cap:
-                value = clip(item.value or "", cap)
-                embed.set_field_at(index, name=item.name, value=value, inline=bool(item.inline))
+            name, value = item.name or "", item.value or ""
+            if names_too and len(name) > cap:
+                name = clip(name, cap)
+            if len(value) > cap:
+                value = clip(value, cap)
+            embed.set_field_at(index, name=name, value=value, inline=bool(item.inline))
+        if names_too and embed.author.name and len(embed.author.name) > cap:
+            author = embed.author
+            embed.set_author(name=clip(author.name or "", cap), url=author.url,
+                             icon_url=author.icon_url)  # fmt: skip
     return fitted
 
 
@@ -146,14 +155,22 @@ def file_groups(sizes: Sequence[int], limit: int = REQUEST_BYTES) -> list[list[i
     return groups if groups[0] else []
 
 
-def _fixed_length(embed: discord.Embed) -> int:
-    names = sum(len(item.name or "") for item in embed.fields)
-    return names + len(embed.footer.text or "") + len(embed.author.name or "")
+def _fixed_length(embed: discord.Embed, names_too: bool) -> int:
+    """What ``fit_embeds`` keeps whole: footers, and unless ``names_too`` the names."""
+    footer = len(embed.footer.text or "")
+    if names_too:
+        return footer
+    return (
+        footer + sum(len(item.name or "") for item in embed.fields) + len(embed.author.name or "")
+    )
 
 
-def _flexible_texts(embed: discord.Embed) -> list[str]:
+def _flexible_texts(embed: discord.Embed, names_too: bool) -> list[str]:
     texts = [embed.title or "", embed.description or ""]
-    return texts + [item.value or "" for item in embed.fields]
+    texts += [item.value or "" for item in embed.fields]
+    if names_too:
+        texts += [item.name or "" for item in embed.fields] + [embed.author.name or ""]
+    return texts
 
 
 def _water_level(lengths: Sequence[int], budget: int) -> int:
