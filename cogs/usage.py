@@ -13,7 +13,7 @@ from discord.ext import commands
 from bot.ledger import UsageReport
 from bot.money import format_usd
 from cogs.common import admin_commands, admin_only, guild_key, runtime_of
-from cogs.limits import FIELD_VALUE, TITLE, cut_lines, fit_embeds, shown
+from cogs.limits import FIELD_VALUE, FILE_BYTES, TITLE, cut_lines, fit_embeds, shown
 from cogs.render import ACCENT, model_name
 
 
@@ -98,13 +98,12 @@ class UsageAdmin(
         embed.add_field(name="Top users", value=cut_lines(top, FIELD_VALUE) or "—", inline=False)
         embed.add_field(name="By model", value=_by_model(interaction, report), inline=False)
         embed.set_image(url="attachment://usage.png")
-        await interaction.edit_original_response(
-            embed=fit_embeds([embed])[0],
-            attachments=[
-                discord.File(io.BytesIO(usage.chart_png), filename="usage.png"),
-                discord.File(io.BytesIO(usage.csv_bytes), filename="usage.csv"),
-            ],
-        )
+        files = [discord.File(io.BytesIO(usage.chart_png), filename="usage.png")]
+        if len(usage.csv_bytes) <= FILE_BYTES:
+            files.append(discord.File(io.BytesIO(usage.csv_bytes), filename="usage.csv"))
+        else:  # more than Discord takes in one file
+            embed.add_field(name="CSV", value="Over 10 MB: too large to attach in Discord.")
+        await interaction.edit_original_response(embed=fit_embeds([embed])[0], attachments=files)
 
 
 async def setup(bot: commands.Bot) -> None:
