@@ -82,11 +82,18 @@ class InteractionLink:
     async def edit(self, **fields: Any) -> None:
         """Edit the reply. LinkClosed without a call once the token is unusable; the first
         401/404 closes the link for good (and for the error reporter, via ``extras``)."""
+        await self._call(lambda: self.interaction.edit_original_response(**fields))
+
+    async def follow(self, **fields: Any) -> None:
+        """Send a followup message on the token, under the same rules as ``edit``."""
+        await self._call(lambda: self.interaction.followup.send(**fields))
+
+    async def _call(self, send: Callable[[], Awaitable[Any]]) -> None:
         async with self._lock:
             if not self.usable:
                 raise LinkClosed
             try:
-                await self.interaction.edit_original_response(**fields)
+                await send()
             except discord.HTTPException as error:
                 if error.status in (401, 404) or error.code in DEAD_TOKEN_CODES:
                     self.dead, self.death = True, describe(error)
@@ -95,25 +102,33 @@ class InteractionLink:
 
 
 @dataclass
-class ResultMessage:
-    """What shows a result, rebuilt for each attempt (a sent discord.File is used up)."""
+class MessagePart:
+    """One message of a result: its embeds, its files (as bytes: a sent discord.File is used
+    up, and each way of delivery sends them anew) and a factory of its buttons."""
 
-    notes: list[str]
     embeds: list[discord.Embed]
     files: list[tuple[str, bytes]]
     view: Callable[[], discord.ui.View]
-    tried: list[str] = field(default_factory=list)  # "way: why it failed", for the log
 
     def attachments(self) -> list[discord.File]:
         return [discord.File(io.BytesIO(data), filename=name) for name, data in self.files]
 
-    def fields(self, content: str | None) -> dict[str, Any]:
-        return {"content": content, "embeds": self.embeds, "view": self.view()}
+
+@dataclass
+class ResultMessage:
+    """A result as messages: usually one part; more when its files exceed one request."""
+
+    notes: list[str]
+    parts: list[MessagePart]
+    tried: list[str] = field(default_factory=list)  # "way: why it failed", for the log
 
 
 def only_mention(user: discord.abc.User) -> discord.AllowedMentions:
     """Ping this user and nobody else, whatever the message says."""
     return discord.AllowedMentions(everyone=False, users=[user], roles=False, replied_user=False)
+
+
+WAYS = ("interaction", "channel", "dm")  # in the order they are tried
 
 
 async def deliver(
@@ -123,37 +138,59 @@ async def deliver(
     private: bool,
     channel_turn: Callable[[], Awaitable[None]],
 ) -> str:
-    """Show the result one way or another; the way it went (``DELIVERY_WAYS``), or
-    ``undelivered`` when Discord refused every way. ``channel_turn`` waits until the channel
-    has room for one more message (the reply is in the channel too)."""
-    interaction = link.interaction
-    notes = "\n".join(message.notes) or None
-    try:
+    """Show every part of the result one way or another; the way it went (the last way any
+    part needed, from ``WAYS``), or ``undelivered`` when Discord refused every way for a part.
+    ``channel_turn`` waits until the channel has room for one more message (the reply is in
+    the channel too). A private result is never posted in the channel."""
+    way = WAYS[0]
+    for index, part in enumerate(message.parts):
+        for candidate in WAYS[WAYS.index(way) :]:  # a way that failed is not tried again
+            try:
+                if await _send(candidate, link, message, index, part, private, channel_turn):
+                    way = candidate
+                    break
+            except LinkClosed:
+                message.tried.append(f"interaction: {link.why_unusable()}")
+            except DeliveryError as error:
+                message.tried.append(f"{candidate}: {describe(error)}")
+        else:
+            return "undelivered"
+    return way
+
+
+async def _send(
+    way: str,
+    link: InteractionLink,
+    message: ResultMessage,
+    index: int,
+    part: MessagePart,
+    private: bool,
+    channel_turn: Callable[[], Awaitable[None]],
+) -> bool:
+    """Send one part one way; False if that way does not apply (no channel, or private)."""
+    interaction, notes = link.interaction, message.notes if index == 0 else []
+    embeds, files, view = part.embeds, part.attachments(), part.view()
+    if way == "interaction":
         if link.usable:
             await channel_turn()
-        await link.edit(**message.fields(notes), attachments=message.attachments())
-        return "interaction"
-    except LinkClosed:
-        message.tried.append(f"interaction: {link.why_unusable()}")
-    except DeliveryError as error:
-        message.tried.append(f"interaction: {describe(error)}")
+        if index == 0:
+            await link.edit(content="\n".join(notes) or None, embeds=embeds, attachments=files,
+                            view=view)  # fmt: skip
+        else:
+            await link.follow(embeds=embeds, files=files, view=view, ephemeral=private)
+        return True
     user, channel = interaction.user, interaction.channel
-    in_a_server = interaction.guild_id is not None
-    if not private and in_a_server and isinstance(channel, discord.abc.Messageable):
-        text = "\n".join([f"{user.mention}, here is your result.", *message.notes])
-        try:
-            await channel_turn()
-            await channel.send(**message.fields(text), files=message.attachments(),
-                               allowed_mentions=only_mention(user))  # fmt: skip
-            return "channel"
-        except DeliveryError as error:
-            message.tried.append(f"channel: {describe(error)}")
-    try:
-        await user.send(**message.fields(notes), files=message.attachments())
-        return "dm"
-    except DeliveryError as error:
-        message.tried.append(f"dm: {describe(error)}")
-    return "undelivered"
+    if way == "channel":
+        in_a_server = interaction.guild_id is not None
+        if private or not in_a_server or not isinstance(channel, discord.abc.Messageable):
+            return False
+        await channel_turn()
+        text = "\n".join([f"{user.mention}, here is your result.", *notes])
+        await channel.send(text, embeds=embeds, files=files, view=view,
+                           allowed_mentions=only_mention(user))  # fmt: skip
+        return True
+    await user.send("\n".join(notes) or None, embeds=embeds, files=files, view=view)
+    return True
 
 
 def late_note(private: bool) -> str:

@@ -28,10 +28,11 @@ from bot.money import format_usd
 from bot.requests import GenerateRequest, GenerationResult
 from bot.runtime import Runtime
 from bot.validation import ASPECT_RATIOS, MAX_SEED
-from cogs.common import clip, guild_key, is_admin, runtime_of
-from cogs.delivery import InteractionLink, ResultMessage, deliver
+from cogs.common import guild_key, is_admin, runtime_of
+from cogs.delivery import InteractionLink, MessagePart, ResultMessage, deliver
+from cogs.limits import fit_choices
 from cogs.progress import ProgressBoard
-from cogs.render import attachable, details_embed, image_embed, model_name
+from cogs.render import details_embed, model_name, result_parts
 
 log = logging.getLogger(__name__)
 
@@ -40,22 +41,16 @@ IMAGE_ID = r"(?P<id>img_[0-9a-f]{20})"
 
 
 async def result_message(runtime: Runtime, result: GenerationResult) -> ResultMessage:
-    """The images, their embeds and their buttons, as every way of delivery sends them."""
-    embeds, files = [], []
-    for image in result.images:
-        file = await attachable(runtime, image)
-        if file is not None:
-            files.append((file.filename, file.fp.read()))
-        embeds.append(image_embed(runtime, image, result, file.filename if file else None))
-
-    def view() -> discord.ui.View:
-        buttons = discord.ui.View(timeout=None)
-        for row, image in enumerate(result.images):
-            for item in image_buttons(runtime, image):
-                item.item.row = row
-                buttons.add_item(item)
-        return buttons
-
+    """The images, their embeds and their buttons, as every way of delivery sends them: one
+    message, or several when the files exceed one request's 25 MiB."""
+    parts = [
+        MessagePart(
+            part.embeds,
+            [(file.filename, file.fp.read()) for file in part.files],
+            functools.partial(image_view, runtime, part.images),
+        )
+        for part in await result_parts(runtime, result)
+    ]
     notes = []
     if result.cached:
         notes.append("♻️ Found in the cache: this one was free.")
@@ -63,7 +58,17 @@ async def result_message(runtime: Runtime, result: GenerationResult) -> ResultMe
         notes.append(f"⚠️ {result.failed} image(s) failed and were not charged.")
     if runtime.settings.image_provider == "local":
         notes.append("🧪 Local preview renderer (no Cloudflare account configured).")
-    return ResultMessage(notes, embeds, files, view)
+    return ResultMessage(notes, parts)
+
+
+def image_view(runtime: Runtime, images: list[ImageRecord]) -> discord.ui.View:
+    """The buttons of each image, one row per image."""
+    view = discord.ui.View(timeout=None)
+    for row, image in enumerate(images):
+        for item in image_buttons(runtime, image):
+            item.item.row = row
+            view.add_item(item)
+    return view
 
 
 def image_buttons(runtime: Runtime, image: ImageRecord) -> list[discord.ui.DynamicItem[Any]]:
@@ -358,11 +363,11 @@ class Imagine(commands.Cog):
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
         needle = current.casefold()
-        return [
-            app_commands.Choice(name=clip(f"{m.name} · {m.id}", 100), value=m.id)
+        return fit_choices([
+            app_commands.Choice(name=f"{m.name} · {m.id}", value=m.id)
             for m in runtime_of(interaction).catalog.enabled_image_models()
             if needle in m.id.casefold() or needle in m.name.casefold()
-        ][:25]
+        ])  # fmt: skip
 
     @imagine.autocomplete("template")
     async def template_choices(
@@ -371,7 +376,7 @@ class Imagine(commands.Cog):
         if not interaction.guild_id:
             return []
         templates = await runtime_of(interaction).admin.templates(guild_key(interaction), current)
-        return [app_commands.Choice(name=t.name, value=t.name) for t in templates[:25]]
+        return fit_choices([app_commands.Choice(name=t.name, value=t.name) for t in templates])
 
     @imagine.autocomplete("image_id")
     async def image_choices(
@@ -380,10 +385,10 @@ class Imagine(commands.Cog):
         images = await runtime_of(interaction).service.user_images(
             str(interaction.user.id), current
         )
-        return [
-            app_commands.Choice(name=clip(f"{i.prompt or 'upload'} · {i.id}", 100), value=i.id)
+        return fit_choices([
+            app_commands.Choice(name=f"{i.prompt or 'upload'} · {i.id}", value=i.id)
             for i in images
-        ]
+        ])  # fmt: skip
 
 
 async def setup(bot: commands.Bot) -> None:

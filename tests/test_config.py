@@ -51,6 +51,13 @@ def test_defaults_match_the_readme() -> None:
     assert s.discord_token is None
     assert s.discord_guild_id is None
     assert s.admin_ids == frozenset()
+    assert (s.discord_allow_dms, s.discord_allow_user_install) == (False, False)
+
+
+def test_dms_and_user_installs_are_turned_on_explicitly() -> None:
+    s = load_settings({"DISCORD_ALLOW_DMS": "TRUE", "DISCORD_ALLOW_USER_INSTALL": "true"})
+    assert (s.discord_allow_dms, s.discord_allow_user_install) == (True, True)
+    assert config_error({"DISCORD_ALLOW_DMS": "yes"}).variable == "DISCORD_ALLOW_DMS"
 
 
 def test_derived_defaults_follow_their_sources() -> None:

@@ -18,7 +18,7 @@ import pytest
 from discord import app_commands
 
 from bot.discord_bot import ImageBot
-from bot.runtime import Runtime
+from bot.runtime import Runtime, open_runtime
 from tests.conftest import png
 from tests.fakes.discord import (
     EPHEMERAL,
@@ -67,6 +67,10 @@ def build_bot(runtime: Runtime, tag: str, seen: list[dict[str, Any]]) -> ImageBo
     """An ImageBot without extensions, plus test-only commands on its tree."""
     bot = ImageBot(runtime, extensions=())
     bot.tag = tag  # type: ignore[attr-defined]
+    # Commands that leave contexts and installs unset, to test Discord's defaults in the fake
+    # (ImageBot itself sets them from its settings).
+    bot.tree.allowed_contexts = app_commands.AppCommandContext()
+    bot.tree.allowed_installs = app_commands.AppInstallationType()
     bot.add_dynamic_items(RenderButton)
     tree = bot.tree
 
@@ -310,7 +314,8 @@ async def test_dynamic_button_survives_a_restart(
     reply = await click.wait_for_message()
     assert reply.content == "again 42 by first" and reply.ephemeral
 
-    await bot_harness.restart(build_bot(local_runtime, "second", []))
+    # the same commands: ImageBot does not sync them again
+    await bot_harness.restart(build_bot(local_runtime, "second", []), expect_sync=False)
     assert fake_discord.identify_count == 2
     again = await fake_discord.click(message.id, "render:42")
     assert (await again.wait_for_message()).content == "again 42 by second"
@@ -361,6 +366,7 @@ def build_edge_bot(runtime: Runtime, seen: list[Any], gate: asyncio.Event) -> Im
     """``build_bot`` plus commands that meet Discord's limits; outcomes are appended to ``seen``
     as ``"ok"`` or ``"<status> <code>"``."""
     bot = build_bot(runtime, "edge", [])
+    bot.allowed_mentions = None  # no client default, to see what the fake makes of none at all
     tree = bot.tree
 
     async def attempt(call: Any) -> Any:
@@ -649,29 +655,34 @@ async def test_message_size_limits(
 
 
 async def test_install_contexts_and_default_permissions_decide_where_commands_show(
-    fake_discord: FakeDiscord, bot_harness: BotHarness, local_runtime: Runtime
+    fake_discord: FakeDiscord, bot_harness: BotHarness, make_settings: Any
 ) -> None:
-    await bot_harness.start(build_edge_bot(local_runtime, [], asyncio.Event()))
-    assert fake_discord.commands()["guildonly"]["contexts"] == [0]
-    here = await fake_discord.slash("guildonly")
-    assert (await here.wait_for_message()).content == "here"
-    for where in ({"dm": True}, {"private": True}, {"user_install": True}):
+    # the bot's own check lets everything through: this is about what the fake offers
+    settings = make_settings(DISCORD_ALLOW_DMS="true", DISCORD_ALLOW_USER_INSTALL="true")
+    async with open_runtime(settings) as runtime:
+        await bot_harness.start(build_edge_bot(runtime, [], asyncio.Event()))
+        assert fake_discord.commands()["guildonly"]["contexts"] == [0]
+        here = await fake_discord.slash("guildonly")
+        assert (await here.wait_for_message()).content == "here"
+        for where in ({"dm": True}, {"private": True}, {"user_install": True}):
+            with pytest.raises(CommandHidden):
+                await fake_discord.slash("guildonly", **where)  # type: ignore[arg-type]
+        # no contexts set: every context, but only the guild install (the app's default)
+        dm = await fake_discord.slash("secret", dm=True)
+        assert (await dm.wait_for_message()).content == "hush"
         with pytest.raises(CommandHidden):
-            await fake_discord.slash("guildonly", **where)  # type: ignore[arg-type]
-    # no contexts set: every context, but only the guild install (the app's default)
-    dm = await fake_discord.slash("secret", dm=True)
-    assert (await dm.wait_for_message()).content == "hush"
-    with pytest.raises(CommandHidden):
-        await fake_discord.slash("secret", user_install=True)
-    anywhere = await fake_discord.slash("anywhere", private=True)
-    assert (await anywhere.wait_for_message()).content == "anywhere"
-    assert anywhere.payload["context"] == 2
-    assert anywhere.payload["authorizing_integration_owners"] == {"1": str(fake_discord.member.id)}
+            await fake_discord.slash("secret", user_install=True)
+        anywhere = await fake_discord.slash("anywhere", private=True)
+        assert (await anywhere.wait_for_message()).content == "anywhere"
+        assert anywhere.payload["context"] == 2
+        assert anywhere.payload["authorizing_integration_owners"] == {
+            "1": str(fake_discord.member.id)
+        }
 
-    # default_member_permissions "0": administrators only, Manage Server is not enough
-    with pytest.raises(CommandHidden):
-        await fake_discord.slash("owneronly", user=fake_discord.admin)
-    allowed = await fake_discord.slash("owneronly", permissions=str(1 << 3))
-    assert (await allowed.wait_for_message()).content == "admin"
-    with pytest.raises(CommandHidden):
-        await fake_discord.autocomplete("guildonly", "name", "", dm=True)
+        # default_member_permissions "0": administrators only, Manage Server is not enough
+        with pytest.raises(CommandHidden):
+            await fake_discord.slash("owneronly", user=fake_discord.admin)
+        allowed = await fake_discord.slash("owneronly", permissions=str(1 << 3))
+        assert (await allowed.wait_for_message()).content == "admin"
+        with pytest.raises(CommandHidden):
+            await fake_discord.autocomplete("guildonly", "name", "", dm=True)

@@ -207,6 +207,9 @@ class FakeGuild:
     channels: list[FakeChannel] = field(default_factory=list)
     roles: list[dict[str, Any]] = field(default_factory=list)
     members: list[FakeUser] = field(default_factory=list)
+    # Commands this server's admins opened to every member (Server Settings > Integrations),
+    # overriding their default_member_permissions: the bot's own checks must still hold.
+    opened_commands: set[str] = field(default_factory=set)
 
     @property
     def channel(self) -> FakeChannel:
@@ -790,7 +793,8 @@ class FakeDiscord(_Waitable):
         command, scope = self._find_command(path[0], guild)
         user = who.get("user") or self.member
         given = who.get("permissions")
-        _check_offered(command, scope, who, int(given) if given is not None else user.permissions)
+        perms = int(given) if given is not None else user.permissions
+        _check_offered(command, scope, who, perms, guild)
         specs: list[dict[str, Any]] = command.get("options") or []
         wrappers = []
         for part in path[1:]:  # subcommand groups (type 2) and subcommands (type 1)
@@ -1453,7 +1457,9 @@ def _role(role_id: int, name: str, permissions: int, position: int) -> dict[str,
     )
 
 
-def _check_offered(command: dict[str, Any], scope: int | None, who: Who, permissions: int) -> None:
+def _check_offered(
+    command: dict[str, Any], scope: int | None, who: Who, permissions: int, guild: FakeGuild | None
+) -> None:
     """Raise CommandHidden where Discord would not offer ``command`` to this user."""
     name = command["name"]
     if scope is None:  # contexts and integration types only apply to global commands
@@ -1468,7 +1474,9 @@ def _check_offered(command: dict[str, Any], scope: int | None, who: Who, permiss
         if install not in (installs if installs is not None else [GUILD_INSTALL]):
             raise CommandHidden(f"/{name} is not offered to integration type {install}")
     required = command.get("default_member_permissions")
-    if who.get("dm") or who.get("private") or required is None or permissions & ADMINISTRATOR:
+    if guild is None or required is None or permissions & ADMINISTRATOR:
+        return
+    if name in guild.opened_commands:
         return
     if int(required) == 0 or int(required) & ~permissions:  # "0": administrators only
         raise CommandHidden(f"/{name} needs permissions {required}, the user has {permissions}")
