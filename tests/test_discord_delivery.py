@@ -12,11 +12,13 @@ import pytest
 
 from bot.discord_bot import ImageBot
 from bot.errors import StoreError
+from bot.providers.base import GeneratedImage, ImageRequest
 from bot.runtime import open_runtime
 from bot.stores.local import LocalImageStore
 from cogs import delivery
 from cogs.progress import CHANNEL_EDIT_INTERVAL
 from tests.conftest import CountingProvider
+from tests.test_discord_limits import BigProvider
 
 SDXL = "@cf/stabilityai/stable-diffusion-xl-base-1.0"
 SMALL = {"model": SDXL, "width": 256, "height": 256}  # quick to render, and free
@@ -359,3 +361,28 @@ async def test_a_job_known_to_outlast_its_token_says_so_and_never_touches_it_lat
         assert any("I'll post the result in this channel and mention you" in n for n in notes)
         assert posted_results(fake_discord.channel_messages[fake_discord.guild.channel.id])
         assert fake_discord.invalid_requests == 0 and not made.rejected
+
+
+class SlowBigProvider(BigProvider):
+    """Four of its images need two messages, and they come after the 2-second tokens below."""
+
+    async def generate(self, request: ImageRequest) -> GeneratedImage:
+        await asyncio.sleep(2.5)
+        return await super().generate(request)
+
+
+async def test_a_result_in_two_messages_outliving_its_token_is_posted_whole_in_the_channel(
+    fake_discord, bot_harness, local_runtime
+):
+    fake_discord.token_lifetime = 2.0
+    local_runtime.service.provider = SlowBigProvider()
+    await bot_harness.start(ImageBot(local_runtime))
+    made = await imagine(fake_discord, {"prompt": "four noisy skies", "count": 4})
+
+    job = await delivery_of(local_runtime, made)
+
+    assert job.delivery == "channel" and job.state == "settled"
+    posted = posted_results(fake_discord.channel_messages[fake_discord.guild.channel.id])
+    assert [len(p.files) for p in posted] == [3, 1]
+    assert all(p.mentions == [fake_discord.member.id] for p in posted)
+    assert sum(len(p.embeds) for p in posted) == 4 and made.calls_after_dead == 0
