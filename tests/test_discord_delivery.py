@@ -18,6 +18,7 @@ from bot.stores.local import LocalImageStore
 from cogs import delivery
 from cogs.progress import CHANNEL_EDIT_INTERVAL
 from tests.conftest import CountingProvider
+from tests.fakes.discord import FakeChannel
 from tests.test_discord_limits import BigProvider
 
 SDXL = "@cf/stabilityai/stable-diffusion-xl-base-1.0"
@@ -349,18 +350,26 @@ async def test_a_job_known_to_outlast_its_token_says_so_and_never_touches_it_lat
     fake_discord.token_lifetime = 4.0
     monkeypatch.setattr(delivery, "TOKEN_LIFETIME", timedelta(seconds=4))
     monkeypatch.setattr(delivery, "SAFETY_MARGIN", timedelta(seconds=1))
-    async with open_runtime(make_settings()) as runtime:
+    guild = fake_discord.guild
+    other = FakeChannel(fake_discord.snowflake(), "other", guild.id, position=1)
+    guild.channels.append(other)  # its own progress budget: the queued job's edit is not paced
+    async with open_runtime(make_settings(MAX_JOBS_PER_USER=1)) as runtime:
         runtime.service.provider = CountingProvider(delay=3.5)
         await bot_harness.start(ImageBot(runtime))
         made = await imagine(fake_discord, {"prompt": "a slow glacier"})
+        queued = await imagine(fake_discord, {"prompt": "a slow glacier, later"}, channel=other)
 
-        job = await delivery_of(runtime, made)
+        jobs = [await delivery_of(runtime, made), await delivery_of(runtime, queued)]
 
-        assert job.delivery == "channel"
+        assert [job.delivery for job in jobs] == ["channel", "channel"]
+        late = "I'll post the result in this channel and mention you"
         notes = [e.body.get("content") or "" for e in progress_edits(made)]
-        assert any("I'll post the result in this channel and mention you" in n for n in notes)
-        assert posted_results(fake_discord.channel_messages[fake_discord.guild.channel.id])
-        assert fake_discord.invalid_requests == 0 and not made.rejected
+        assert any("Generating" in n and late in n for n in notes)
+        notes = [e.body.get("content") or "" for e in progress_edits(queued)]
+        assert any("position **1**" in n and late in n for n in notes)
+        for channel in guild.channels:
+            assert len(posted_results(fake_discord.channel_messages[channel.id])) == 1
+        assert fake_discord.invalid_requests == 0 and not made.rejected and not queued.rejected
 
 
 class SlowBigProvider(BigProvider):
