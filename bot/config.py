@@ -65,6 +65,15 @@ class Settings:
     max_concurrent_jobs: int = 8
     api_rate_per_minute: int = 60
     placeholder_daily_images: int = 50
+    image_rate_per_minute: int = 600
+    variant_max_side: int = 4096
+    variant_max_pixels: int = 4096 * 4096
+    variant_workers: int = 2
+    variant_cache_mb: int = 64
+    web_header_timeout_seconds: int = 10
+    web_body_timeout_seconds: int = 60
+    web_keepalive_seconds: int = 15
+    web_max_request_mb: int = 11
     allow_private_urls: bool = False
     log_level: str = "INFO"
 
@@ -232,6 +241,23 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         max_concurrent_jobs=read.integer("MAX_CONCURRENT_JOBS", 8, minimum=1, maximum=1024),
         api_rate_per_minute=read.integer("API_RATE_PER_MINUTE", 60, minimum=1, maximum=100_000),
         placeholder_daily_images=read.integer("PLACEHOLDER_DAILY_IMAGES", 50),
+        image_rate_per_minute=read.integer(
+            "IMAGE_RATE_PER_MINUTE", 600, minimum=1, maximum=1_000_000
+        ),
+        variant_max_side=read.integer("VARIANT_MAX_SIDE", 4096, minimum=16, maximum=12_000),
+        variant_max_pixels=read.integer(
+            "VARIANT_MAX_PIXELS", 4096 * 4096, minimum=256, maximum=100_000_000
+        ),
+        variant_workers=read.integer("VARIANT_WORKERS", 2, minimum=1, maximum=64),
+        variant_cache_mb=read.integer("VARIANT_CACHE_MB", 64, minimum=0, maximum=16_384),
+        web_header_timeout_seconds=read.integer(
+            "WEB_HEADER_TIMEOUT_SECONDS", 10, minimum=1, maximum=600
+        ),
+        web_body_timeout_seconds=read.integer(
+            "WEB_BODY_TIMEOUT_SECONDS", 60, minimum=1, maximum=3600
+        ),
+        web_keepalive_seconds=read.integer("WEB_KEEPALIVE_SECONDS", 15, minimum=1, maximum=3600),
+        web_max_request_mb=read.integer("WEB_MAX_REQUEST_MB", 11, minimum=1, maximum=1024),
         allow_private_urls=read.choice("ALLOW_PRIVATE_URLS", "false", ("true", "false")) == "true",
         log_level=read.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper(),
     )

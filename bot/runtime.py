@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from bot import imaging
 from bot.api_keys import ApiKeys
 from bot.batches import BatchService
 from bot.catalog import Catalog, load_catalog
@@ -30,6 +31,7 @@ from bot.service import ImageService
 from bot.stores.base import ImageStore
 from bot.stores.cloudflare import CloudflareImagesStore
 from bot.stores.local import LocalImageStore
+from bot.variants import VariantRenderer
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,7 @@ class Runtime:
     batches: BatchService
     placeholders: PlaceholderService
     http: httpx.AsyncClient  # for addresses users give: uploads by URL, webhooks
+    variants: VariantRenderer  # image variants for anyone with a URL, on a pool of their own
 
 
 def check_catalog(settings: Settings, catalog: Catalog) -> None:
@@ -119,9 +122,15 @@ async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIter
             service, ledger, outbound, allow_private_urls=settings.allow_private_urls
         )
         stack.push_async_callback(batches.close)
-        placeholders = PlaceholderService(service, ledger, store)
+        variants = VariantRenderer(
+            workers=settings.variant_workers,
+            cache_bytes=settings.variant_cache_mb * 1024 * 1024,
+            bounds=imaging.VariantBounds(settings.variant_max_side, settings.variant_max_pixels),
+        )
+        stack.callback(variants.close)
+        placeholders = PlaceholderService(service, ledger, store, variants)
         await placeholders.set_daily_quota(settings.placeholder_daily_images)
         yield Runtime(
             settings, catalog, ledger, provider, store, service, admin, ApiKeys(ledger),
-            batches, placeholders, outbound,
+            batches, placeholders, outbound, variants,
         )  # fmt: skip

@@ -28,6 +28,7 @@ from bot.public import image_to_public, model_json, report_json
 from bot.requests import GenerateRequest
 from bot.runtime import Runtime
 from bot.server_admin import template_scope
+from bot.web.app import check_anonymous_rate
 from bot.web.http import (
     Field,
     Handler,
@@ -303,8 +304,8 @@ async def costs(request: web.Request) -> web.Response:
     """Own usage by default; ``scope=server`` gives the key's server (its admins only)."""
     key = key_of(request)
     today = date.fromisoformat(api_of(request).runtime.service.today())
-    end = _date_param(request, "to", today)
-    start = _date_param(request, "from", end - timedelta(days=29))
+    end = _date_param(request, "to") or today
+    start = _date_param(request, "from") or max(end - timedelta(days=29), EARLIEST)
     if start > end or (end - start).days > 366:
         raise InvalidRequest("from", "'from' must be on or before 'to', at most 366 days apart.")
     scope = request.query.get("scope", "user")
@@ -368,9 +369,11 @@ def placeholder_help(message: str) -> web.Response:
 
 async def placeholder(request: web.Request) -> web.StreamResponse:
     api = api_of(request)
+    if "redo" not in request.query:
+        check_anonymous_rate(request)
     try:
         width, height, prompt = parse_placeholder(
-            request.match_info["size"], request.match_info["slug"]
+            request.match_info["size"], request.match_info["slug"], api.runtime.variants.bounds
         )
     except InvalidRequest as exc:
         return placeholder_help(exc.user_message)
@@ -405,14 +408,22 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
     return int(raw)
 
 
-def _date_param(request: web.Request, name: str, default: date) -> date:
+EARLIEST, LATEST = date(2000, 1, 1), date(9998, 12, 31)  # day arithmetic never overflows
+
+
+def _date_param(request: web.Request, name: str) -> date | None:
     raw = request.query.get(name)
     if not raw:
-        return default
+        return None
     try:
-        return date.fromisoformat(raw)
+        day = date.fromisoformat(raw)
     except ValueError:
         raise InvalidRequest(name, f"{name!r} must be a date like 2026-01-31.") from None
+    if not EARLIEST <= day <= LATEST:
+        raise InvalidRequest(
+            name, f"{name!r} must be a date from {EARLIEST.isoformat()} to {LATEST.isoformat()}."
+        )
+    return day
 
 
 def add_api_routes(app: web.Application) -> None:
