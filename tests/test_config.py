@@ -51,6 +51,13 @@ def test_defaults_match_the_readme() -> None:
     assert s.discord_token is None
     assert s.discord_guild_id is None
     assert s.admin_ids == frozenset()
+    assert s.image_rate_per_minute == 600
+    assert (s.variant_max_side, s.variant_max_pixels) == (4096, 4096 * 4096)
+    assert (s.variant_workers, s.variant_cache_mb) == (2, 64)
+    assert s.web_header_timeout_seconds == 10
+    assert s.web_body_timeout_seconds == 60
+    assert s.web_keepalive_seconds == 15
+    assert s.web_max_request_mb == 11
 
 
 def test_derived_defaults_follow_their_sources() -> None:

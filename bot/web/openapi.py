@@ -23,9 +23,9 @@ def _errors(*statuses: int) -> dict[str, Any]:
         403: "Forbidden or over quota",
         404: "Not found",
         409: "Conflict",
-        413: "Body too large",
+        413: "Body too large (every multipart part counts)",
         415: "Wrong content type",
-        429: "Rate limited or busy",
+        429: "Rate limited (per key, or per address when anonymous) or busy",
         502: "Image generation or storage failed",
         503: "The database is locked or full: nothing was charged",
     }
@@ -530,7 +530,7 @@ def openapi_document() -> dict[str, Any]:
                             },
                         },
                         "304": {"description": "Not modified"},
-                        **_errors(400, 404),
+                        **_errors(400, 404, 429),
                     },
                 }
             },
