@@ -8,7 +8,6 @@ may be 0); ``?redo`` regenerates and needs an API key, whose user pays.
 
 from __future__ import annotations
 
-import asyncio
 import re
 
 from bot import imaging
@@ -17,6 +16,7 @@ from bot.ledger import ImageRecord, Ledger
 from bot.ledger.records import ApiKey
 from bot.requests import GenerateRequest
 from bot.service import ImageService
+from bot.single_flight import SingleFlight
 from bot.stores.base import ImageStore
 from bot.variants import VariantRenderer
 
@@ -62,7 +62,7 @@ class PlaceholderService:
         self.ledger = ledger
         self.store = store
         self.variants = variants
-        self._inflight: dict[str, asyncio.Future[ImageRecord]] = {}
+        self._generations: SingleFlight[str, ImageRecord] = SingleFlight()
 
     async def set_daily_quota(self, daily_images: int) -> None:
         """Anonymous placeholders are one user with its own daily limit."""
@@ -77,33 +77,23 @@ class PlaceholderService:
                     return await self.service.get_image(image_id)
                 except NotFound:
                     pass  # deleted since: make a new one
-            running = self._inflight.get(slug)
-            if running is not None:
-                return await asyncio.shield(running)
-        future: asyncio.Future[ImageRecord] = asyncio.get_running_loop().create_future()
-        self._inflight[slug] = future
-        try:
-            result = await self.service.generate(
-                GenerateRequest(
-                    prompt=prompt,
-                    user_id=redo_by.user_id if redo_by else PLACEHOLDER_USER,
-                    guild_id=redo_by.guild_id if redo_by else "",
-                    enhance=True,
-                    fresh=redo_by is not None,
-                    metadata={"placeholder": slug},
-                )
+            return await self._generations.run(slug, lambda: self._generate(slug, prompt, None))
+        return await self._generations.lead(slug, lambda: self._generate(slug, prompt, redo_by))
+
+    async def _generate(self, slug: str, prompt: str, redo_by: ApiKey | None) -> ImageRecord:
+        result = await self.service.generate(
+            GenerateRequest(
+                prompt=prompt,
+                user_id=redo_by.user_id if redo_by else PLACEHOLDER_USER,
+                guild_id=redo_by.guild_id if redo_by else "",
+                enhance=True,
+                fresh=redo_by is not None,
+                metadata={"placeholder": slug},
             )
-            image = result.images[0]
-            await self.ledger.set_placeholder(slug, image.id)
-            future.set_result(image)
-            return image
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # joiners may not exist: mark it retrieved
-            raise
-        finally:
-            if self._inflight.get(slug) is future:
-                del self._inflight[slug]
+        )
+        image = result.images[0]
+        await self.ledger.set_placeholder(slug, image.id)
+        return image
 
     async def render(self, image: ImageRecord, width: int, height: int) -> tuple[bytes, str]:
         """The image resized to exactly W×H, on the variant pool, within its bounds, cached."""

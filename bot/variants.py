@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from bot import imaging
 from bot.errors import Busy
+from bot.single_flight import SingleFlight
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class VariantRenderer:
         self.cache = VariantCache(cache_bytes)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="variant")
         self._admitted = asyncio.Semaphore(workers * (1 + WAITING_PER_WORKER))
-        self._running: dict[CacheKey, asyncio.Future[Rendered]] = {}
+        self._renders: SingleFlight[CacheKey, Rendered] = SingleFlight()
 
     def cached(self, key: CacheKey) -> Rendered | None:
         return self.cache.get(key)
@@ -90,22 +91,14 @@ class VariantRenderer:
         item = self.cache.get(key)
         if item is not None:
             return item
-        running = self._running.get(key)
-        if running is not None:
-            return await asyncio.shield(running)
-        future: asyncio.Future[Rendered] = asyncio.get_running_loop().create_future()
-        self._running[key] = future
-        try:
-            item = await self._in_pool(original, variant)
-            self.cache.put(key, item)
-            future.set_result(item)
-            return item
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # joiners may not exist: mark it retrieved
-            raise
-        finally:
-            del self._running[key]
+        return await self._renders.run(key, lambda: self._render_and_cache(key, original, variant))
+
+    async def _render_and_cache(
+        self, key: CacheKey, original: bytes, variant: imaging.Variant
+    ) -> Rendered:
+        item = await self._in_pool(original, variant)
+        self.cache.put(key, item)
+        return item
 
     async def _in_pool(self, original: bytes, variant: imaging.Variant) -> Rendered:
         if self._admitted.locked():

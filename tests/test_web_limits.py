@@ -300,9 +300,7 @@ async def test_a_slow_body_is_cut_off_within_the_body_timeout(serve: Callable[..
         reader, writer = await served.open()
         body = json.dumps({"name": "slow", "prompt": "a slow loris"}).encode()
         writer.write(
-            b"POST /api/templates HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            + f"Authorization: Bearer {token}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-            + body[:5]
+            post_head("/api/templates", token, JSON_TYPE, f"Content-Length: {len(body)}") + body[:5]
         )
 
         async def trickle() -> None:
@@ -342,6 +340,18 @@ async def test_an_idle_connection_is_closed_after_the_keepalive_timeout(
 # --------------------------------------------------------------------------- size
 
 
+JSON_TYPE = "application/json"
+MULTIPART_TYPE = "multipart/form-data; boundary=b0undary"
+
+
+def post_head(path: str, token: str, content_type: str, framing: str) -> bytes:
+    """A POST's request line and headers, with the key, the type and the body's framing."""
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: {content_type}\r\n{framing}\r\n\r\n"
+    ).encode()
+
+
 def multipart_head(boundary: str, name: str) -> bytes:
     return (f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n').encode()
 
@@ -354,9 +364,7 @@ async def test_a_500_mb_part_that_is_not_the_file_is_refused_before_it_is_read(
         reader, writer = await served.open()
         declared = 500 * 1024 * 1024
         writer.write(
-            b"POST /api/upload HTTP/1.1\r\nHost: x\r\n"
-            + f"Authorization: Bearer {token}\r\nContent-Length: {declared}\r\n".encode()
-            + b"Content-Type: multipart/form-data; boundary=b0undary\r\n\r\n"
+            post_head("/api/upload", token, MULTIPART_TYPE, f"Content-Length: {declared}")
             + multipart_head("b0undary", "comment")
             + b"x" * 65536
         )
@@ -374,11 +382,7 @@ async def test_a_chunked_body_is_refused_once_past_the_cap(serve: Callable[..., 
     async with serve(WEB_MAX_REQUEST_MB=1) as served:
         _, token = await served.runtime.keys.create(user_id="u1", guild_id="", name="t")
         reader, writer = await served.open()
-        writer.write(
-            b"POST /api/upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
-            + f"Authorization: Bearer {token}\r\n".encode()
-            + b"Content-Type: multipart/form-data; boundary=b0undary\r\n\r\n"
-        )
+        writer.write(post_head("/api/upload", token, MULTIPART_TYPE, "Transfer-Encoding: chunked"))
         first = multipart_head("b0undary", "comment")
         writer.write(b"%x\r\n%s\r\n" % (len(first), first))
         piece = b"y" * 65536
@@ -469,9 +473,7 @@ async def test_a_client_that_disconnects_mid_body_is_one_info_line(
         _, token = await served.runtime.keys.create(user_id="u1", guild_id="", name="t")
         _, writer = await served.open()
         writer.write(
-            b"POST /api/templates HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            + f"Authorization: Bearer {token}\r\nContent-Length: 1000\r\n\r\n".encode()
-            + b'{"name": '
+            post_head("/api/templates", token, JSON_TYPE, "Content-Length: 1000") + b'{"name": '
         )
         await writer.drain()
         await asyncio.sleep(0.3)  # the handler is reading the body now
