@@ -6,6 +6,7 @@ which names the variable and what is wrong, never the value (it may be a secret)
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -66,6 +67,7 @@ class Settings:
     api_rate_per_minute: int = 60
     placeholder_daily_images: int = 50
     image_rate_per_minute: int = 600
+    web_trusted_proxies: frozenset[str] = frozenset()
     variant_max_side: int = 4096
     variant_max_pixels: int = 4096 * 4096
     variant_workers: int = 2
@@ -145,6 +147,17 @@ class _Reader:
         if not all(p.isdigit() for p in parts):
             raise ConfigError(name, "must be Discord ids (digits) separated by commas")
         return frozenset(int(p) for p in parts)
+
+    def addresses(self, name: str) -> frozenset[str]:
+        raw = self.text(name)
+        if raw is None:
+            return frozenset()
+        try:
+            return frozenset(
+                str(ipaddress.ip_address(p.strip())) for p in raw.split(",") if p.strip()
+            )
+        except ValueError:
+            raise ConfigError(name, "must be IP addresses separated by commas") from None
 
     def url(self, name: str, default: str) -> str:
         value = self.text(name, default) or default
@@ -244,6 +257,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         image_rate_per_minute=read.integer(
             "IMAGE_RATE_PER_MINUTE", 600, minimum=1, maximum=1_000_000
         ),
+        web_trusted_proxies=read.addresses("WEB_TRUSTED_PROXIES"),
         variant_max_side=read.integer("VARIANT_MAX_SIDE", 4096, minimum=16, maximum=12_000),
         variant_max_pixels=read.integer(
             "VARIANT_MAX_PIXELS", 4096 * 4096, minimum=256, maximum=100_000_000

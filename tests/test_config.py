@@ -58,6 +58,15 @@ def test_defaults_match_the_readme() -> None:
     assert s.web_body_timeout_seconds == 60
     assert s.web_keepalive_seconds == 15
     assert s.web_max_request_mb == 11
+    assert s.web_trusted_proxies == frozenset()
+
+
+def test_trusted_proxies_are_ip_addresses() -> None:
+    s = load_settings({"WEB_TRUSTED_PROXIES": "127.0.0.1, ::1,10.0.0.2"})
+    assert s.web_trusted_proxies == frozenset({"127.0.0.1", "::1", "10.0.0.2"})
+    error = config_error({"WEB_TRUSTED_PROXIES": "127.0.0.1,proxy.example"})
+    assert error.variable == "WEB_TRUSTED_PROXIES"
+    assert "proxy.example" not in error.user_message
 
 
 def test_derived_defaults_follow_their_sources() -> None:

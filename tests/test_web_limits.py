@@ -267,6 +267,43 @@ async def test_anonymous_image_requests_are_rate_limited_per_address(
             assert (await http.get("/api/models")).status_code == 200
 
 
+async def test_behind_a_trusted_proxy_the_limit_is_per_forwarded_visitor(
+    serve: Callable[..., Any],
+) -> None:
+    async with serve(IMAGE_RATE_PER_MINUTE=2, WEB_TRUSTED_PROXIES="127.0.0.1") as served:
+        record = await served.runtime.service.upload(tall_png(30, 20), user_id="u1")
+        path = f"/images/{record.id}/public"
+        async with httpx.AsyncClient(base_url=served.base, timeout=30.0) as http:
+
+            async def as_visitor(chain: str) -> int:
+                response = await http.get(path, headers={"X-Forwarded-For": chain})
+                return response.status_code
+
+            # The proxy appends the visitor's address; anything before it is the visitor's claim.
+            assert [await as_visitor(f"10.9.9.{n}, 203.0.113.5") for n in range(3)] == [
+                200, 200, 429,
+            ]  # fmt: skip
+            assert await as_visitor("203.0.113.6") == 200  # another visitor, its own budget
+
+
+async def test_x_forwarded_for_from_an_untrusted_peer_is_ignored(
+    serve: Callable[..., Any],
+) -> None:
+    async with serve(IMAGE_RATE_PER_MINUTE=2) as served:
+        record = await served.runtime.service.upload(tall_png(30, 20), user_id="u1")
+        async with httpx.AsyncClient(base_url=served.base, timeout=30.0) as http:
+            statuses = [
+                (
+                    await http.get(
+                        f"/images/{record.id}/public",
+                        headers={"X-Forwarded-For": f"198.51.100.{n}"},
+                    )
+                ).status_code
+                for n in range(3)
+            ]
+        assert statuses == [200, 200, 429]  # a new claimed address each time changes nothing
+
+
 # --------------------------------------------------------------------------- timeouts
 
 

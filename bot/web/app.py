@@ -17,7 +17,7 @@ from bot import imaging
 from bot.errors import BotError, NotFound
 from bot.runtime import Runtime
 from bot.stores.local import LocalImageStore
-from bot.web.limits import AddressRateLimiter
+from bot.web.limits import AddressRateLimiter, client_address
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,8 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 
 def check_anonymous_rate(request: web.Request) -> None:
     """Anonymous image and placeholder requests: a rate limit per client address (429)."""
-    request.app[ANONYMOUS_LIMITER].check(request.remote or "unknown")
+    trusted = request.app[RUNTIME_KEY].settings.web_trusted_proxies
+    request.app[ANONYMOUS_LIMITER].check(client_address(request, trusted))
 
 
 async def serve_image(request: web.Request) -> web.StreamResponse:

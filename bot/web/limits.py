@@ -1,5 +1,9 @@
 """A rate limit per client address for anonymous requests (images and placeholders).
 
+The address is the peer's, or, when the peer is a trusted reverse proxy (WEB_TRUSTED_PROXIES),
+the nearest address in ``X-Forwarded-For`` that is not a trusted proxy; a client cannot choose
+its own address by sending the header straight to the server.
+
 A token bucket per address: a burst of ``per_minute`` requests (a page full of thumbnails),
 then ``per_minute`` a minute. Two numbers per address, at most ``max_addresses`` addresses
 (least recently seen out first), so a stranger with many addresses cannot grow it.
@@ -11,7 +15,22 @@ import math
 import time
 from collections import OrderedDict
 
+from aiohttp import web
+
 from bot.web.http import RateLimited
+
+
+def client_address(request: web.Request, trusted_proxies: frozenset[str]) -> str:
+    """Who sent the request, as far as can be trusted."""
+    peer = request.remote or "unknown"
+    if peer not in trusted_proxies:
+        return peer
+    forwarded = ",".join(request.headers.getall("X-Forwarded-For", []))
+    hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
+    for hop in reversed(hops):  # the proxy appends: the last untrusted hop is the client
+        if hop not in trusted_proxies:
+            return hop
+    return peer
 
 
 class AddressRateLimiter:
