@@ -10,15 +10,12 @@ byte-bounded LRU cache.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
 from bot import imaging
 from bot.errors import Busy
 from bot.single_flight import SingleFlight
-
-log = logging.getLogger(__name__)
 
 Rendered = tuple[bytes, str]  # (bytes, content type)
 CacheKey = tuple[str, str]  # (storage key, canonical variant name)
