@@ -41,6 +41,7 @@ from bot.ledger.records import (
     next_utc_midnight,
     utc_day,
 )
+from bot.logs import quiet_chatty_libraries, register_secret
 from bot.money import format_usd
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,13 @@ def _unavailable(exc: sqlite3.OperationalError) -> LedgerUnavailable:
 def user_scope(guild_id: str, user_id: str) -> str:
     """Per-user counters are per server: '<guild>:<user>' (guild '' outside a server)."""
     return f"{guild_id}:{user_id}"
+
+
+def _api_key(row: Any) -> ApiKey:
+    """An API key row; its webhook secret is masked in every log from now on."""
+    key = ApiKey.from_row(row)
+    register_secret(key.webhook_secret)
+    return key
 
 
 class DuplicateRequest(Exception):
@@ -132,6 +140,7 @@ class Ledger:
         cls, path: Path, defaults: QuotaDefaults | None = None, clock: Clock = utc_now
     ) -> Ledger:
         path.parent.mkdir(parents=True, exist_ok=True)
+        quiet_chatty_libraries()  # the driver logs statement parameters (secrets, prompts)
         db = await aiosqlite.connect(path, isolation_level=None)
         db.row_factory = aiosqlite.Row
         try:
@@ -637,17 +646,17 @@ class Ledger:
 
     async def api_key_by_hash(self, key_hash: str) -> ApiKey | None:
         row = await self._one("SELECT * FROM api_keys WHERE key_hash = ?", (key_hash,))
-        return ApiKey.from_row(row) if row else None
+        return _api_key(row) if row else None
 
     async def get_api_key(self, key_id: str) -> ApiKey | None:
         row = await self._one("SELECT * FROM api_keys WHERE id = ?", (key_id,))
-        return ApiKey.from_row(row) if row else None
+        return _api_key(row) if row else None
 
     async def api_keys_of(self, user_id: str) -> list[ApiKey]:
         rows = await self._all(
             "SELECT * FROM api_keys WHERE user_id = ? ORDER BY created_at", (user_id,)
         )
-        return [ApiKey.from_row(r) for r in rows]
+        return [_api_key(r) for r in rows]
 
     async def revoke_api_key(self, key_id: str) -> bool:
         changed = await self._write(
