@@ -12,8 +12,8 @@ import secrets
 
 from bot.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from bot.ledger import Ledger
-from bot.logs import register_secret
 from bot.ledger.records import ApiKey, new_id
+from bot.logs import register_secret
 from bot.validation import clean_text
 
 KEY_PREFIX = "cfib_"

@@ -27,6 +27,7 @@ from bot.errors import (
     ProviderError,
     ProviderUnavailable,
 )
+from bot.idempotency import check_same_request, request_fingerprint, upload_fingerprint
 from bot.ledger import ImageRecord, Job, Ledger, Limits, Usage, UsageReport
 from bot.ledger.ledger import DuplicateRequest, NewJob
 from bot.ledger.records import new_id, next_utc_midnight
@@ -100,6 +101,7 @@ class ImageService:
         default_model: str,
         enhance_model: str,
         cache_scope: str = "guild",
+        upload_micro_usd: int = 0,
     ) -> None:
         self.ledger = ledger
         self.provider = provider
@@ -109,6 +111,7 @@ class ImageService:
         self.default_model = default_model
         self.enhance_model = enhance_model
         self.cache_scope = cache_scope
+        self.upload_micro_usd = upload_micro_usd  # what the store charges to keep one upload
         self._inflight: dict[tuple[str, str], asyncio.Future[ImageRecord]] = {}
         self._by_key: dict[str, asyncio.Future[None]] = {}
         self._active: set[asyncio.Task[Any]] = set()
@@ -143,7 +146,7 @@ class ImageService:
 
     async def _generate(self, request: GenerateRequest) -> GenerationResult:
         if request.idempotency_key:
-            replayed = await self._replay(request.idempotency_key, request.guild_id)
+            replayed = await self._replay(request)
             if replayed is not None:
                 return replayed
         plan = await self._plan(request)
@@ -187,8 +190,7 @@ class ImageService:
         try:
             job = await self._reserve(request, plan, own, prompt_used)
         except DuplicateRequest:
-            assert request.idempotency_key is not None
-            replayed = await self._replay(request.idempotency_key, request.guild_id)
+            replayed = await self._replay(request)
             assert replayed is not None
             return replayed
         except BaseException:
@@ -583,6 +585,7 @@ class ImageService:
                 [records[s.index] for s in slots],
             )
         except DuplicateRequest as duplicate:
+            check_same_request(duplicate.job, request_fingerprint(request))
             return await self._result_of(duplicate.job, request.guild_id, replayed=True)
         self._report(request, "done", plan.spec)
         images = [records[index] for index in sorted(records)]
@@ -620,6 +623,7 @@ class ImageService:
             images=images,
             model=plan.spec.id,
             idempotency_key=request.idempotency_key,
+            fingerprint=request_fingerprint(request),
             params={
                 "prompt": plan.prompt,
                 "prompt_used": prompt_used,
@@ -654,12 +658,18 @@ class ImageService:
         )
         return await self.ledger.reserve(new, plan.limits)
 
-    async def _replay(self, key: str, guild_id: str) -> GenerationResult | None:
-        """The first result of a request seen before; waits if it is still running."""
+    async def _replay(self, request: GenerateRequest) -> GenerationResult | None:
+        """The first result of a request seen before; waits if it is still running.
+        IdempotencyKeyReused if the key was first used for a different request."""
+        key = request.idempotency_key
+        assert key is not None
+        job = await self.ledger.job_by_key(key)
+        if job is not None:
+            check_same_request(job, request_fingerprint(request))
         waiting = self._by_key.get(key)
         if waiting is not None:
             await asyncio.shield(waiting)
-        job = await self.ledger.job_by_key(key)
+            job = await self.ledger.job_by_key(key)
         for _ in range(600):
             if job is None or not job.is_open:
                 break
@@ -667,7 +677,7 @@ class ImageService:
             job = await self.ledger.job_by_key(key)
         if job is None:
             return None
-        return await self._result_of(job, guild_id, replayed=True)
+        return await self._result_of(job, request.guild_id, replayed=True)
 
     async def _result_of(self, job: Job, guild_id: str, *, replayed: bool) -> GenerationResult:
         if job.state == "refunded":
@@ -737,20 +747,27 @@ class ImageService:
         idempotency_key: str | None = None,
         metadata: dict[str, str] | None = None,
     ) -> ImageRecord:
-        """Validate (magic bytes and a real decode), host and record an image."""
+        """Validate (magic bytes and a real decode), reserve it against the user's daily upload
+        allowance (and its storage price), host and record an image."""
+        fingerprint = upload_fingerprint(data, user_id, guild_id)
         if idempotency_key:
             previous = await self.ledger.job_by_key(idempotency_key)
-            if previous is not None and previous.state == "settled":
-                return (await self.ledger.images_for_job(previous.id))[0]
+            if previous is not None:
+                check_same_request(previous, fingerprint)
+                if previous.state == "settled":
+                    return (await self.ledger.images_for_job(previous.id))[0]
         info = await asyncio.to_thread(imaging.validate_upload, data)
         image_id = new_id("img")
+        price = Cost(self.upload_micro_usd, 0)
         try:
             job = await self.ledger.reserve(
-                NewJob("upload", user_id, guild_id, ZERO_COST, 0, None, idempotency_key,
-                       {"slots": [{"id": image_id}], "metadata": metadata or {}}),
-                UNLIMITED,
+                NewJob("upload", user_id, guild_id, price, 0, None, idempotency_key,
+                       {"slots": [{"id": image_id}], "metadata": metadata or {}},
+                       fingerprint=fingerprint, bytes=len(data)),
+                await self._upload_limits(user_id, guild_id),
             )  # fmt: skip
         except DuplicateRequest as duplicate:
+            check_same_request(duplicate.job, fingerprint)
             return (await self.ledger.images_for_job(duplicate.job.id))[0]
         try:
             await self.ledger.set_state(job.id, "storing", [image_id])
@@ -771,6 +788,7 @@ class ImageService:
                 url=stored.url,
                 content_type=info.content_type,
                 bytes=len(data),
+                cost_micro_usd=price.micro_usd,
                 metadata=dict(metadata or {}),
                 created_at=self.ledger.now_iso(),
             )
@@ -779,8 +797,14 @@ class ImageService:
             code = exc.code if isinstance(exc, BotError) else "internal"
             await self.ledger.refund(job.id, code)
             raise
-        await self.ledger.settle(job.id, 0, ZERO_COST)
+        await self.ledger.settle(job.id, 0, price)
         return record
+
+    async def _upload_limits(self, user_id: str, guild_id: str) -> Limits:
+        """The user's upload allowance and money budgets; uploads draw no images or Neurons."""
+        limits = await self.ledger.limits_for(user_id, guild_id)
+        return replace(limits, user_images=UNLIMITED.user_images,
+                       milli_neurons=UNLIMITED.milli_neurons)  # fmt: skip
 
     # -- images -------------------------------------------------------------------------------
 

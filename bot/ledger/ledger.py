@@ -43,6 +43,7 @@ from bot.ledger.records import (
 )
 from bot.logs import quiet_chatty_libraries, register_secret
 from bot.money import format_usd
+from bot.validation import format_megabytes
 
 log = logging.getLogger(__name__)
 
@@ -103,13 +104,16 @@ class NewJob:
     model: str | None = None
     idempotency_key: str | None = None
     params: dict[str, Any] | None = None
+    fingerprint: str | None = None
+    bytes: int = 0
 
 
 _RESERVE_SQL = """
 INSERT INTO jobs (id, idempotency_key, kind, user_id, guild_id, day, model, state,
-                  images, micro_usd, milli_neurons, params, created_at, updated_at)
+                  images, micro_usd, milli_neurons, params, request_fingerprint, bytes,
+                  created_at, updated_at)
 SELECT :id, :key, :kind, :user, :guild, :day, :model, 'reserved',
-       :images, :usd, :mn, :params, :now, :now
+       :images, :usd, :mn, :params, :fingerprint, :bytes, :now, :now
 FROM (SELECT 1) AS one
 LEFT JOIN usage_counters u ON u.day = :day AND u.scope = 'user' AND u.scope_id = :user_scope
 LEFT JOIN quota_resets r ON r.day = :day AND r.user_scope = :user_scope
@@ -120,6 +124,17 @@ WHERE COALESCE(u.images, 0) - COALESCE(r.images, 0) + :images <= :user_images
   AND (:guild = '' OR COALESCE(g.micro_usd, 0) + :usd <= :guild_usd)
   AND COALESCE(a.milli_neurons, 0) + :mn <= :neurons
 """
+
+# An upload also fits the user's daily upload allowance (all servers together), in the same
+# statement, so concurrent uploads can never pass it.
+_RESERVE_UPLOAD_SQL = (
+    _RESERVE_SQL  # noqa: S608 (constant text, no input)
+    + """  AND (SELECT COUNT(*) + 1 <= :uploads
+                 AND COALESCE(SUM(bytes), 0) + :bytes <= :upload_bytes
+       FROM jobs WHERE user_id = :user AND day = :day AND kind = 'upload'
+                   AND state != 'refunded')
+"""
+)
 
 
 class Ledger:
@@ -289,6 +304,8 @@ class Ledger:
             user_micro_usd=pick(user_usd, guild_user_usd, d.user_daily_micro_usd),
             guild_micro_usd=pick(guild_usd, d.guild_daily_micro_usd),
             milli_neurons=d.daily_milli_neurons,
+            user_uploads=d.user_daily_uploads,
+            user_upload_bytes=d.user_daily_upload_bytes,
         )
         usage = Usage(row[5] or 0, row[6] or 0, row[7] or 0)
         return Policy(limits, usage, json.loads(row[8]) if row[8] else [])
@@ -382,14 +399,19 @@ class Ledger:
             "usd": new.cost.micro_usd,
             "mn": new.cost.milli_neurons,
             "params": json.dumps(new.params or {}, sort_keys=True),
+            "fingerprint": new.fingerprint,
+            "bytes": new.bytes,
             "now": created_at,
             "user_images": limits.user_images,
             "user_usd": limits.user_micro_usd,
             "guild_usd": limits.guild_micro_usd,
             "neurons": limits.milli_neurons,
+            "uploads": limits.user_uploads,
+            "upload_bytes": limits.user_upload_bytes,
         }
+        sql = _RESERVE_UPLOAD_SQL if new.kind == "upload" else _RESERVE_SQL
         try:
-            inserted = await self._write(_RESERVE_SQL, params)
+            inserted = await self._write(sql, params)
         except sqlite3.IntegrityError:
             existing = await self.job_by_key(new.idempotency_key or "")
             if existing is None:
@@ -421,11 +443,38 @@ class Ledger:
             error_code=None,
             error_message=None,
             created_at=created_at,
+            fingerprint=new.fingerprint,
+            bytes=new.bytes,
         )
+
+    async def uploads_today(self, user_id: str, day: str | None = None) -> tuple[int, int]:
+        """How many uploads the user made today (all servers together), and their bytes."""
+        row = await self._one(
+            "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM jobs WHERE user_id = ? AND day = ? "
+            "AND kind = 'upload' AND state != 'refunded'",
+            (user_id, day or self.today()),
+        )
+        return int(row[0]), int(row[1])
 
     async def _explain_refusal(self, new: NewJob, limits: Limits, now: datetime) -> QuotaExceeded:
         day = utc_day(now)
         resets = next_utc_midnight(now)
+        if new.kind == "upload":
+            count, size = await self.uploads_today(new.user_id, day)
+            if count + 1 > limits.user_uploads:
+                return QuotaExceeded(
+                    "user_daily_uploads",
+                    f"You have made {count} of your {limits.user_uploads} uploads for today.",
+                    resets,
+                )
+            if size + new.bytes > limits.user_upload_bytes:
+                return QuotaExceeded(
+                    "user_daily_upload_bytes",
+                    f"This upload is {format_megabytes(new.bytes)}; you have "
+                    f"{format_megabytes(max(0, limits.user_upload_bytes - size))} of your "
+                    f"{format_megabytes(limits.user_upload_bytes)} daily upload allowance left.",
+                    resets,
+                )
         user = await self.user_usage(new.user_id, new.guild_id, day)
         if user.images + new.images > limits.user_images:
             return QuotaExceeded(
@@ -499,12 +548,12 @@ class Ledger:
         image_ids = [image.id for image in images]
         job_insert = self._write(
             "INSERT INTO jobs (id, idempotency_key, kind, user_id, guild_id, day, model, "
-            "state, planned_image_ids, params, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, 'settled', ?, ?, ?, ?)",
+            "state, planned_image_ids, params, request_fingerprint, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, 'settled', ?, ?, ?, ?, ?)",
             (
                 job_id, new.idempotency_key, new.kind, new.user_id, new.guild_id,
                 day, new.model, json.dumps(image_ids),
-                json.dumps(new.params or {}, sort_keys=True), now, now,
+                json.dumps(new.params or {}, sort_keys=True), new.fingerprint, now, now,
             ),
         )  # fmt: skip
         outcomes = await asyncio.gather(

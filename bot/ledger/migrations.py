@@ -240,4 +240,10 @@ MIGRATIONS: tuple[str, ...] = (
         created_at TEXT NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 3: idempotency keys bound to their request; uploads metered by count and size.
+    """
+    ALTER TABLE jobs ADD COLUMN request_fingerprint TEXT;
+    ALTER TABLE jobs ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX jobs_uploads ON jobs (user_id, day) WHERE kind = 'upload';
+    """,
 )
