@@ -17,10 +17,10 @@ from typing import Any
 
 from bot import enhance, imaging
 from bot.catalog import IMAGE_TO_IMAGE, ZERO_COST, Catalog, Cost, ModelSpec
+from bot.deletion import ImageDeletion
 from bot.errors import (
     BotError,
     Busy,
-    Forbidden,
     InvalidModel,
     InvalidRequest,
     NotFound,
@@ -37,7 +37,7 @@ from bot.reports import PersonalUsage, ServerUsage, personal_usage, server_usage
 from bot.requests import GenerateRequest, GenerationResult, Progress, Remaining
 from bot.scheduler import JobScheduler
 from bot.server_admin import PromptBlocked, prompt_matches, template_scope
-from bot.stores.base import ImageStore
+from bot.stores.base import ImageStore, store_metadata
 from bot.validation import (
     clean_negative,
     clean_prompt,
@@ -115,6 +115,7 @@ class ImageService:
         self._inflight: dict[tuple[str, str], asyncio.Future[ImageRecord]] = {}
         self._by_key: dict[str, asyncio.Future[None]] = {}
         self._active: set[asyncio.Task[Any]] = set()
+        self._deletion = ImageDeletion(ledger, store)
         self.closing = False
 
     # -- generation -----------------------------------------------------------------------
@@ -472,8 +473,11 @@ class ImageService:
         return fitted, source.id, size
 
     def _cache_scope(self, request: GenerateRequest) -> str | None:
+        """Who may share this request's images (the cache and single-flight both key on it)."""
         if self.cache_scope == "off":
             return None
+        if request.private:  # only ever shared with the requester themselves
+            return f"private:{request.user_id}"
         if self.cache_scope == "global":
             return "*"
         return f"guild:{request.guild_id}" if request.guild_id else f"user:{request.user_id}"
@@ -845,16 +849,9 @@ class ImageService:
     async def delete_image(
         self, image_id: str, *, requester_id: str, is_admin: bool = False
     ) -> ImageRecord:
-        """Delete from the store (unless a cache hit still shares the bytes) and mark it."""
-        image = await self.ledger.get_image(image_id)
-        if image.is_deleted:
-            raise NotFound("That image was already deleted.")
-        if image.user_id != requester_id and not is_admin:
-            raise Forbidden("Only the person who made this image or an admin can delete it.")
-        if not await self.ledger.storage_key_shared(image.storage_key, image.id):
-            await self.store.delete(image.storage_key)
-        await self.ledger.mark_deleted(image.id)
-        return replace(image, is_deleted=True)
+        """Take the image down: its URL dies; cache hits sharing its bytes keep a copy of their
+        own, unless an admin removes someone else's image (moderation: every copy goes)."""
+        return await self._deletion.delete(image_id, requester_id=requester_id, is_admin=is_admin)
 
     # -- quotas and reports --------------------------------------------------------------------
 
@@ -894,16 +891,7 @@ class ImageService:
 
     # -- small helpers --------------------------------------------------------------------------
 
-    @staticmethod
-    def _store_metadata(
-        image_id: str, user_id: str, guild_id: str, model: str | None, prompt: str | None
-    ) -> dict[str, str]:
-        metadata = {"image_id": image_id, "user": user_id, "guild": guild_id}
-        if model:
-            metadata["model"] = model
-        if prompt:
-            metadata["prompt_sha256"] = hashlib.sha256(prompt.encode()).hexdigest()[:32]
-        return metadata
+    _store_metadata = staticmethod(store_metadata)
 
     @staticmethod
     def _sum_cost(records: Any) -> Cost:

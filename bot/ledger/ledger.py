@@ -643,14 +643,34 @@ class Ledger:
         )
         return changed == 1
 
-    async def storage_key_shared(self, storage_key: str, excluding_id: str) -> bool:
-        """True while another live record (an original or a cache hit) uses these bytes."""
-        return bool(
-            await self._scalar(
-                "SELECT EXISTS (SELECT 1 FROM images WHERE storage_key = ? AND id != ? "
-                "AND is_deleted = 0)",
-                (storage_key, excluding_id),
-            )
+    async def restore_image(self, image_id: str) -> None:
+        """Undo ``mark_deleted`` for a delete that could not be finished."""
+        await self._write(
+            "UPDATE images SET is_deleted = 0, deleted_at = NULL WHERE id = ?", (image_id,)
+        )
+
+    async def live_images_stored_at(self, storage_key: str) -> list[ImageRecord]:
+        """The live records (an original and its cache hits) whose bytes are at this key."""
+        rows = await self._all(
+            "SELECT * FROM images WHERE storage_key = ? AND is_deleted = 0 "
+            "ORDER BY created_at, id",
+            (storage_key,),
+        )
+        return [ImageRecord.from_row(r) for r in rows]
+
+    async def move_storage(self, old_key: str, new_key: str, new_url: str) -> int:
+        """Point every live record at ``old_key`` to a copy of its bytes at ``new_key``."""
+        return await self._write(
+            "UPDATE images SET storage_key = ?, url = ? WHERE storage_key = ? AND is_deleted = 0",
+            (new_key, new_url, old_key),
+        )
+
+    async def mark_deleted_stored_at(self, storage_key: str) -> int:
+        """Mark every live record at this key deleted (a moderator's delete)."""
+        return await self._write(
+            "UPDATE images SET is_deleted = 1, deleted_at = ? WHERE storage_key = ? "
+            "AND is_deleted = 0",
+            (self.now_iso(), storage_key),
         )
 
     # -- templates ------------------------------------------------------------------------
