@@ -660,7 +660,7 @@ class ImageService:
             images=len(own),
             cost=Cost(unit.micro_usd * len(own), unit.milli_neurons * len(own)),
         )
-        return await self.ledger.reserve(new, plan.limits)
+        return await self.ledger.reserve(new, plan.limits, hold=request.allowance_hold)
 
     async def _replay(self, request: GenerateRequest) -> GenerationResult | None:
         """The first result of a request seen before; waits if it is still running.

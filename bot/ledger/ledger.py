@@ -111,15 +111,18 @@ class NewJob:
 _RESERVE_SQL = """
 INSERT INTO jobs (id, idempotency_key, kind, user_id, guild_id, day, model, state,
                   images, micro_usd, milli_neurons, params, request_fingerprint, bytes,
-                  created_at, updated_at)
+                  hold_id, created_at, updated_at)
 SELECT :id, :key, :kind, :user, :guild, :day, :model, 'reserved',
-       :images, :usd, :mn, :params, :fingerprint, :bytes, :now, :now
+       :images, :usd, :mn, :params, :fingerprint, :bytes, :hold, :now, :now
 FROM (SELECT 1) AS one
 LEFT JOIN usage_counters u ON u.day = :day AND u.scope = 'user' AND u.scope_id = :user_scope
 LEFT JOIN quota_resets r ON r.day = :day AND r.user_scope = :user_scope
 LEFT JOIN usage_counters g ON g.day = :day AND g.scope = 'guild' AND g.scope_id = :guild
 LEFT JOIN usage_counters a ON a.day = :day AND a.scope = 'all' AND a.scope_id = ''
-WHERE COALESCE(u.images, 0) - COALESCE(r.images, 0) + :images <= :user_images
+WHERE COALESCE(u.images, 0) - COALESCE(r.images, 0) + :images
+        <= :user_images + COALESCE((SELECT h.images FROM jobs h
+                                    WHERE h.id = :hold AND h.state = 'reserved'
+                                      AND h.day = :day), 0)
   AND COALESCE(u.micro_usd, 0) - COALESCE(r.micro_usd, 0) + :usd <= :user_usd
   AND (:guild = '' OR COALESCE(g.micro_usd, 0) + :usd <= :guild_usd)
   AND COALESCE(a.milli_neurons, 0) + :mn <= :neurons
@@ -379,9 +382,13 @@ class Ledger:
 
     # -- reservations ---------------------------------------------------------------------
 
-    async def reserve(self, new: NewJob, limits: Limits) -> Job:
+    async def reserve(self, new: NewJob, limits: Limits, hold: str | None = None) -> Job:
         """Atomically check every limit and reserve the estimate. QuotaExceeded if any fails;
-        DuplicateRequest if the idempotency key was used before."""
+        DuplicateRequest if the idempotency key was used before.
+
+        ``hold`` is a job that reserved images ahead (a batch's allowance): its images count
+        as available to this reservation, which takes them from it in the same statement
+        (trigger ``jobs_draw_from_hold``)."""
         now = self.clock()
         job_id = new_id("job")
         day = utc_day(now)
@@ -408,6 +415,7 @@ class Ledger:
             "neurons": limits.milli_neurons,
             "uploads": limits.user_uploads,
             "upload_bytes": limits.user_upload_bytes,
+            "hold": hold,
         }
         sql = _RESERVE_UPLOAD_SQL if new.kind == "upload" else _RESERVE_SQL
         try:
