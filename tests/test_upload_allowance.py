@@ -12,6 +12,7 @@ from datetime import datetime
 import pytest
 from PIL import Image
 
+from bot.discord_bot import ImageBot
 from bot.errors import QuotaExceeded
 from bot.runtime import open_runtime
 from tests import test_api
@@ -111,3 +112,20 @@ async def test_uploads_to_the_local_store_cost_nothing(local_runtime):
     record = await local_runtime.service.upload(png(), user_id="u1")
     job = await local_runtime.ledger.get_job(record.job_id or "")
     assert job is not None and job.micro_usd == 0 and record.cost_micro_usd == 0
+
+
+async def test_discord_upload_past_the_allowance_is_a_clear_quota_reply(
+    fake_discord, bot_harness, make_settings
+):
+    async with open_runtime(make_settings(QUOTA_USER_DAILY_UPLOADS=1)) as runtime:
+        await bot_harness.start(ImageBot(runtime))
+        for n, needle in ((0, "Uploaded"), (1, "uploads for today")):
+            image = fake_discord.add_attachment(f"cat{n}.png", png(40 + n, 30), "image/png")
+            interaction = await fake_discord.slash("upload", {"image": image},
+                                                   user=fake_discord.member)  # fmt: skip
+            await interaction.wait_for_callback()
+            message = await interaction.wait_for_message(
+                lambda m, needle=needle: needle in m.content + " ".join(map(str, m.embeds))
+            )
+        assert message.ephemeral
+        assert len(await runtime.ledger.list_images(str(fake_discord.member.id))) == 1
