@@ -11,7 +11,7 @@ from bot.catalog import ZERO_COST
 from bot.errors import QuotaExceeded
 from bot.ledger import Ledger
 from bot.ledger.ledger import NewJob
-from bot.ledger.records import Batch, BatchItem, new_id
+from bot.ledger.records import ApiKey, Batch, BatchItem, new_id
 from tests import test_api
 from tests.conftest import CountingProvider
 
@@ -20,6 +20,19 @@ start_api = test_api.start_api  # the HTTP API fixture
 
 def prompts(batch: int, size: int) -> list[str]:
     return [f"batch {batch} picture {n}" for n in range(size)]
+
+
+async def left_by_a_restart(api: test_api.ApiClient, key: ApiKey, items: int) -> str:
+    """A running batch as a stopped process left it: its items queued, no hold."""
+    batch = Batch(
+        id=new_id("bat"), key_id=key.id, user_id=key.user_id, guild_id=key.guild_id,
+        model=None, webhook_url=None, state="running", webhook_state=None,
+        webhook_attempts=0, created_at=api.runtime.ledger.now_iso(), finished_at=None,
+        items=[BatchItem(batch_id="", position=n, prompt=f"left over {n}", state="queued")
+               for n in range(items)],
+    )  # fmt: skip
+    await api.runtime.ledger.add_batch(batch)
+    return batch.id
 
 
 async def books_are_exact(api: test_api.ApiClient) -> None:
@@ -55,15 +68,21 @@ async def test_racing_batches_accept_as_many_as_fit_and_never_more(start_api):
     await books_are_exact(api)
 
 
+async def slow_batch(api: test_api.ApiClient, size: int) -> str:
+    """Submit a batch whose images each take 0.3 s; its id."""
+    api.runtime.service.provider = CountingProvider(delay=0.3)
+    accepted = await api.post("/api/batch/generate", {"prompts": prompts(0, size)})
+    assert accepted.status_code == 202
+    return str(accepted.json()["id"])
+
+
 async def test_a_held_allowance_is_not_taken_by_other_requests(start_api):
     api = await start_api(QUOTA_USER_DAILY_IMAGES=3)
-    api.runtime.service.provider = CountingProvider(delay=0.3)
-    accepted = await api.post("/api/batch/generate", {"prompts": prompts(0, 3)})
-    assert accepted.status_code == 202
+    batch_id = await slow_batch(api, 3)
     meanwhile = await api.post("/api/generate", {"prompt": "a sneaky extra picture"})
     assert meanwhile.status_code == 403
     await api.runtime.batches.wait_idle()
-    batch = (await api.get(f"/api/batch/{accepted.json()['id']}")).json()
+    batch = (await api.get(f"/api/batch/{batch_id}")).json()
     assert batch["counts"] == {"queued": 0, "running": 0, "done": 3, "failed": 0}
     await books_are_exact(api)
 
@@ -84,13 +103,11 @@ async def test_what_a_batch_does_not_use_is_given_back(start_api):
 
 async def test_a_revoked_key_cancels_its_batch_and_refunds_the_rest(start_api):
     api = await start_api(QUOTA_USER_DAILY_IMAGES=10)
-    api.runtime.service.provider = CountingProvider(delay=0.3)
-    accepted = await api.post("/api/batch/generate", {"prompts": prompts(0, 6)})
-    assert accepted.status_code == 202
+    batch_id = await slow_batch(api, 6)
     [key] = await api.runtime.keys.list(api.user_id)
     await api.runtime.keys.revoke(key.id, requester_id=api.user_id)
     await api.runtime.batches.wait_idle()
-    batch = await api.runtime.ledger.get_batch(accepted.json()["id"])
+    batch = await api.runtime.ledger.get_batch(batch_id)
     assert batch is not None
     done = [i for i in batch.items if i.state == "done"]
     cancelled = [i for i in batch.items if i.error_code == "cancelled"]
@@ -104,14 +121,7 @@ async def test_a_batch_resumed_after_a_restart_stops_for_a_revoked_key(start_api
     api = await start_api(QUOTA_USER_DAILY_IMAGES=10)
     runtime = api.runtime
     [key] = await runtime.keys.list(api.user_id)
-    batch_id = new_id("bat")
-    await runtime.ledger.add_batch(Batch(
-        id=batch_id, key_id=key.id, user_id=key.user_id, guild_id=key.guild_id, model=None,
-        webhook_url=None, state="running", webhook_state=None, webhook_attempts=0,
-        created_at=runtime.ledger.now_iso(), finished_at=None,
-        items=[BatchItem(batch_id="", position=n, prompt=f"left over {n}", state="queued")
-               for n in range(3)],
-    ))  # fmt: skip
+    batch_id = await left_by_a_restart(api, key, 3)
     await runtime.keys.revoke(key.id, requester_id=api.user_id)
     assert await runtime.batches.resume() == 1
     await runtime.batches.wait_idle()
@@ -126,17 +136,15 @@ async def test_a_resumed_batch_holds_its_remaining_allowance_again(start_api):
     api = await start_api(QUOTA_USER_DAILY_IMAGES=3)
     runtime = api.runtime
     [key] = await runtime.keys.list(api.user_id)
-    batch_id = new_id("bat")
-    await runtime.ledger.add_batch(Batch(
-        id=batch_id, key_id=key.id, user_id=key.user_id, guild_id=key.guild_id, model=None,
-        webhook_url=None, state="running", webhook_state=None, webhook_attempts=0,
-        created_at=runtime.ledger.now_iso(), finished_at=None,
-        items=[BatchItem(batch_id="", position=n, prompt=f"left over {n}", state="queued")
-               for n in range(3)],
-    ))  # fmt: skip
+    batch_id = await left_by_a_restart(api, key, 3)
     runtime.service.provider = CountingProvider(delay=0.3)
     await runtime.batches.resume()
-    await asyncio.sleep(0.05)
+    for _ in range(1000):  # until the resumed batch has reserved something
+        left = (await runtime.service.remaining(api.user_id, "")).images
+        if left < 3:
+            break
+        await asyncio.sleep(0.01)
+    assert left == 0  # all three at once, not item by item
     assert (await api.post("/api/generate", {"prompt": "jumping the queue"})).status_code == 403
     await runtime.batches.wait_idle()
     batch = await runtime.ledger.get_batch(batch_id)
