@@ -7,6 +7,7 @@ import logging
 
 import pytest
 
+from bot.discord_bot import ImageBot
 from bot.logs import RedactSecrets, configure_logging, mask_secrets, register_secret
 from tests import test_api
 from tests.conftest import FAKE_CF_TOKEN, FAKE_DISCORD_TOKEN
@@ -72,3 +73,16 @@ def test_registered_secrets_and_api_keys_are_masked_wherever_they_appear():
     register_secret(secret)
     masked = mask_secrets(f"sig={secret}; key cfib_{'x' * 43}, other img_0123456789abcdef0123")
     assert masked == "sig=***; key ***, other img_0123456789abcdef0123"
+
+
+async def test_debug_logs_of_the_discord_bot_hold_no_prompt(
+    debug_output, fake_discord, bot_harness, local_runtime
+):
+    await bot_harness.start(ImageBot(local_runtime))
+    interaction = await fake_discord.slash("imagine", {"prompt": "a quokka juggling 5e2b"},
+                                           user=fake_discord.member)  # fmt: skip
+    await interaction.wait_for_callback()
+    await interaction.wait_for_message(lambda m: bool(m.embeds))
+    output = debug_output()
+    assert "DEBUG" in output and "discord" in output  # discord.py did log at DEBUG
+    assert "quokka" not in output
