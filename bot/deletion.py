@@ -11,9 +11,10 @@ so several live records can share one storage key, and with it one URL. A delete
 - **by a moderator** (an admin deleting someone else's image): the content itself is taken
   down: the key is deleted from the store and every record that shares it is marked deleted.
 
-The image is marked deleted first, so no new cache hit can come from it while the store is
-being changed; if the store fails before the original key is gone, the mark is undone and the
-error raised, so a retry finishes the job. Deletes run one at a time in the process.
+The record is marked deleted only once its key is gone from the store, so a store failure or
+a crash midway never leaves a "deleted" image whose URL still works: at worst the record stays
+live (its picture possibly already gone), and deleting it again finishes the job. Deletes run
+one at a time in the process.
 """
 
 from __future__ import annotations
@@ -44,17 +45,14 @@ class ImageDeletion:
             owner = image.user_id == requester_id
             if not owner and not is_admin:
                 raise Forbidden("Only the person who made this image or an admin can delete it.")
-            if not await self.ledger.mark_deleted(image.id):
-                raise NotFound("That image was already deleted.")
-            try:
-                copy = await self._rehome_the_others(image) if owner else None
-                await self.store.delete(image.storage_key)
-            except BaseException:
-                await self.ledger.restore_image(image.id)
-                raise
+            copy = await self._rehome_the_others(image) if owner else None
+            await self.store.delete(image.storage_key)
             if copy is not None:  # a cache hit recorded while the bytes were being copied
-                await self.ledger.move_storage(image.storage_key, copy.key, copy.url)
-            if not owner:
+                await self.ledger.move_storage(image.storage_key, copy.key, copy.url,
+                                              except_id=image.id)  # fmt: skip
+            if owner:
+                await self.ledger.mark_deleted(image.id)
+            else:
                 taken = await self.ledger.mark_deleted_stored_at(image.storage_key)
                 log.info("moderation: image %s deleted with %d record(s) sharing it",
                          image.id, taken)  # fmt: skip
@@ -62,7 +60,11 @@ class ImageDeletion:
 
     async def _rehome_the_others(self, image: ImageRecord) -> StoredImage | None:
         """Give the live records sharing ``image``'s bytes a copy at a key of their own."""
-        others = await self.ledger.live_images_stored_at(image.storage_key)
+        others = [
+            other
+            for other in await self.ledger.live_images_stored_at(image.storage_key)
+            if other.id != image.id
+        ]
         if not others:
             return None
         heir = others[0]
@@ -73,6 +75,7 @@ class ImageDeletion:
             image.content_type,
             store_metadata(heir.id, heir.user_id, heir.guild_id, heir.model, heir.prompt),
         )
-        moved = await self.ledger.move_storage(image.storage_key, copy.key, copy.url)
+        moved = await self.ledger.move_storage(image.storage_key, copy.key, copy.url,
+                                              except_id=image.id)  # fmt: skip
         log.info("image %s deleted; its bytes live on for %d other record(s)", image.id, moved)
         return copy

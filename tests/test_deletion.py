@@ -116,6 +116,12 @@ async def test_a_failed_store_delete_leaves_the_image_live_and_a_retry_finishes(
         assert original.storage_key not in fake_cloudflare.images
         kept = await runtime.ledger.get_image(hit.id)
         assert kept.storage_key in fake_cloudflare.images
+        # a moderator's delete that the store refuses marks nothing deleted
+        fake_cloudflare.inject("403", path_contains="/images/v1/" + kept.storage_key)
+        with pytest.raises(BotError):
+            await service.delete_image(kept.id, requester_id="mod", is_admin=True)
+        assert not (await runtime.ledger.get_image(kept.id)).is_deleted
+        assert kept.storage_key in fake_cloudflare.images
 
 
 async def test_a_private_result_is_never_another_users_cache_hit(local_runtime):

@@ -651,12 +651,6 @@ class Ledger:
         )
         return changed == 1
 
-    async def restore_image(self, image_id: str) -> None:
-        """Undo ``mark_deleted`` for a delete that could not be finished."""
-        await self._write(
-            "UPDATE images SET is_deleted = 0, deleted_at = NULL WHERE id = ?", (image_id,)
-        )
-
     async def live_images_stored_at(self, storage_key: str) -> list[ImageRecord]:
         """The live records (an original and its cache hits) whose bytes are at this key."""
         rows = await self._all(
@@ -666,11 +660,15 @@ class Ledger:
         )
         return [ImageRecord.from_row(r) for r in rows]
 
-    async def move_storage(self, old_key: str, new_key: str, new_url: str) -> int:
-        """Point every live record at ``old_key`` to a copy of its bytes at ``new_key``."""
+    async def move_storage(
+        self, old_key: str, new_key: str, new_url: str, *, except_id: str
+    ) -> int:
+        """Point every live record at ``old_key`` but one to a copy of its bytes at
+        ``new_key``."""
         return await self._write(
-            "UPDATE images SET storage_key = ?, url = ? WHERE storage_key = ? AND is_deleted = 0",
-            (new_key, new_url, old_key),
+            "UPDATE images SET storage_key = ?, url = ? WHERE storage_key = ? AND is_deleted = 0 "
+            "AND id != ?",
+            (new_key, new_url, old_key, except_id),
         )
 
     async def mark_deleted_stored_at(self, storage_key: str) -> int:
