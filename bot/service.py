@@ -804,6 +804,14 @@ class ImageService:
         await self.ledger.settle(job.id, 0, price)
         return record
 
+    async def check_upload_allowance(self, user_id: str, guild_id: str = "") -> None:
+        """Refuse early (QuotaExceeded) when not even a tiny upload would fit today, so a
+        front need not read or fetch a file it cannot accept. ``upload`` checks exactly."""
+        limits = await self._upload_limits(user_id, guild_id)
+        refusal = await self.ledger.upload_refusal(user_id, limits, 1)
+        if refusal is not None:
+            raise refusal
+
     async def _upload_limits(self, user_id: str, guild_id: str) -> Limits:
         """The user's upload allowance and money budgets; uploads draw no images or Neurons."""
         limits = await self.ledger.limits_for(user_id, guild_id)

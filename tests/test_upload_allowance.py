@@ -10,6 +10,7 @@ import os
 from datetime import datetime
 
 import pytest
+from aiohttp import web
 from PIL import Image
 
 from bot.discord_bot import ImageBot
@@ -129,3 +130,30 @@ async def test_discord_upload_past_the_allowance_is_a_clear_quota_reply(
             )
         assert message.ephemeral
         assert len(await runtime.ledger.list_images(str(fake_discord.member.id))) == 1
+
+
+async def test_the_api_refuses_before_fetching_a_url_it_cannot_accept(start_api):
+    api = await start_api(QUOTA_USER_DAILY_UPLOADS=1, ALLOW_PRIVATE_URLS="true")
+    fetched: list[str] = []
+
+    async def picture(request: web.Request) -> web.Response:
+        fetched.append(request.path)
+        return web.Response(body=png(30, 30), content_type="image/png")
+
+    app = web.Application()
+    app.router.add_get("/pic.png", picture)
+    runner, base = await test_api.serve(app)
+    try:
+        assert (await api.post("/api/upload", {"url": f"{base}/pic.png"})).status_code == 201
+        refused = await api.post("/api/upload", {"url": f"{base}/pic.png"})
+        assert refused.status_code == 403
+        assert refused.json()["details"]["limit"] == "user_daily_uploads"
+        assert fetched == ["/pic.png"]  # the second was never fetched
+    finally:
+        await runner.cleanup()
+
+
+async def test_uploads_turned_off_say_so(make_settings):
+    async with open_runtime(make_settings(QUOTA_USER_DAILY_UPLOADS=0)) as runtime:
+        with pytest.raises(QuotaExceeded, match="turned off"):
+            await runtime.service.upload(png(), user_id="u1")

@@ -464,25 +464,38 @@ class Ledger:
         )
         return int(row[0]), int(row[1])
 
+    async def upload_refusal(
+        self, user_id: str, limits: Limits, size: int, now: datetime | None = None
+    ) -> QuotaExceeded | None:
+        """Why an upload of ``size`` bytes would not fit the user's allowance today, if not."""
+        now = now or self.clock()
+        resets = next_utc_midnight(now)
+        count, used = await self.uploads_today(user_id, utc_day(now))
+        if count + 1 > limits.user_uploads:
+            if limits.user_uploads == 0:
+                return QuotaExceeded("user_daily_uploads", "Uploads are turned off here.", resets)
+            return QuotaExceeded(
+                "user_daily_uploads",
+                f"You have made {count} of your {limits.user_uploads} uploads for today.",
+                resets,
+            )
+        if used + size > limits.user_upload_bytes:
+            return QuotaExceeded(
+                "user_daily_upload_bytes",
+                f"This upload is {format_megabytes(size)}; you have "
+                f"{format_megabytes(max(0, limits.user_upload_bytes - used))} of your "
+                f"{format_megabytes(limits.user_upload_bytes)} daily upload allowance left.",
+                resets,
+            )
+        return None
+
     async def _explain_refusal(self, new: NewJob, limits: Limits, now: datetime) -> QuotaExceeded:
         day = utc_day(now)
         resets = next_utc_midnight(now)
         if new.kind == "upload":
-            count, size = await self.uploads_today(new.user_id, day)
-            if count + 1 > limits.user_uploads:
-                return QuotaExceeded(
-                    "user_daily_uploads",
-                    f"You have made {count} of your {limits.user_uploads} uploads for today.",
-                    resets,
-                )
-            if size + new.bytes > limits.user_upload_bytes:
-                return QuotaExceeded(
-                    "user_daily_upload_bytes",
-                    f"This upload is {format_megabytes(new.bytes)}; you have "
-                    f"{format_megabytes(max(0, limits.user_upload_bytes - size))} of your "
-                    f"{format_megabytes(limits.user_upload_bytes)} daily upload allowance left.",
-                    resets,
-                )
+            refusal = await self.upload_refusal(new.user_id, limits, new.bytes, now)
+            if refusal is not None:
+                return refusal
         user = await self.user_usage(new.user_id, new.guild_id, day)
         if user.images + new.images > limits.user_images:
             return QuotaExceeded(

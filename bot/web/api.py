@@ -217,6 +217,7 @@ async def delete_image(request: web.Request) -> web.Response:
 async def upload(request: web.Request) -> web.Response:
     api = api_of(request)
     key = key_of(request)
+    await api.runtime.service.check_upload_allowance(key.user_id, key.guild_id)  # before reading
     if request.content_type == "multipart/form-data":
         data = await _multipart_file(request)
     else:
