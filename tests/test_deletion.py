@@ -154,3 +154,23 @@ async def test_single_flight_never_joins_two_users_private_requests(make_setting
         keys = [r.images[0].storage_key for r in results]
         assert provider.calls == 3
         assert len({keys[0], keys[1], keys[2]}) == 3 and keys[3] == keys[2]
+
+
+async def test_every_sharer_deleting_at_once_leaves_no_bytes_and_no_live_record(
+    backend, fake_cloudflare
+):
+    runtime, http = backend
+    service = runtime.service
+    images = [(await service.generate(ask(f"u{n}"))).images[0] for n in range(8)]
+    assert len({i.storage_key for i in images}) == 1
+    outcomes = await asyncio.gather(
+        *(service.delete_image(i.id, requester_id=i.user_id) for i in images),
+        return_exceptions=True,
+    )
+    assert not [o for o in outcomes if isinstance(o, BaseException)]
+    for image in images:
+        assert (await runtime.ledger.get_image(image.id)).is_deleted
+    assert await status_of(http, images[0].url) == 404
+    folder = runtime.settings.data_dir / "images"
+    assert not [p for p in folder.rglob("img_*") if p.is_file()]  # no copy left behind...
+    assert not fake_cloudflare.images  # ...on either store
