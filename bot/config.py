@@ -25,6 +25,9 @@ DEFAULT_API_BASE = "https://api.cloudflare.com/client/v4"
 DEFAULT_DELIVERY_URL = "https://imagedelivery.net"
 DEFAULT_MODEL = "@cf/black-forest-labs/flux-1-schnell"
 DEFAULT_ENHANCE_MODEL = "@cf/meta/llama-3.1-8b-instruct-fp8-fast"
+MEGABYTE = 1024 * 1024
+# Cloudflare Images bills $5 per 100,000 stored images a month: one month is charged per upload.
+DEFAULT_IMAGES_STORAGE_MICRO_USD = 50
 SECRET_VARIABLES = ("DISCORD_TOKEN", "CLOUDFLARE_API_TOKEN", "CLOUDFLARE_IMAGES_SIGNING_KEY")
 
 
@@ -34,6 +37,8 @@ class QuotaDefaults:
     user_daily_micro_usd: int = 50_000
     guild_daily_micro_usd: int = 1_000_000
     daily_milli_neurons: int = 10_000_000
+    user_daily_uploads: int = 50
+    user_daily_upload_bytes: int = 200 * MEGABYTE
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,7 @@ class Settings:
     web_body_timeout_seconds: int = 60
     web_keepalive_seconds: int = 15
     web_max_request_mb: int = 11
+    images_storage_micro_usd: int = DEFAULT_IMAGES_STORAGE_MICRO_USD  # per upload, on Cloudflare
     allow_private_urls: bool = False
     log_level: str = "INFO"
 
@@ -247,6 +253,10 @@ def load_settings(env: Mapping[str, str]) -> Settings:
             user_daily_micro_usd=read.usd("QUOTA_USER_DAILY_USD", 50_000),
             guild_daily_micro_usd=read.usd("QUOTA_GUILD_DAILY_USD", 1_000_000),
             daily_milli_neurons=read.integer("QUOTA_DAILY_NEURONS", 10_000) * 1000,
+            user_daily_uploads=read.integer("QUOTA_USER_DAILY_UPLOADS", 50),
+            user_daily_upload_bytes=read.integer(
+                "QUOTA_USER_DAILY_UPLOAD_MB", 200, maximum=2**40
+            ) * MEGABYTE,
         ),
         cache_scope=read.choice("CACHE_SCOPE", "guild", ("guild", "global", "off")),  # type: ignore[arg-type]
         max_jobs_per_user=read.integer("MAX_JOBS_PER_USER", 2, minimum=1, maximum=64),
@@ -272,6 +282,9 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         ),
         web_keepalive_seconds=read.integer("WEB_KEEPALIVE_SECONDS", 15, minimum=1, maximum=3600),
         web_max_request_mb=read.integer("WEB_MAX_REQUEST_MB", 11, minimum=1, maximum=1024),
+        images_storage_micro_usd=read.usd(
+            "CLOUDFLARE_IMAGES_STORAGE_USD", DEFAULT_IMAGES_STORAGE_MICRO_USD
+        ),
         allow_private_urls=read.choice("ALLOW_PRIVATE_URLS", "false", ("true", "false")) == "true",
         log_level=read.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper(),
     )

@@ -91,6 +91,18 @@ class Conflict(BotError):
     http_status = 409
 
 
+class IdempotencyKeyReused(Conflict):
+    """An idempotency key sent again with a different request: nothing was done or charged."""
+
+    code = "idempotency_key_reused"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "This idempotency key was already used for a different request; nothing was done. "
+            "Use a new key for a new request."
+        )
+
+
 class QuotaExceeded(BotError):
     """A reservation would cross a limit. Says which limit and when it resets."""
 

@@ -86,6 +86,7 @@ async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIter
             )
         provider: ImageProvider = CloudflareProvider(api) if api else LocalProvider()
         store: ImageStore
+        upload_micro_usd = 0  # the local store's disk is the operator's own
         if settings.image_store == "cloudflare" and api is not None:
             assert settings.cloudflare_image_account_hash
             store = CloudflareImagesStore(
@@ -94,6 +95,7 @@ async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIter
                 delivery_url=settings.cloudflare_image_delivery_url,
                 signing_key=settings.cloudflare_images_signing_key,
             )
+            upload_micro_usd = settings.images_storage_micro_usd
         else:
             store = LocalImageStore(settings.data_dir / "images", settings.public_base_url)
         ledger = await Ledger.open(settings.database_path, settings.quotas)
@@ -111,6 +113,7 @@ async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIter
             default_model=settings.default_model,
             enhance_model=settings.enhance_model,
             cache_scope=settings.cache_scope,
+            upload_micro_usd=upload_micro_usd,
         )
         if recover:
             await service.recover()

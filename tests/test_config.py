@@ -38,7 +38,10 @@ def test_defaults_match_the_readme() -> None:
         user_daily_micro_usd=50_000,
         guild_daily_micro_usd=1_000_000,
         daily_milli_neurons=10_000_000,
+        user_daily_uploads=50,
+        user_daily_upload_bytes=200 * 1024 * 1024,
     )
+    assert s.images_storage_micro_usd == 50
     assert s.cache_scope == "guild"
     assert s.max_jobs_per_user == 2
     assert s.max_concurrent_jobs == 8

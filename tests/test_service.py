@@ -297,7 +297,11 @@ async def test_delete_checks_ownership_and_keeps_bytes_a_cache_hit_still_uses(lo
     with pytest.raises(Forbidden):
         await service.delete_image(original.id, requester_id="u2")
     await service.delete_image(original.id, requester_id="u1")
-    assert await local_runtime.store.get(hit.storage_key)  # still used by u2's record
+    with pytest.raises(NotFound):  # the original's bytes are gone from their key...
+        await local_runtime.store.get(original.storage_key)
+    hit = await local_runtime.ledger.get_image(hit.id)  # ...u2 keeps a copy of their own
+    assert hit.storage_key != original.storage_key
+    assert await local_runtime.store.get(hit.storage_key)
     await service.delete_image(hit.id, requester_id="admin", is_admin=True)
     with pytest.raises(NotFound):
         await local_runtime.store.get(hit.storage_key)

@@ -32,6 +32,8 @@ class Limits:
     user_micro_usd: int
     guild_micro_usd: int
     milli_neurons: int
+    user_uploads: int = 2**62  # uploads per user per day, all servers together
+    user_upload_bytes: int = 2**62
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,8 @@ class Job:
     error_code: str | None
     error_message: str | None
     created_at: str
+    fingerprint: str | None = None  # of the normalised request, to spot a reused key
+    bytes: int = 0  # an upload's size
 
     @classmethod
     def from_row(cls, row: Any) -> Job:
@@ -79,6 +83,8 @@ class Job:
             error_code=row["error_code"],
             error_message=row["error_message"],
             created_at=row["created_at"],
+            fingerprint=row["request_fingerprint"],
+            bytes=row["bytes"],
         )
 
     @property

@@ -6,6 +6,7 @@ Thin handlers: parse and check the request, call the same service methods the Di
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from collections import OrderedDict, deque
@@ -19,7 +20,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from bot.api_keys import ApiKeys
 from bot.batches import MAX_PROMPTS, BatchService
-from bot.errors import Forbidden, InvalidRequest, Unauthorized
+from bot.errors import Forbidden, IdempotencyKeyReused, InvalidRequest, Unauthorized
 from bot.ledger import Template
 from bot.ledger.records import ApiKey, ImageRecord
 from bot.outbound import fetch_bytes
@@ -36,6 +37,7 @@ from bot.web.http import (
     RateLimited,
     bot_error_response,
     check_fields,
+    error_response,
     json_response,
     read_json,
 )
@@ -138,10 +140,26 @@ GENERATE = {
 }
 
 
+def idempotency_key(request: web.Request, key: ApiKey) -> str:
+    """The client's Idempotency-Key, scoped to its API key and hashed whole (any length
+    counts, every character of it); a fresh one when none was sent."""
+    sent = request.headers.get("Idempotency-Key", "")
+    if not sent:
+        return f"api:{key.id}:{uuid.uuid4().hex}"
+    return f"api:{key.id}:sha256:{hashlib.sha256(sent.encode('utf-8', 'replace')).hexdigest()}"
+
+
 async def generate(request: web.Request) -> web.Response:
     body = check_fields(await read_json(request), GENERATE)
     key = key_of(request)
-    idempotency = request.headers.get("Idempotency-Key", "")[:200] or uuid.uuid4().hex
+    try:
+        return await _generate(request, key, body)
+    except IdempotencyKeyReused as exc:
+        return error_response(409, "Idempotency-Key reused",
+                              {"code": exc.code, "message": exc.user_message})  # fmt: skip
+
+
+async def _generate(request: web.Request, key: ApiKey, body: dict[str, Any]) -> web.Response:
     result = await api_of(request).runtime.service.generate(
         GenerateRequest(
             prompt=body["prompt"],
@@ -157,7 +175,7 @@ async def generate(request: web.Request) -> web.Response:
             image_id=body.get("image_id"),
             enhance=body.get("enhance", False),
             fresh=body.get("fresh", False),
-            idempotency_key=f"api:{key.id}:{idempotency}",
+            idempotency_key=idempotency_key(request, key),
             metadata=body.get("metadata", {}),
         )
     )
@@ -200,6 +218,7 @@ async def delete_image(request: web.Request) -> web.Response:
 async def upload(request: web.Request) -> web.Response:
     api = api_of(request)
     key = key_of(request)
+    await api.runtime.service.check_upload_allowance(key.user_id, key.guild_id)  # before reading
     if request.content_type == "multipart/form-data":
         data = await _multipart_file(request)
     else:

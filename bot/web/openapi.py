@@ -215,8 +215,9 @@ def openapi_document() -> dict[str, Any]:
                             "name": "Idempotency-Key",
                             "in": "header",
                             "required": False,
-                            "description": "Retries with the same key get the same image; "
-                            "only its first 200 characters count.",
+                            "description": "Retries with the same key and body get the same "
+                            "image; the whole key counts. The same key with a different body "
+                            "is a 409 (Idempotency-Key reused).",
                             "schema": {"type": "string"},
                         },
                     ],
@@ -226,7 +227,7 @@ def openapi_document() -> dict[str, Any]:
                     },
                     "responses": {
                         "201": _json(_ref("Image"), "Created"),
-                        **_errors(*AUTH_ERRORS, 404, 413, 415, 502),
+                        **_errors(*AUTH_ERRORS, 404, 409, 413, 415, 502),
                     },
                 }
             },
