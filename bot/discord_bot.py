@@ -24,6 +24,7 @@ from bot.config import Settings
 from bot.errors import BotError, QuotaExceeded
 from bot.runtime import Runtime
 from bot.web.app import start_web_server
+from cogs.limits import CONTENT, clip
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ async def reply_privately(interaction: discord.Interaction, text: str) -> None:
     After a public defer the first followup would replace the public "thinking" message, so
     that message is deleted first and the answer sent as an ephemeral followup.
     """
+    text = clip(text, CONTENT)
     try:
         if not interaction.response.is_done():
             await interaction.response.send_message(text, ephemeral=True)
