@@ -47,6 +47,10 @@ class Settings:
     database_path: Path
     discord_token: str | None = field(default=None, repr=False)
     discord_guild_id: int | None = None
+    # Where the commands are offered besides servers that installed the bot: both spend the
+    # operator's Cloudflare money, so both are off unless turned on.
+    discord_allow_dms: bool = False
+    discord_allow_user_install: bool = False
     admin_ids: frozenset[int] = frozenset()
     cloudflare_account_id: str | None = None
     cloudflare_api_token: str | None = field(default=None, repr=False)
@@ -130,6 +134,10 @@ class _Reader:
             raise ConfigError(
                 name, "must be an amount in US dollars such as 0.05, at most 6 decimal places"
             ) from None
+
+    def flag(self, name: str) -> bool:
+        """``true`` or ``false`` (default false)."""
+        return self.choice(name, "false", ("true", "false")) == "true"
 
     def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
         value = (self.text(name) or default).lower()
@@ -227,6 +235,8 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         database_path=Path(database) if database else data_dir / "bot.sqlite3",
         discord_token=read.text("DISCORD_TOKEN"),
         discord_guild_id=read.snowflake("DISCORD_GUILD_ID"),
+        discord_allow_dms=read.flag("DISCORD_ALLOW_DMS"),
+        discord_allow_user_install=read.flag("DISCORD_ALLOW_USER_INSTALL"),
         admin_ids=read.snowflakes("BOT_ADMIN_IDS"),
         cloudflare_account_id=read.text("CLOUDFLARE_ACCOUNT_ID"),
         cloudflare_api_token=read.text("CLOUDFLARE_API_TOKEN"),
@@ -285,6 +295,6 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         images_storage_micro_usd=read.usd(
             "CLOUDFLARE_IMAGES_STORAGE_USD", DEFAULT_IMAGES_STORAGE_MICRO_USD
         ),
-        allow_private_urls=read.choice("ALLOW_PRIVATE_URLS", "false", ("true", "false")) == "true",
+        allow_private_urls=read.flag("ALLOW_PRIVATE_URLS"),
         log_level=read.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper(),
     )

@@ -1,7 +1,10 @@
 """The Discord front's bot object: kept thin, everything handed in, cogs from an explicit list.
 
 ``ImageTree.on_error`` is the one place domain errors become a short ephemeral reply and
-anything unexpected is logged with a reference id the user can quote.
+anything unexpected is logged with a reference id the user can quote. Nothing the bot sends
+pings anyone unless it says so (``AllowedMentions.none()`` is the client default), and the
+commands are offered only where the operator allows (servers; DMs and user installs when
+``DISCORD_ALLOW_DMS`` / ``DISCORD_ALLOW_USER_INSTALL`` say so), checked here too.
 """
 
 from __future__ import annotations
@@ -16,9 +19,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.command_sync import sync_commands
+from bot.config import Settings
 from bot.errors import BotError, QuotaExceeded
 from bot.runtime import Runtime
 from bot.web.app import start_web_server
+from cogs.limits import CONTENT, clip
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +54,7 @@ async def reply_privately(interaction: discord.Interaction, text: str) -> None:
     After a public defer the first followup would replace the public "thinking" message, so
     that message is deleted first and the answer sent as an ephemeral followup.
     """
+    text = clip(text, CONTENT)
     try:
         if not interaction.response.is_done():
             await interaction.response.send_message(text, ephemeral=True)
@@ -78,7 +85,36 @@ async def report_error(interaction: discord.Interaction, error: BaseException) -
         )
 
 
+def place_refusal(interaction: discord.Interaction, settings: Settings) -> str | None:
+    """Why a command may not run where it was used (None: it may). Discord already hides the
+    commands there; this holds even if a client shows an old copy of them."""
+    user_install_only = interaction.is_user_integration() and not interaction.is_guild_integration()
+    if user_install_only and not settings.discord_allow_user_install:
+        return "This bot works only in servers that added it."
+    if interaction.context.dm_channel and not settings.discord_allow_dms:
+        return "This bot works in servers, not in DMs."
+    return None
+
+
+def command_places(settings: Settings) -> tuple[app_commands.AppCommandContext,
+                                                app_commands.AppInstallationType]:  # fmt: skip
+    """Where the commands are offered by default: servers, plus what the settings turn on."""
+    users = settings.discord_allow_user_install
+    contexts = app_commands.AppCommandContext(
+        guild=True, dm_channel=settings.discord_allow_dms, private_channel=users
+    )
+    return contexts, app_commands.AppInstallationType(guild=True, user=users)
+
+
 class ImageTree(app_commands.CommandTree[Any]):
+    async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
+        refusal = place_refusal(interaction, self.client.runtime.settings)
+        if refusal is None:
+            return True
+        if interaction.type is discord.InteractionType.autocomplete:
+            return False  # no choices; the command itself answers with the reason
+        raise app_commands.CheckFailure(refusal)
+
     async def on_error(
         self, interaction: discord.Interaction, error: app_commands.AppCommandError
     ) -> None:
@@ -87,11 +123,15 @@ class ImageTree(app_commands.CommandTree[Any]):
 
 class ImageBot(commands.Bot):
     def __init__(self, runtime: Runtime, extensions: tuple[str, ...] = EXTENSIONS) -> None:
+        contexts, installs = command_places(runtime.settings)
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=discord.Intents.default(),
             help_command=None,
             tree_cls=ImageTree,
+            allowed_mentions=discord.AllowedMentions.none(),
+            allowed_contexts=contexts,
+            allowed_installs=installs,
         )
         self.runtime = runtime
         self._extensions = extensions
@@ -107,15 +147,8 @@ class ImageBot(commands.Bot):
         self.runtime.service.closing = False  # a bot started on a drained service reopens it
         for extension in self._extensions:
             await self.load_extension(extension)
-        guild_id = self.runtime.settings.discord_guild_id
-        if guild_id:
-            guild = discord.Object(id=guild_id)
-            self.tree.copy_global_to(guild=guild)
-            synced = await self.tree.sync(guild=guild)
-            log.info("synced %d command(s) to server %d", len(synced), guild_id)
-        else:
-            synced = await self.tree.sync()
-            log.info("synced %d command(s) globally", len(synced))
+        settings = self.runtime.settings
+        await sync_commands(self.tree, settings.data_dir, settings.discord_guild_id)
 
 
 async def run_discord(runtime: Runtime) -> None:

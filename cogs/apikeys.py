@@ -6,7 +6,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from cogs.common import clip, guild_key, is_admin, runtime_of
+from cogs.common import guild_key, is_admin, runtime_of
+from cogs.limits import CONTENT, TITLE, cut_lines, escape, fit_choices, fit_embeds, shown
 from cogs.render import ACCENT
 
 
@@ -24,7 +25,7 @@ class ApiKeysCog(commands.GroupCog, group_name="apikey", group_description="HTTP
             user_id=str(interaction.user.id), guild_id=guild_key(interaction), name=name
         )
         where = "this server's" if key.guild_id else "your"
-        embed = discord.Embed(title=f"API key: {key.name}", colour=ACCENT)
+        embed = discord.Embed(title=shown(f"API key: {key.name}", TITLE), colour=ACCENT)
         embed.add_field(name="Key", value=f"||`{plaintext}`||", inline=False)
         embed.add_field(name="Webhook signing secret", value=f"||`{key.webhook_secret}`||",
                         inline=False)  # fmt: skip
@@ -35,7 +36,7 @@ class ApiKeysCog(commands.GroupCog, group_name="apikey", group_description="HTTP
             inline=False,
         )
         embed.set_footer(text=key.id)
-        await interaction.response.send_message(embed=embed, ephemeral=True)
+        await interaction.response.send_message(embed=fit_embeds([embed])[0], ephemeral=True)
 
     @app_commands.command(name="list", description="Your API keys")
     async def list_(self, interaction: discord.Interaction) -> None:
@@ -44,11 +45,11 @@ class ApiKeysCog(commands.GroupCog, group_name="apikey", group_description="HTTP
             await interaction.response.send_message("You have no API keys.", ephemeral=True)
             return
         lines = [
-            f"`{k.id}` **{clip(k.name, 40)}** `{k.hint}` · made {k.created_at[:10]}"
+            f"`{k.id}` **{shown(k.name, 40)}** `{k.hint}` · made {k.created_at[:10]}"
             + (" · revoked" if k.revoked_at else "")
             for k in keys
         ]
-        await interaction.response.send_message("\n".join(lines), ephemeral=True)
+        await interaction.response.send_message(cut_lines(lines, CONTENT), ephemeral=True)
 
     @app_commands.command(name="revoke", description="Revoke one of your API keys")
     async def revoke(self, interaction: discord.Interaction, key_id: str) -> None:
@@ -56,7 +57,7 @@ class ApiKeysCog(commands.GroupCog, group_name="apikey", group_description="HTTP
             key_id, requester_id=str(interaction.user.id), is_admin=is_admin(interaction)
         )
         await interaction.response.send_message(
-            f"Revoked **{key.name}** (`{key.hint}`).", ephemeral=True
+            f"Revoked **{escape(key.name)}** (`{key.hint}`).", ephemeral=True
         )
 
     @revoke.autocomplete("key_id")
@@ -64,11 +65,11 @@ class ApiKeysCog(commands.GroupCog, group_name="apikey", group_description="HTTP
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
         keys = await runtime_of(interaction).keys.list(str(interaction.user.id))
-        return [
-            app_commands.Choice(name=clip(f"{k.name} · {k.hint}", 100), value=k.id)
+        return fit_choices([
+            app_commands.Choice(name=f"{k.name} · {k.hint}", value=k.id)
             for k in keys
             if not k.revoked_at and current.casefold() in f"{k.name} {k.id}".casefold()
-        ][:25]
+        ])  # fmt: skip
 
 
 async def setup(bot: commands.Bot) -> None:

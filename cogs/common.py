@@ -9,6 +9,7 @@ import discord
 from discord import app_commands
 
 from bot.runtime import Runtime
+from cogs.limits import clip as clip  # re-exported: the cogs' one way to shorten text
 
 T = TypeVar("T")
 ADMIN_REFUSAL = "Only server admins (Manage Server) can do this."
@@ -44,6 +45,31 @@ def admin_only() -> Callable[[T], T]:
     return app_commands.check(predicate)
 
 
+def server_only() -> Callable[[T], T]:
+    """Offered only in servers that installed the bot, whatever DISCORD_ALLOW_DMS and
+    DISCORD_ALLOW_USER_INSTALL say, and checked here too."""
+    contexts = app_commands.allowed_contexts(guilds=True, dms=False, private_channels=False)
+    installs = app_commands.allowed_installs(guilds=True, users=False)
+    check = guild_only_check()
+
+    def decorate(item: T) -> T:
+        return contexts(installs(check(item)))
+
+    return decorate
+
+
+def admin_commands() -> Callable[[T], T]:
+    """Hidden by Discord from members without Manage Server (servers may override that, so
+    each command keeps its own ``admin_only`` check) and offered only in servers."""
+    hide = app_commands.default_permissions(manage_guild=True)
+    where = server_only()
+
+    def decorate(item: T) -> T:
+        return hide(where(item))
+
+    return decorate
+
+
 def guild_only_check() -> Callable[[T], T]:
     def predicate(interaction: discord.Interaction) -> bool:
         if not interaction.guild_id:
@@ -51,7 +77,3 @@ def guild_only_check() -> Callable[[T], T]:
         return True
 
     return app_commands.check(predicate)
-
-
-def clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -27,8 +27,9 @@ from bot.ledger import ImageRecord
 from bot.requests import GenerateRequest, GenerationResult, Progress
 from bot.runtime import Runtime
 from bot.validation import ASPECT_RATIOS, MAX_SEED
-from cogs.common import clip, guild_key, is_admin, runtime_of
-from cogs.render import attachable, details_embed, image_embed, model_name, progress_text
+from cogs.common import guild_key, is_admin, runtime_of
+from cogs.limits import fit_choices
+from cogs.render import details_embed, model_name, progress_text, result_parts
 
 log = logging.getLogger(__name__)
 
@@ -80,16 +81,9 @@ class ProgressMessage:
 async def send_result(
     interaction: discord.Interaction, runtime: Runtime, result: GenerationResult
 ) -> None:
-    """Replace the deferred reply with the images, their embeds and their buttons."""
-    embeds, files, view = [], [], discord.ui.View(timeout=None)
-    for row, image in enumerate(result.images):
-        file = await attachable(runtime, image)
-        if file is not None:
-            files.append(file)
-        embeds.append(image_embed(runtime, image, result, file.filename if file else None))
-        for item in image_buttons(runtime, image):
-            item.item.row = row
-            view.add_item(item)
+    """Replace the deferred reply with the images, their embeds and their buttons (files over
+    one request's 25 MiB go on in followups with the same visibility)."""
+    parts = await result_parts(runtime, result)
     notes = []
     if result.cached:
         notes.append("♻️ Found in the cache: this one was free.")
@@ -97,9 +91,30 @@ async def send_result(
         notes.append(f"⚠️ {result.failed} image(s) failed and were not charged.")
     if runtime.settings.image_provider == "local":
         notes.append("🧪 Local preview renderer (no Cloudflare account configured).")
-    await interaction.edit_original_response(
-        content="\n".join(notes) or None, embeds=embeds, attachments=files, view=view
+    first, *more = parts
+    shown = await interaction.edit_original_response(
+        content="\n".join(notes) or None,
+        embeds=first.embeds,
+        attachments=first.files,
+        view=image_view(runtime, first.images),
     )
+    for part in more:
+        await interaction.followup.send(
+            embeds=part.embeds,
+            files=part.files,
+            view=image_view(runtime, part.images),
+            ephemeral=shown.flags.ephemeral,
+        )
+
+
+def image_view(runtime: Runtime, images: list[ImageRecord]) -> discord.ui.View:
+    """The buttons of each image, one row per image."""
+    view = discord.ui.View(timeout=None)
+    for row, image in enumerate(images):
+        for item in image_buttons(runtime, image):
+            item.item.row = row
+            view.add_item(item)
+    return view
 
 
 def image_buttons(runtime: Runtime, image: ImageRecord) -> list[discord.ui.DynamicItem[Any]]:
@@ -340,11 +355,11 @@ class Imagine(commands.Cog):
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
         needle = current.casefold()
-        return [
-            app_commands.Choice(name=clip(f"{m.name} · {m.id}", 100), value=m.id)
+        return fit_choices([
+            app_commands.Choice(name=f"{m.name} · {m.id}", value=m.id)
             for m in runtime_of(interaction).catalog.enabled_image_models()
             if needle in m.id.casefold() or needle in m.name.casefold()
-        ][:25]
+        ])  # fmt: skip
 
     @imagine.autocomplete("template")
     async def template_choices(
@@ -353,7 +368,7 @@ class Imagine(commands.Cog):
         if not interaction.guild_id:
             return []
         templates = await runtime_of(interaction).admin.templates(guild_key(interaction), current)
-        return [app_commands.Choice(name=t.name, value=t.name) for t in templates[:25]]
+        return fit_choices([app_commands.Choice(name=t.name, value=t.name) for t in templates])
 
     @imagine.autocomplete("image_id")
     async def image_choices(
@@ -362,10 +377,10 @@ class Imagine(commands.Cog):
         images = await runtime_of(interaction).service.user_images(
             str(interaction.user.id), current
         )
-        return [
-            app_commands.Choice(name=clip(f"{i.prompt or 'upload'} · {i.id}", 100), value=i.id)
+        return fit_choices([
+            app_commands.Choice(name=f"{i.prompt or 'upload'} · {i.id}", value=i.id)
             for i in images
-        ]
+        ])  # fmt: skip
 
 
 async def setup(bot: commands.Bot) -> None:

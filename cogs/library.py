@@ -9,6 +9,7 @@ from discord.ext import commands
 from bot.money import format_neurons, format_usd
 from cogs.common import guild_key, runtime_of
 from cogs.imagine import image_buttons, read_attachment
+from cogs.limits import FIELDS, fit_embeds
 from cogs.render import ACCENT, attachable, image_embed
 
 
@@ -42,7 +43,7 @@ class Library(commands.Cog):
             view.add_item(item)
         await interaction.edit_original_response(
             content=f"✅ Uploaded: {record.url}",
-            embed=embed,
+            embed=fit_embeds([embed])[0],
             attachments=[file] if file else [],
             view=view,
         )
@@ -56,7 +57,8 @@ class Library(commands.Cog):
             "default size; Cloudflare bills $0.011 per 1,000 Neurons.",
             colour=ACCENT,
         )
-        for spec in runtime.catalog.enabled_image_models()[:25]:
+        specs = runtime.catalog.enabled_image_models()
+        for spec in specs[:FIELDS]:
             cost = spec.default_cost()
             abilities = " · ".join(sorted(spec.capabilities))
             embed.add_field(
@@ -66,10 +68,12 @@ class Library(commands.Cog):
                     f"({format_neurons(cost.milli_neurons)} Neurons) at "
                     f"{spec.default_width}×{spec.default_height} · ~{spec.typical_seconds:g} s\n"
                     f"{abilities}. {spec.description}"
-                )[:1024],
+                ),
                 inline=False,
             )
-        await interaction.response.send_message(embed=embed, ephemeral=True)
+        if len(specs) > FIELDS:
+            embed.set_footer(text=f"… and {len(specs) - FIELDS} more: type in /imagine's model")
+        await interaction.response.send_message(embed=fit_embeds([embed])[0], ephemeral=True)
 
 
 async def setup(bot: commands.Bot) -> None:

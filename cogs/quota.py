@@ -1,7 +1,10 @@
-"""/quota (daily limits per member and per server) and /blocklist (prompts a server refuses).
+"""/quota (your daily limits), /quota-admin (a member's and the server's limits) and
+/blocklist (prompts a server refuses).
 
-The blocklist sits beside /quota because both are an admin's limits on what members can do;
-/quota is for money and counts, /blocklist for words.
+The blocklist sits beside the quotas because both are an admin's limits on what members can
+do: quotas are for money and counts, the blocklist for words. Discord has no per-subcommand
+permissions, so what members use (/quota) and what admins use (/quota-admin) are separate
+commands; admin commands are hidden from members and keep their own check.
 """
 
 from __future__ import annotations
@@ -10,9 +13,10 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.errors import Forbidden, InvalidRequest
+from bot.errors import InvalidRequest
 from bot.money import format_usd, usd_to_micro
-from cogs.common import admin_only, guild_key, guild_only_check, is_admin, runtime_of
+from cogs.common import admin_commands, admin_only, guild_key, runtime_of, server_only
+from cogs.limits import CONTENT, TITLE, cut_lines, escape, fit_embeds, shown
 from cogs.render import ACCENT
 
 
@@ -26,38 +30,51 @@ def micro(field: str, amount: float | None) -> int | None:
         raise InvalidRequest(field, "Give an amount in dollars such as 0.05.") from None
 
 
-@app_commands.guild_only()
-@guild_only_check()
-class Quota(commands.GroupCog, group_name="quota", group_description="Daily limits"):
+async def quota_embed(interaction: discord.Interaction, member: discord.abc.User) -> discord.Embed:
+    """A member's daily limits and what they and the server used today."""
+    status = await runtime_of(interaction).admin.quota_status(
+        guild_key(interaction), str(member.id)
+    )
+    limits, used = status.limits, status.used
+    embed = discord.Embed(title=shown(f"Quota of {member.display_name}", TITLE), colour=ACCENT)
+    embed.add_field(name="Images today", value=f"{used.images} of {limits.user_images}")
+    embed.add_field(
+        name="Spent today",
+        value=f"{format_usd(used.micro_usd)} of {format_usd(limits.user_micro_usd)}",
+    )
+    embed.add_field(
+        name="Server today",
+        value=f"{format_usd(status.guild_used.micro_usd)} of {format_usd(limits.guild_micro_usd)}",
+    )
+    embed.add_field(
+        name="Resets", value=discord.utils.format_dt(status.resets_at, "R"), inline=False
+    )
+    return fit_embeds([embed])[0]
+
+
+class Quota(commands.Cog):
+    def __init__(self, bot: commands.Bot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="quota", description="Your daily limits and what is used today")
+    @server_only()
+    async def quota(self, interaction: discord.Interaction) -> None:
+        embed = await quota_embed(interaction, interaction.user)
+        await interaction.response.send_message(embed=embed, ephemeral=True)
+
+
+@admin_commands()
+class QuotaAdmin(
+    commands.GroupCog, group_name="quota-admin", group_description="Daily limits (admins)"
+):
     def __init__(self, bot: commands.Bot) -> None:
         self.bot = bot
         super().__init__()
 
-    @app_commands.command(name="show", description="Daily limits and what is used today")
-    async def show(
-        self, interaction: discord.Interaction, member: discord.Member | None = None
-    ) -> None:
-        target = member or interaction.user
-        if target.id != interaction.user.id and not is_admin(interaction):
-            raise Forbidden("Only server admins can see another member's quota.")
-        status = await runtime_of(interaction).admin.quota_status(
-            guild_key(interaction), str(target.id)
-        )
-        limits, used = status.limits, status.used
-        embed = discord.Embed(title=f"Quota of {target.display_name}", colour=ACCENT)
-        embed.add_field(name="Images today", value=f"{used.images} of {limits.user_images}")
-        embed.add_field(
-            name="Spent today",
-            value=f"{format_usd(used.micro_usd)} of {format_usd(limits.user_micro_usd)}",
-        )
-        embed.add_field(
-            name="Server today",
-            value=f"{format_usd(status.guild_used.micro_usd)} of "
-            f"{format_usd(limits.guild_micro_usd)}",
-        )
-        embed.add_field(
-            name="Resets", value=discord.utils.format_dt(status.resets_at, "R"), inline=False
-        )
+    @app_commands.command(name="show", description="A member's daily limits and use today")
+    @admin_only()
+    async def show(self, interaction: discord.Interaction, member: discord.Member) -> None:
+        embed = await quota_embed(interaction, member)
         await interaction.response.send_message(embed=embed, ephemeral=True)
 
     @app_commands.command(name="set-user", description="Set a member's daily limits (admins)")
@@ -118,8 +135,7 @@ class Quota(commands.GroupCog, group_name="quota", group_description="Daily limi
         )
 
 
-@app_commands.guild_only()
-@guild_only_check()
+@admin_commands()
 class Blocklist(
     commands.GroupCog, group_name="blocklist", group_description="Prompts this server refuses"
 ):
@@ -149,10 +165,11 @@ class Blocklist(
     @admin_only()
     async def list_(self, interaction: discord.Interaction) -> None:
         terms = await runtime_of(interaction).admin.blocklist(guild_key(interaction))
-        text = ", ".join(f"`{t}`" for t in terms) or "Nothing is blocked."
-        await interaction.response.send_message(text[:2000], ephemeral=True)
+        text = cut_lines([escape(t) for t in terms], CONTENT, ", ") or "Nothing is blocked."
+        await interaction.response.send_message(text, ephemeral=True)
 
 
 async def setup(bot: commands.Bot) -> None:
     await bot.add_cog(Quota(bot))
+    await bot.add_cog(QuotaAdmin(bot))
     await bot.add_cog(Blocklist(bot))

@@ -1,12 +1,14 @@
 """Turning service results into Discord messages: embeds, files and the buttons on each image.
 
 Pure presentation: no service calls except fetching bytes to attach when Discord cannot reach
-the store's URL (the local store on a private address).
+the store's URL (the local store on a private address). User text (prompts) is escaped and
+everything is fitted to Discord's limits by ``cogs.limits``.
 """
 
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass, field
 from typing import Any
 
 import discord
@@ -16,7 +18,7 @@ from bot.ledger import ImageRecord
 from bot.money import format_neurons, format_usd
 from bot.requests import GenerationResult, Progress
 from bot.runtime import Runtime
-from cogs.common import clip
+from cogs.limits import FIELD_VALUE, FILE_BYTES, TITLE, clip, file_groups, fit_embeds, shown
 
 ACCENT = discord.Colour.from_rgb(246, 130, 31)  # Cloudflare orange
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
@@ -30,9 +32,8 @@ def model_name(catalog: Catalog, model_id: str | None) -> str:
 def image_embed(
     runtime: Runtime, image: ImageRecord, result: GenerationResult | None, filename: str | None
 ) -> discord.Embed:
-    embed = discord.Embed(
-        title=clip(image.prompt or "Uploaded image", 256), url=image.url, colour=ACCENT
-    )
+    title = shown(image.prompt, TITLE) if image.prompt else "Uploaded image"
+    embed = discord.Embed(title=title, url=image.url, colour=ACCENT)
     embed.add_field(name="Model", value=model_name(runtime.catalog, image.model), inline=True)
     embed.add_field(name="Size", value=f"{image.width}×{image.height}", inline=True)
     embed.add_field(name="Seed", value=str(image.seed) if image.seed is not None else "—")
@@ -46,7 +47,9 @@ def image_embed(
             inline=True,
         )
         if result.enhanced and result.prompt_used != result.prompt:
-            embed.add_field(name="Prompt used", value=clip(result.prompt_used, 1024), inline=False)
+            embed.add_field(
+                name="Prompt used", value=shown(result.prompt_used, FIELD_VALUE), inline=False
+            )
     embed.add_field(name="Link", value=f"[Hosted image]({image.url})", inline=False)
     embed.set_image(url=f"attachment://{filename}" if filename else image.url)
     embed.set_footer(text=image.id)
@@ -64,11 +67,16 @@ async def attachable(runtime: Runtime, image: ImageRecord) -> discord.File | Non
 
 def details_embed(runtime: Runtime, image: ImageRecord) -> discord.Embed:
     embed = discord.Embed(title="Image details", url=image.url, colour=ACCENT)
+
+    def user_text(text: str | None) -> str | None:
+        return shown(text, FIELD_VALUE) if text else None
+
     rows: list[tuple[str, Any]] = [
         ("Id", f"`{image.id}`"),
-        ("Prompt", image.prompt),
-        ("Prompt used", image.prompt_used if image.prompt_used != image.prompt else None),
-        ("Negative prompt", image.negative_prompt),
+        ("Prompt", user_text(image.prompt)),
+        ("Prompt used", user_text(image.prompt_used) if image.prompt_used != image.prompt
+         else None),
+        ("Negative prompt", user_text(image.negative_prompt)),
         ("Model", f"{model_name(runtime.catalog, image.model)} (`{image.model}`)"
          if image.model else None),
         ("Size", f"{image.width}×{image.height}"),
@@ -86,8 +94,48 @@ def details_embed(runtime: Runtime, image: ImageRecord) -> discord.Embed:
     ]  # fmt: skip
     for name, value in rows:
         if value not in (None, ""):
-            embed.add_field(name=name, value=clip(str(value), 1024), inline=len(str(value)) < 40)
-    return embed
+            embed.add_field(name=name, value=clip(str(value), FIELD_VALUE),
+                            inline=len(str(value)) < 40)  # fmt: skip
+    return fit_embeds([embed])[0]
+
+
+@dataclass
+class ResultPart:
+    """One message's share of a result: the images whose files fit in one request."""
+
+    images: list[ImageRecord] = field(default_factory=list)
+    embeds: list[discord.Embed] = field(default_factory=list)
+    files: list[discord.File] = field(default_factory=list)
+
+
+async def result_parts(runtime: Runtime, result: GenerationResult) -> list[ResultPart]:
+    """The result's images as messages Discord accepts: embeds fitted to the 6,000 characters of
+    a message, and (for a store Discord cannot reach) files split so no request carries more
+    than 25 MiB. Usually one part; an image whose file Discord would not take is linked."""
+    files = [await attachable(runtime, image) for image in result.images]
+    sizes = [_size(file) if file else 0 for file in files]
+    for index, size in enumerate(sizes):
+        if size > FILE_BYTES:  # too large for Discord even alone: the embed links the store
+            files[index], sizes[index] = None, 0
+    parts = []
+    for group in file_groups(sizes):
+        part = ResultPart()
+        for index in group:
+            image, file = result.images[index], files[index]
+            part.images.append(image)
+            part.files += [file] if file else []
+            part.embeds.append(image_embed(runtime, image, result, file.filename if file else None))
+        part.embeds = fit_embeds(part.embeds)
+        parts.append(part)
+    return parts
+
+
+def _size(file: discord.File) -> int:
+    stream = file.fp
+    position = stream.tell()
+    size = stream.seek(0, io.SEEK_END)
+    stream.seek(position)
+    return size
 
 
 def progress_text(event: Progress, model: str) -> str:

@@ -8,13 +8,15 @@ from discord.ext import commands
 
 from bot.ledger import Template
 from bot.validation import ASPECT_RATIOS
-from cogs.common import clip, guild_key, guild_only_check, is_admin, runtime_of
+from cogs.common import guild_key, is_admin, runtime_of, server_only
+from cogs.limits import DESCRIPTION, FIELD_VALUE, TITLE, cut_lines, escape, fit_choices, fit_embeds
+from cogs.limits import shown as shown_text
 from cogs.render import ACCENT
 
 
 def template_embed(template: Template) -> discord.Embed:
-    embed = discord.Embed(title=f"Template: {template.name}", colour=ACCENT)
-    embed.add_field(name="Prompt", value=clip(template.prompt, 1024), inline=False)
+    embed = discord.Embed(title=shown_text(f"Template: {template.name}", TITLE), colour=ACCENT)
+    embed.add_field(name="Prompt", value=shown_text(template.prompt, FIELD_VALUE), inline=False)
     for name, value in (
         ("Model", template.model),
         ("Negative prompt", template.negative_prompt),
@@ -22,13 +24,12 @@ def template_embed(template: Template) -> discord.Embed:
         ("Steps", template.steps),
     ):
         if value is not None:
-            embed.add_field(name=name, value=clip(str(value), 1024))
+            embed.add_field(name=name, value=shown_text(str(value), FIELD_VALUE))
     embed.set_footer(text=f"{template.id} · made by {template.created_by}")
-    return embed
+    return fit_embeds([embed])[0]
 
 
-@app_commands.guild_only()
-@guild_only_check()
+@server_only()
 class Templates(commands.GroupCog, group_name="templates", group_description="Saved styles"):
     def __init__(self, bot: commands.Bot) -> None:
         self.bot = bot
@@ -63,7 +64,9 @@ class Templates(commands.GroupCog, group_name="templates", group_description="Sa
             steps=steps,
         )
         await interaction.response.send_message(
-            f"Saved template **{template.name}**.", embed=template_embed(template), ephemeral=True
+            f"Saved template **{escape(template.name)}**.",
+            embed=template_embed(template),
+            ephemeral=True,
         )
 
     @app_commands.command(name="list", description="This server's templates")
@@ -75,8 +78,10 @@ class Templates(commands.GroupCog, group_name="templates", group_description="Sa
                 ephemeral=True,
             )
             return
-        lines = [f"**{t.name}**: {clip(t.prompt, 80)}" for t in templates]
-        embed = discord.Embed(title="Templates", description="\n".join(lines)[:4000], colour=ACCENT)
+        lines = [f"**{escape(t.name)}**: {shown_text(t.prompt, 80)}" for t in templates]
+        embed = discord.Embed(
+            title="Templates", description=cut_lines(lines, DESCRIPTION), colour=ACCENT
+        )
         await interaction.response.send_message(embed=embed, ephemeral=True)
 
     @app_commands.command(name="show", description="Show one template")
@@ -93,7 +98,7 @@ class Templates(commands.GroupCog, group_name="templates", group_description="Sa
             is_admin=is_admin(interaction),
         )
         await interaction.response.send_message(
-            f"Deleted template **{template.name}**.", ephemeral=True
+            f"Deleted template **{escape(template.name)}**.", ephemeral=True
         )
 
     @show.autocomplete("name")
@@ -102,7 +107,7 @@ class Templates(commands.GroupCog, group_name="templates", group_description="Sa
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
         templates = await runtime_of(interaction).admin.templates(guild_key(interaction), current)
-        return [app_commands.Choice(name=t.name, value=t.name) for t in templates[:25]]
+        return fit_choices([app_commands.Choice(name=t.name, value=t.name) for t in templates])
 
 
 async def setup(bot: commands.Bot) -> None:

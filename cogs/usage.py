@@ -1,4 +1,6 @@
-"""/usage: what a user or the whole server spent (today, this month, the last 30 days)."""
+"""/usage (what you spent) and /usage-admin (a member or the whole server: today, this month,
+the last 30 days). Separate commands because Discord has no per-subcommand permissions: the
+admin one is hidden from members and keeps its own check."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from discord.ext import commands
 
 from bot.ledger import UsageReport
 from bot.money import format_usd
-from cogs.common import admin_only, guild_key, guild_only_check, runtime_of
+from cogs.common import admin_commands, admin_only, guild_key, runtime_of
+from cogs.limits import FIELD_VALUE, FILE_BYTES, TITLE, cut_lines, fit_embeds, shown
 from cogs.render import ACCENT, model_name
 
 
@@ -20,7 +23,7 @@ def _by_model(interaction: discord.Interaction, report: UsageReport) -> str:
         f"{model_name(catalog, model)}: {images} images, {format_usd(cost)}"
         for model, (images, cost) in report.by_model.items()
     ]
-    return "\n".join(lines)[:1024] or "—"
+    return cut_lines(lines, FIELD_VALUE) or "—"
 
 
 async def personal_embed(
@@ -30,7 +33,7 @@ async def personal_embed(
     guild, user = guild_key(interaction), str(member.id)
     usage = await runtime.service.personal_usage(guild, user)
     status = await runtime.admin.quota_status(guild, user)
-    embed = discord.Embed(title=f"Usage of {member.display_name}", colour=ACCENT)
+    embed = discord.Embed(title=shown(f"Usage of {member.display_name}", TITLE), colour=ACCENT)
     embed.add_field(
         name="Today (UTC)",
         value=f"{usage.today.total_images} images, {format_usd(usage.today.total_micro_usd)}",
@@ -49,31 +52,34 @@ async def personal_embed(
     )
     embed.add_field(name="This month by model", value=_by_model(interaction, usage.month),
                     inline=False)  # fmt: skip
-    return embed
+    return fit_embeds([embed])[0]
 
 
-class Usage(commands.GroupCog, group_name="usage", group_description="Spending and images"):
+class Usage(commands.Cog):
+    def __init__(self, bot: commands.Bot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="usage", description="Your images and spending")
+    async def usage(self, interaction: discord.Interaction) -> None:
+        embed = await personal_embed(interaction, interaction.user)
+        await interaction.response.send_message(embed=embed, ephemeral=True)
+
+
+@admin_commands()
+class UsageAdmin(
+    commands.GroupCog, group_name="usage-admin", group_description="Spending (admins)"
+):
     def __init__(self, bot: commands.Bot) -> None:
         self.bot = bot
         super().__init__()
 
-    @app_commands.command(name="me", description="Your images and spending")
-    async def me(self, interaction: discord.Interaction) -> None:
-        embed = await personal_embed(interaction, interaction.user)
-        await interaction.response.send_message(embed=embed, ephemeral=True)
-
-    @app_commands.command(name="user", description="A member's images and spending (admins)")
-    @app_commands.guild_only()
+    @app_commands.command(name="user", description="A member's images and spending")
     @admin_only()
     async def user(self, interaction: discord.Interaction, member: discord.Member) -> None:
         embed = await personal_embed(interaction, member)
         await interaction.response.send_message(embed=embed, ephemeral=True)
 
-    @app_commands.command(
-        name="server", description="The server's spending, chart and CSV (admins)"
-    )
-    @app_commands.guild_only()
-    @guild_only_check()
+    @app_commands.command(name="server", description="The server's spending, chart and CSV")
     @admin_only()
     async def server(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(thinking=True, ephemeral=True)
@@ -89,17 +95,17 @@ class Usage(commands.GroupCog, group_name="usage", group_description="Spending a
             f"<@{u.user_id}>: {u.images} images, {format_usd(u.micro_usd)}"
             for u in report.users[:10]
         ]
-        embed.add_field(name="Top users", value="\n".join(top) or "—", inline=False)
+        embed.add_field(name="Top users", value=cut_lines(top, FIELD_VALUE) or "—", inline=False)
         embed.add_field(name="By model", value=_by_model(interaction, report), inline=False)
         embed.set_image(url="attachment://usage.png")
-        await interaction.edit_original_response(
-            embed=embed,
-            attachments=[
-                discord.File(io.BytesIO(usage.chart_png), filename="usage.png"),
-                discord.File(io.BytesIO(usage.csv_bytes), filename="usage.csv"),
-            ],
-        )
+        files = [discord.File(io.BytesIO(usage.chart_png), filename="usage.png")]
+        if len(usage.csv_bytes) <= FILE_BYTES:
+            files.append(discord.File(io.BytesIO(usage.csv_bytes), filename="usage.csv"))
+        else:  # more than Discord takes in one file
+            embed.add_field(name="CSV", value="Over 10 MB: too large to attach in Discord.")
+        await interaction.edit_original_response(embed=fit_embeds([embed])[0], attachments=files)
 
 
 async def setup(bot: commands.Bot) -> None:
     await bot.add_cog(Usage(bot))
+    await bot.add_cog(UsageAdmin(bot))

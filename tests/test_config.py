@@ -70,6 +70,13 @@ def test_trusted_proxies_are_ip_addresses() -> None:
     error = config_error({"WEB_TRUSTED_PROXIES": "127.0.0.1,proxy.example"})
     assert error.variable == "WEB_TRUSTED_PROXIES"
     assert "proxy.example" not in error.user_message
+    assert (s.discord_allow_dms, s.discord_allow_user_install) == (False, False)
+
+
+def test_dms_and_user_installs_are_turned_on_explicitly() -> None:
+    s = load_settings({"DISCORD_ALLOW_DMS": "TRUE", "DISCORD_ALLOW_USER_INSTALL": "true"})
+    assert (s.discord_allow_dms, s.discord_allow_user_install) == (True, True)
+    assert config_error({"DISCORD_ALLOW_DMS": "yes"}).variable == "DISCORD_ALLOW_DMS"
 
 
 def test_derived_defaults_follow_their_sources() -> None:

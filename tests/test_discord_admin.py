@@ -12,6 +12,7 @@ from PIL import Image
 from bot.discord_bot import ImageBot
 from bot.runtime import open_runtime
 from tests.conftest import FAKE_CF_TOKEN, CountingProvider, png
+from tests.fakes.discord import MANAGE_GUILD, CommandHidden
 
 
 async def run(fake, name, options=None, user=None, **extra):
@@ -81,17 +82,12 @@ async def test_usage_me_user_and_server_with_real_csv_and_chart(fake_discord, bo
     for prompt in ("first image", "second image"):
         interaction = await run(fake_discord, "imagine", {"prompt": prompt})
         await interaction.wait_for_message(lambda m: bool(m.embeds))
-    me = await reply(await run(fake_discord, "usage me"), "This month")
+    me = await reply(await run(fake_discord, "usage"), "This month")
     assert "2 images, $0.001268" in text_of(me) and me.ephemeral
-    refused = await run(fake_discord, "usage server", permissions="0")
-    assert (await reply(refused, "Only server admins")).ephemeral
-    refused_user = await run(fake_discord, "usage user", {"member": fake_discord.admin},
-                             permissions="0")  # fmt: skip
-    await reply(refused_user, "Only server admins")
-    member_view = await run(fake_discord, "usage user", {"member": fake_discord.member},
+    member_view = await run(fake_discord, "usage-admin user", {"member": fake_discord.member},
                             user=fake_discord.admin)  # fmt: skip
     assert "2 images" in text_of(await reply(member_view, "This month"))
-    server = await run(fake_discord, "usage server", user=fake_discord.admin)
+    server = await run(fake_discord, "usage-admin server", user=fake_discord.admin)
     message = await server.wait_for_message(lambda m: bool(m.files))
     files = {f.filename: f.data for f in message.files}
     chart = Image.open(io.BytesIO(files["usage.png"]))
@@ -102,36 +98,62 @@ async def test_usage_me_user_and_server_with_real_csv_and_chart(fake_discord, bo
     assert "$0.001268" in text_of(message)
 
 
+ADMIN_COMMANDS = (
+    ("quota-admin set-user", {"daily_images": 1}),
+    ("quota-admin set-server", {"daily_usd": 0.5}),
+    ("quota-admin reset-user", {}),
+    ("quota-admin show", {}),
+    ("blocklist add", {"term": "gore"}),
+    ("blocklist remove", {"term": "gore"}),
+    ("blocklist list", {}),
+    ("usage-admin server", {}),
+    ("usage-admin user", {}),
+)
+
+
+async def test_admin_commands_are_hidden_from_members_and_refused_when_opened(
+    fake_discord, bot_harness, local_runtime
+):
+    await bot_harness.start(ImageBot(local_runtime))
+    member = fake_discord.member
+    commands = fake_discord.commands()
+    for top in ("quota-admin", "blocklist", "usage-admin"):
+        assert commands[top]["default_member_permissions"] == str(MANAGE_GUILD), top
+    for top in ("quota", "usage", "imagine", "templates", "apikey", "models", "upload"):
+        assert commands[top]["default_member_permissions"] is None, top
+    for name, options in ADMIN_COMMANDS:
+        with_member = {"member": member} if "user" in name or "show" in name else {}
+        with pytest.raises(CommandHidden):
+            await fake_discord.slash(name, {**options, **with_member},
+                                     user=member, permissions="0")  # fmt: skip
+    # a server may open them to everyone in its settings: the bot still refuses
+    fake_discord.guild.opened_commands |= {"quota-admin", "blocklist", "usage-admin"}
+    for name, options in ADMIN_COMMANDS:
+        with_member = {"member": member} if "user" in name or "show" in name else {}
+        refused = await run(fake_discord, name, {**options, **with_member}, permissions="0")
+        assert (await reply(refused, "Only server admins")).ephemeral, name
+
+
 async def test_quota_commands_and_refusals(fake_discord, bot_harness, local_runtime):
     await bot_harness.start(ImageBot(local_runtime))
     member = fake_discord.member
-    for name, options in (
-        ("quota set-user", {"member": member, "daily_images": 1}),
-        ("quota set-server", {"daily_usd": 0.5}),
-        ("quota reset-user", {"member": member}),
-        ("quota show", {"member": fake_discord.admin}),
-        ("blocklist add", {"term": "gore"}),
-        ("blocklist remove", {"term": "gore"}),
-        ("blocklist list", {}),
-        ("usage server", {}),
-        ("usage user", {"member": fake_discord.admin}),
-    ):
-        refused = await run(fake_discord, name, options, permissions="0")
-        assert (await reply(refused, "Only server admins")).ephemeral, name
-    await reply(await run(fake_discord, "quota set-user", {"member": member, "daily_images": 1,
-                                                           "daily_usd": 0.01},
-                          user=fake_discord.admin), "Updated")  # fmt: skip
+    limits = {"member": member, "daily_images": 1, "daily_usd": 0.01}
+    await reply(await run(fake_discord, "quota-admin set-user", limits, user=fake_discord.admin),
+                "Updated")  # fmt: skip
     first = await run(fake_discord, "imagine", {"prompt": "only one today"})
     await first.wait_for_message(lambda m: bool(m.embeds))
     over = await run(fake_discord, "imagine", {"prompt": "one too many"})
     await reply(over, "1 of your 1 images")
-    shown = await reply(await run(fake_discord, "quota show"), "Images today")
+    shown = await reply(await run(fake_discord, "quota"), "Images today")
     assert "1 of 1" in text_of(shown) and "$0.01" in text_of(shown)
-    await reply(await run(fake_discord, "quota reset-user", {"member": member},
+    seen_by_admin = await run(fake_discord, "quota-admin show", {"member": member},
+                              user=fake_discord.admin)  # fmt: skip
+    assert "1 of 1" in text_of(await reply(seen_by_admin, "Images today"))
+    await reply(await run(fake_discord, "quota-admin reset-user", {"member": member},
                           user=fake_discord.admin), "Cleared")  # fmt: skip
     again = await run(fake_discord, "imagine", {"prompt": "allowed again"})
     await again.wait_for_message(lambda m: bool(m.embeds))
-    await reply(await run(fake_discord, "quota set-server", {"daily_usd": 0.0006},
+    await reply(await run(fake_discord, "quota-admin set-server", {"daily_usd": 0.0006},
                           user=fake_discord.admin), "Updated")  # fmt: skip
     capped = await run(fake_discord, "imagine", {"prompt": "server is capped"},
                        user=fake_discord.admin)  # fmt: skip
@@ -216,7 +238,7 @@ async def test_apikey_from_discord_shares_the_users_quota_and_usage(fake_discord
                                    headers={"Authorization": f"Bearer {plaintext}"})  # fmt: skip
             assert made.status_code == 201
             assert made.json()["user_id"] == str(fake_discord.member.id)
-            me = await reply(await run(fake_discord, "usage me"), "This month")
+            me = await reply(await run(fake_discord, "usage"), "This month")
             assert "1 images, $0.000634" in text_of(me)
             listed = await reply(await run(fake_discord, "apikey list"), "scripts")
             key_id = listed.content.split("`")[1]
@@ -252,10 +274,10 @@ async def test_random_options_of_the_other_commands_always_get_one_clear_reply(
              **({"model": rng.choice(["nope", "flux-1-schnell"])} if rng.random() < 0.5
                 else {})}),
             ("templates show", {"name": rng.choice(words) or "t"}),
-            ("quota set-user", {"member": fake_discord.member,
+            ("quota-admin set-user", {"member": fake_discord.member,
                                 "daily_images": rng.choice([0, 1, 100_000]),
                                 "daily_usd": rng.choice([0.0, 0.000001, 0.1234567, 10_000.0])}),
-            ("quota set-server", {"daily_usd": rng.choice([0.0, 1e-7, 99_999.99])}),
+            ("quota-admin set-server", {"daily_usd": rng.choice([0.0, 1e-7, 99_999.99])}),
             ("blocklist add", {"term": rng.choice(words) or "t"}),
             ("upload", {"image": fake_discord.add_attachment(
                 "f.png", rng.choice([png(), b"", b"GIF89a", b"\x89PNG\r\n\x1a\n"]),

@@ -137,6 +137,10 @@ async def test_random_imagine_options_always_get_one_clear_reply(fake_discord, b
                               MAX_JOBS_PER_USER=64, MAX_QUEUE=1000)  # fmt: skip
     async with open_runtime(settings_) as runtime:
         await bot_harness.start(ImageBot(runtime))
+        # 60 replies in one channel at once exceed the channel-wide limit (the fake's 50 per
+        # 10 s; 15 answers 429, 10 s instead of 1 s): no per-channel coalescing yet (issue 8,
+        # item 4). This test is about the replies' content, so the channel limit is off here.
+        fake_discord.channel_rate = None
         cases = [random_imagine_options(rng) for _ in range(60)]
         interactions = await asyncio.gather(
             *(fake_discord.slash("imagine", c, user=fake_discord.member) for c in cases)

@@ -4,13 +4,39 @@ The real, unpatched discord.py client talks to it over TCP: ``patched_discord_en
 ``Route.BASE`` and ``DiscordWebSocket.DEFAULT_GATEWAY`` at it, ``BotHarness`` starts a bot and
 waits for READY + command sync. Tests then dispatch interactions (``slash``, ``autocomplete``,
 ``click``); each returns a ``FakeInteraction`` recording everything the bot did for it (callback,
-followups, edits, deletes, files, embeds, buttons) with monotonic timestamps.
+followups, edits, deletes, files, embeds, buttons) with monotonic timestamps. Messages the bot
+posts itself land in ``channel_messages[channel_id]`` and ``dm_messages[user_id]``.
 
-Copied from real Discord: JSON answers are exactly ``application/json``; a second acknowledgement
-is refused (40060); the first followup after a defer edits the "thinking" message and keeps the
-defer's visibility; message limits are checked (50035/50006/40005); re-synced commands keep their
-ids; ``default_member_permissions`` hide a command (``slash`` raises ``CommandHidden``). Optional:
-``ack_deadline=3.0`` makes interactions acknowledged later than that unknown (10062).
+Copied from real Discord at its edges (see /work/shared/reference/discord-protocol.md):
+- JSON answers are exactly ``application/json``; a second acknowledgement is refused (40060); the
+  first followup after a defer edits the "thinking" message and keeps the defer's visibility.
+- An interaction token lives ``token_lifetime`` seconds (15 minutes) from dispatch: after that, or
+  after ``FakeInteraction.expire()``, every webhook call answers 401 50027. Unknown webhook 404
+  10015, deleted message 404 10008. ``FakeInteraction.calls_after_dead`` counts webhook calls made
+  after the token's first 401/404; ``invalid_requests`` counts 401/403/429 answers (Discord's
+  10,000 per 10 minutes ban counter).
+- Rate limits, fixed windows like Discord's, with real headers (``X-RateLimit-Limit/Remaining/
+  Reset/Reset-After/Bucket/Scope``, ``Via``; 429 bodies with ``retry_after`` and ``global:
+  false``): ``webhook_rate`` per interaction token over its followups/edits/fetches/deletes
+  (default 5 per 2 s), ``channel_rate`` over message creates and edits in one channel, webhook
+  and bot routes and ephemeral messages together (default 50 per 10 s; Discord does not
+  document it). ``None`` disables
+  either. ``force_429(count, retry_after)`` answers the next ``count`` webhook/channel requests
+  429. Interaction callbacks are not limited.
+- Message limits: content 2,000; 10 embeds; title 256, description 4,096, 25 fields of name 256
+  and value 1,024, footer 2,048, author 256, 6,000 over all embeds of a message (400 50035); empty
+  message 50006; files up to ``attachment_size_limit`` each and ``request_size_limit`` (25 MiB)
+  per request (413 40005); 25 autocomplete choices with names and values of 1-100 characters.
+- Channel messages need ``FakeChannel.can_send`` (else 403 50013); DMs need
+  ``FakeUser.accepts_dms`` (else 403 50007). ``delete_message`` is a moderator deleting one.
+- Mentions: each message records the ``allowed_mentions`` it was sent with and ``mentions``, the
+  user ids its content would actually ping under Discord's rules.
+- Commands: re-synced commands keep their ids; ``default_member_permissions`` hide a command
+  from members lacking them ("0": admins only); ``contexts`` (0 guild, 1 bot DM, 2 private
+  channel; default all) and ``integration_types`` (0 guild install, 1 user install; default
+  guild install only, as this fake application is configured) say where it is offered.
+  ``slash``/``autocomplete`` raise ``CommandHidden`` where Discord would not offer the command.
+- Optional: ``ack_deadline=3.0`` makes interactions acknowledged later than that unknown (10062).
 
 Fixtures ``fake_discord`` and ``bot_harness``: ``pytest_plugins = ("tests.fakes.discord",)``.
 """
@@ -22,11 +48,13 @@ import contextlib
 import copy
 import itertools
 import json
+import math
 import mimetypes
 import re
 import resource
 import secrets
 import time
+from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -57,9 +85,19 @@ MEMBER_PERMISSIONS = discord.Permissions(
 ADMIN_PERMISSIONS = MEMBER_PERMISSIONS | MANAGE_GUILD
 BOT_PERMISSIONS = MEMBER_PERMISSIONS | discord.Permissions(manage_messages=True).value
 _DISCORD_EPOCH_MS = 1_420_070_400_000
+MIB = 1024 * 1024
+TOKEN_LIFETIME = 15 * 60.0  # seconds an interaction token works, from the interaction's creation
+REQUEST_SIZE_LIMIT = 25 * MIB  # files in one request
+WEBHOOK_RATE = (5, 2.0)  # requests per window (seconds) per interaction token
+CHANNEL_RATE = (50, 10.0)  # message creates + edits per window in one channel
+GUILD, BOT_DM, PRIVATE_CHANNEL = 0, 1, 2  # interaction contexts
+GUILD_INSTALL, USER_INSTALL = 0, 1  # integration types
+_MENTION = re.compile(r"<@!?(\d+)>")
+_ROLE_MENTION = re.compile(r"<@&(\d+)>")
 _FILE_FIELD = re.compile(r"files\[(\d+)\]")
 _BODY: web.RequestKey[Any] = web.RequestKey("body", object)  # parsed JSON / payload_json
 _UPLOADS: web.RequestKey[dict[int, _Upload]] = web.RequestKey("uploads", dict)
+_RATE_HEADERS: web.RequestKey[dict[str, str]] = web.RequestKey("rate_headers", dict)
 
 
 class Who(TypedDict, total=False):
@@ -69,12 +107,15 @@ class Who(TypedDict, total=False):
     guild: FakeGuild | None
     channel: FakeChannel | None
     permissions: int | str  # the member's permission bits, e.g. str(ADMIN_PERMISSIONS)
-    dm: bool  # a DM with the bot instead of a guild channel
+    dm: bool  # a DM with the bot instead of a guild channel (context 1)
+    private: bool  # a group DM or another user's DM, through a user install (context 2)
+    user_install: bool  # through the user's own install of the app (integration type 1)
     locale: str
 
 
 class CommandHidden(PermissionError):
-    """The user lacks the command's default_member_permissions: Discord would not offer it."""
+    """Discord would not offer the command here: the user lacks its default_member_permissions,
+    or its contexts / integration types exclude this place or install."""
 
 
 class _Rejected(Exception):
@@ -110,6 +151,7 @@ class FakeUser:
     permissions: int = MEMBER_PERMISSIONS  # default for interactions; per call overridable
     role_ids: list[int] = field(default_factory=list)
     bot: bool = False
+    accepts_dms: bool = True  # False: the bot's DMs answer 403 50007
 
     def payload(self) -> dict[str, Any]:
         name = self.username
@@ -130,13 +172,25 @@ class FakeUser:
 
 @dataclass
 class FakeChannel:
+    """A guild text channel, or (type 1, no guild) the bot's DM channel with ``recipient``."""
+
     id: int
     name: str
-    guild_id: int
+    guild_id: int | None
     type: int = 0  # GUILD_TEXT
     position: int = 0
+    can_send: bool = True  # False: the bot's messages here answer 403 50013
+    recipient: FakeUser | None = None
 
     def payload(self, permissions: int | None = None) -> dict[str, Any]:
+        if self.recipient is not None:
+            recipients = [self.recipient.payload()]
+            return {
+                "id": str(self.id),
+                "type": 1,
+                "recipients": recipients,
+                "last_message_id": None,
+            }
         data: dict[str, Any] = {"id": str(self.id), "type": self.type, "name": self.name}
         data |= {"position": self.position, "guild_id": str(self.guild_id), "nsfw": False}
         data |= {"permission_overwrites": [], "rate_limit_per_user": 0}
@@ -154,6 +208,9 @@ class FakeGuild:
     channels: list[FakeChannel] = field(default_factory=list)
     roles: list[dict[str, Any]] = field(default_factory=list)
     members: list[FakeUser] = field(default_factory=list)
+    # Commands this server's admins opened to every member (Server Settings > Integrations),
+    # overriding their default_member_permissions: the bot's own checks must still hold.
+    opened_commands: set[str] = field(default_factory=set)
 
     @property
     def channel(self) -> FakeChannel:
@@ -217,6 +274,10 @@ class FakeMessage:
     created: str = field(default_factory=now_iso)
     edited: str | None = None
     deleted: bool = False
+    allowed_mentions: dict[str, Any] | None = None  # as the bot last sent it (None: not sent)
+    mentions: list[int] = field(default_factory=list)  # user ids the content would ping
+    mention_roles: list[int] = field(default_factory=list)
+    mention_everyone: bool = False  # @everyone / @here would ping
 
     @property
     def ephemeral(self) -> bool:
@@ -239,9 +300,11 @@ class FakeMessage:
         data: dict[str, Any] = {"id": str(self.id), "type": self.type, "author": self.author}
         data |= {"channel_id": str(self.channel_id), "content": self.content, "flags": self.flags}
         data |= {"embeds": self.embeds, "components": self.components}
-        data |= {"attachments": [f.attachment() for f in self.files], "mentions": []}
-        data |= {"timestamp": self.created, "edited_timestamp": self.edited, "mention_roles": []}
-        data |= dict.fromkeys(("tts", "mention_everyone", "pinned"), False)
+        data["attachments"] = [f.attachment() for f in self.files]
+        data["mentions"] = [_mentioned_user(user_id) for user_id in self.mentions]
+        data["mention_roles"] = [str(role_id) for role_id in self.mention_roles]
+        data |= {"timestamp": self.created, "edited_timestamp": self.edited}
+        data |= {"mention_everyone": self.mention_everyone, "tts": False, "pinned": False}
         if self.guild_id is not None:
             data["guild_id"] = str(self.guild_id)
         if self.interaction_id is not None:  # sent through the interaction webhook
@@ -256,7 +319,8 @@ class FakeMessage:
 @dataclass
 class Event:
     """One thing the bot did for an interaction: ``callback``, ``followup``, ``edit``, ``fetch``,
-    ``delete``, or ``rejected`` (the fake answered with an error; ``error`` says which)."""
+    ``delete``, ``rejected`` (the fake answered with an error; ``error`` says which) or
+    ``rate_limited`` (answered 429; discord.py usually waits and retries)."""
 
     kind: str
     at: float  # time.monotonic() on arrival
@@ -315,6 +379,17 @@ class FakeInteraction(_Waitable):
         self.original: FakeMessage | None = None
         self.followups: list[FakeMessage] = []
         self.choices: list[dict[str, Any]] | None = None  # autocomplete answer
+        self.expired = False  # expire(): the token is dead whatever its age
+        self.dead = False  # a webhook call on this token was answered 401 or 404
+        self.calls_after_dead = 0  # webhook calls made on the token after that answer
+
+    def expire(self) -> None:
+        """End the token's life now: its webhook calls answer 401 50027 from here on."""
+        self.expired = True
+
+    @property
+    def channel_id(self) -> int:
+        return int(self.payload["channel_id"])
 
     def __repr__(self) -> str:
         return f"<FakeInteraction id={self.id} type={self.type} events={len(self.events)}>"
@@ -398,6 +473,33 @@ class _Upload:
     content_type: str
 
 
+@dataclass
+class _Window:
+    """A fixed-window rate limit like Discord's: at most ``limit`` requests per window."""
+
+    bucket: str  # sent as X-RateLimit-Bucket
+    limit: int = 0
+    remaining: int = 0
+    resets_at: float = 0.0  # time.monotonic() when the window ends
+
+    def has_room(self, rate: tuple[int, float], now: float) -> bool:
+        """Whether one more request fits (a new window starts when the last one has ended)."""
+        if now >= self.resets_at:
+            self.limit, self.remaining, self.resets_at = rate[0], rate[0], now + rate[1]
+        return self.remaining > 0
+
+    def headers(self, now: float) -> dict[str, str]:
+        reset_after = max(self.resets_at - now, 0.0)
+        return {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(self.remaining),
+            "X-RateLimit-Reset": f"{time.time() + reset_after:.3f}",
+            "X-RateLimit-Reset-After": f"{reset_after:.3f}",
+            "X-RateLimit-Bucket": self.bucket,
+            "X-RateLimit-Scope": "user",
+        }
+
+
 class _GatewaySession:
     """One client websocket; sends are serialised so sequence numbers stay in order."""
 
@@ -432,13 +534,23 @@ class FakeDiscord(_Waitable):
         self,
         *,
         token: str = FAKE_TOKEN,
-        attachment_size_limit: int = 10 * 1024 * 1024,
+        token_lifetime: float = TOKEN_LIFETIME,
+        webhook_rate: tuple[int, float] | None = WEBHOOK_RATE,
+        channel_rate: tuple[int, float] | None = CHANNEL_RATE,
+        attachment_size_limit: int = 10 * MIB,
+        request_size_limit: int = REQUEST_SIZE_LIMIT,
         ack_deadline: float | None = None,
         heartbeat_interval_ms: int = 41_250,
     ) -> None:
         super().__init__()
         self.token = token
+        # All of these may be changed while the fake runs; a rate change starts with the next
+        # window of each bucket.
+        self.token_lifetime = token_lifetime
+        self.webhook_rate = webhook_rate
+        self.channel_rate = channel_rate
         self.attachment_size_limit = attachment_size_limit
+        self.request_size_limit = request_size_limit
         self.ack_deadline = ack_deadline
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self._ids = itertools.count(1)
@@ -455,12 +567,20 @@ class FakeDiscord(_Waitable):
         self.errors: list[str] = []
         self.gateway_received: list[dict[str, Any]] = []  # client frames except heartbeats
         self.interactions: dict[int, FakeInteraction] = {}
-        self.messages: dict[int, FakeMessage] = {}
+        self.messages: dict[int, FakeMessage] = {}  # every message, by id
+        self.channel_messages: defaultdict[int, list[FakeMessage]] = defaultdict(list)
+        self.dm_messages: defaultdict[int, list[FakeMessage]] = defaultdict(list)  # by user id
+        self.invalid_requests = 0  # 401, 403 and 429 answers
+        self.rate_limited = 0  # 429 answers
         self.blobs: dict[int, SentFile] = {}
         self.synced: dict[int | None, dict[str, dict[str, Any]]] = {}  # guild id|None → name → cmd
         self.sync_count = self.identify_count = 0
         self.base_url = ""
         self._by_token: dict[str, FakeInteraction] = {}
+        self._windows: dict[str, _Window] = {}  # "token:…" / "channel:…" → its rate window
+        self._forced_429: list[float] = []  # retry_after of each forced 429 still to answer
+        self._dm_channels: dict[int, FakeChannel] = {}  # user id → the bot's DM with them
+        self._private_channels: set[int] = set()  # user-install contexts the bot is not in
         self._sessions: list[_GatewaySession] = []
         self._session: _GatewaySession | None = None
         self._resumable: dict[str, int] = {}  # closed session id → last seq
@@ -507,6 +627,35 @@ class FakeDiscord(_Waitable):
         self.blobs[file_id] = sent
         return sent
 
+    def dm_channel(self, user: FakeUser) -> FakeChannel:
+        """The bot's DM channel with ``user`` (one per user, made on first use)."""
+        if user.id not in self._dm_channels:
+            channel = FakeChannel(self.snowflake(), "", None, type=1, recipient=user)
+            self._dm_channels[user.id] = channel
+        return self._dm_channels[user.id]
+
+    def channel(self, channel_id: int) -> FakeChannel | None:
+        """A guild channel or a DM channel the fake knows, by id."""
+        for guild in self.guilds:
+            for channel in guild.channels:
+                if channel.id == channel_id:
+                    return channel
+        return next((c for c in self._dm_channels.values() if c.id == channel_id), None)
+
+    def user(self, user_id: int) -> FakeUser | None:
+        known = [*self.users, self.owner, self.bot_user]
+        return next((u for u in known if u.id == user_id), None)
+
+    def delete_message(self, message_id: int) -> None:
+        """A moderator deletes the message: from now on its edits and fetches answer 10008."""
+        self.messages[message_id].deleted = True
+        self._notify()
+
+    def force_429(self, count: int = 1, retry_after: float = 0.05) -> None:
+        """Answer the next ``count`` webhook / channel-message requests 429 (a limit the bot
+        cannot see coming, or one that outlasts discord.py's five tries)."""
+        self._forced_429 += [retry_after] * count
+
     def commands(self, guild: FakeGuild | None = None) -> dict[str, dict[str, Any]]:
         """The commands the bot synced globally (or to ``guild``), by name."""
         return self.synced.get(guild.id if guild else None, {})
@@ -542,6 +691,14 @@ class FakeDiscord(_Waitable):
         route("POST", hook, self._followup)
         for method in ("GET", "PATCH", "DELETE"):
             route(method, hook + "/messages/{message_id}", self._webhook_message)
+        route("POST", f"{api}/users/@me/channels", self._open_dm)
+        route("POST", f"{api}/channels/{{channel_id}}/messages", self._channel_post)
+        for method in ("GET", "PATCH", "DELETE"):
+            route(
+                method,
+                f"{api}/channels/{{channel_id}}/messages/{{message_id}}",
+                self._channel_message,
+            )
         self._runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
         await self._runner.setup()
         # A burst of hundreds of connects overflows the default backlog (128): the kernel drops
@@ -614,10 +771,11 @@ class FakeDiscord(_Waitable):
         if values is not None:
             data["values"] = values
         guild = next((g for g in self.guilds if g.id == msg.guild_id), None)
-        channel = (
-            next((c for c in guild.channels if c.id == msg.channel_id), None) if guild else None
-        )
-        payload = self._interaction_payload(3, data, **({"guild": guild, "channel": channel} | who))
+        channel = self.channel(msg.channel_id)
+        where: Who = {"guild": guild, "channel": channel}
+        if channel is not None and channel.recipient is not None:  # the bot's DM: its recipient
+            where = {"dm": True, "user": channel.recipient}
+        payload = self._interaction_payload(3, data, **(where | who))
         payload["message"] = msg.payload()
         return await self._dispatch(payload, source=msg)
 
@@ -631,14 +789,13 @@ class FakeDiscord(_Waitable):
         who: Who,
     ) -> FakeInteraction:
         path = name.split() + (subcommand.split() if subcommand else [])
-        guild = None if who.get("dm") else (who.get("guild") or self.guild)
+        outside = who.get("dm") or who.get("private")
+        guild = None if outside else (who.get("guild") or self.guild)
         command, scope = self._find_command(path[0], guild)
         user = who.get("user") or self.member
         given = who.get("permissions")
         perms = int(given) if given is not None else user.permissions
-        required = int(command.get("default_member_permissions") or 0)
-        if guild and required & ~perms and not perms & ADMINISTRATOR:
-            raise CommandHidden(f"/{path[0]} needs permissions {required}, the user has {perms}")
+        _check_offered(command, scope, who, perms, guild)
         specs: list[dict[str, Any]] = command.get("options") or []
         wrappers = []
         for part in path[1:]:  # subcommand groups (type 2) and subcommands (type 1)
@@ -709,6 +866,8 @@ class FakeDiscord(_Waitable):
         channel: FakeChannel | None = None,
         permissions: int | str | None = None,
         dm: bool = False,
+        private: bool = False,
+        user_install: bool = False,
         locale: str = "en-US",
     ) -> dict[str, Any]:
         """INTERACTION_CREATE's ``d``, with everything discord.py reads."""
@@ -720,20 +879,24 @@ class FakeDiscord(_Waitable):
         payload |= {"version": 1, "application_id": str(self.application_id), "locale": locale}
         payload |= {"entitlements": [], "attachment_size_limit": self.attachment_size_limit}
         payload["app_permissions"] = str(BOT_PERMISSIONS)
+        owners = {"1": str(user.id)} if user_install or private else None
+        if private:  # somebody else's DM: the bot is not in it and cannot post there
+            other_id = self.snowflake()
+            self._private_channels.add(other_id)
+            other = {"id": str(other_id), "type": 1, "recipients": [user.payload()]}
+            payload |= {"user": user.payload(), "channel_id": str(other_id), "channel": other}
+            return payload | {"context": PRIVATE_CHANNEL, "authorizing_integration_owners": owners}
         if dm or guild is None:
-            dm_channel = {"id": str(user.id + 1), "type": 1, "recipients": [user.payload()]}
-            payload |= {
-                "user": user.payload(),
-                "channel_id": dm_channel["id"],
-                "channel": dm_channel,
-            }
-            return payload | {"context": 1, "authorizing_integration_owners": {"0": "0"}}
+            dm_channel = self.dm_channel(user).payload()
+            payload |= {"user": user.payload(), "channel_id": dm_channel["id"]}
+            payload |= {"channel": dm_channel, "context": BOT_DM}
+            return payload | {"authorizing_integration_owners": owners or {"0": "0"}}
         channel = channel or guild.channel
         payload["guild"] = {"id": str(guild.id), "locale": "en-US", "features": []}
-        payload |= {"guild_id": str(guild.id), "guild_locale": "en-US", "context": 0}
+        payload |= {"guild_id": str(guild.id), "guild_locale": "en-US", "context": GUILD}
         payload |= {"channel_id": str(channel.id), "channel": channel.payload(perms)}
         payload["member"] = user.member_payload(perms)
-        return payload | {"authorizing_integration_owners": {"0": str(guild.id)}}
+        return payload | {"authorizing_integration_owners": owners or {"0": str(guild.id)}}
 
     async def _dispatch(
         self, payload: dict[str, Any], source: FakeMessage | None = None
@@ -765,12 +928,15 @@ class FakeDiscord(_Waitable):
         self.requests.append(record)
         request[_BODY], request[_UPLOADS] = body, uploads
         bot_auth = not request.path.startswith(("/api/v10/interactions/", "/api/v10/webhooks/"))
+        hook = self._webhook_owner(request)
+        if hook is not None and hook.dead:
+            hook.calls_after_dead += 1
         response: web.StreamResponse
         if bot_auth and request.headers.get("Authorization") != f"Bot {self.token}":
             response = error_response(401, 0, "401: Unauthorized")
         else:
             try:
-                response = await handler(request)
+                response = self._gate(request, hook) or await handler(request)
             except (web.HTTPNotFound, web.HTTPMethodNotAllowed):
                 self.unhandled.append(record)
                 response = error_response(
@@ -781,8 +947,68 @@ class FakeDiscord(_Waitable):
             ) as exc:  # a fake bug: answer 400, as a 5xx makes discord.py retry slowly
                 self.errors.append(f"{request.method} {request.path}: {exc!r}")
                 response = error_response(400, 0, f"fake discord error: {exc!r}")
+        if hook is not None and response.status in (401, 404):
+            hook.dead = True
+        self.invalid_requests += response.status in (401, 403, 429)
+        self.rate_limited += response.status == 429
+        response.headers.update(request.get(_RATE_HEADERS) or {})
+        response.headers["Via"] = "1.1 google"  # discord.py only retries a 429 that has it
         record.status = response.status
         self._notify()
+        return response
+
+    def _gate(self, request: web.Request, hook: FakeInteraction | None) -> web.Response | None:
+        """Discord's answer before a request reaches its route (dead token, too large, rate
+        limited), or None to let it through. ``hook``: the interaction of a webhook route."""
+        now, body = time.monotonic(), request[_BODY]
+        webhook = request.path.startswith("/api/v10/webhooks/")
+        if webhook and hook is None:
+            return error_response(404, 10015, "Unknown Webhook")
+        if hook is not None and (hook.expired or now - hook.dispatched_at > self.token_lifetime):
+            return self._reject(hook, body, _Rejected(401, 50027, "Invalid Webhook Token"))
+        if sum(len(u.data) for u in request[_UPLOADS].values()) > self.request_size_limit:
+            too_large = _Rejected(413, 40005, "Request entity too large")
+            if hook is not None:
+                return self._reject(hook, body, too_large)
+            return error_response(too_large.status, too_large.code, too_large.text)
+        channel_route = request.path.startswith("/api/v10/channels/")
+        if not (webhook or channel_route):
+            return None
+        if self._forced_429:
+            return self._too_many(hook, body, self._forced_429.pop(0), None)
+        windows: list[tuple[_Window, tuple[int, float]]] = []
+        if hook is not None and self.webhook_rate is not None:
+            windows.append((self._window(f"token:{hook.id}"), self.webhook_rate))
+        channel_id = hook.channel_id if hook is not None else request.match_info["channel_id"]
+        if request.method in ("POST", "PATCH") and self.channel_rate is not None:
+            windows.append((self._window(f"channel:{channel_id}"), self.channel_rate))
+        for window, rate in windows:
+            if not window.has_room(rate, now):
+                return self._too_many(hook, body, window.resets_at - now, window)
+        for window, _ in windows:
+            window.remaining -= 1
+        if windows:  # the headers of the route's own bucket
+            request[_RATE_HEADERS] = windows[0][0].headers(now)
+        return None
+
+    def _window(self, key: str) -> _Window:
+        if key not in self._windows:
+            self._windows[key] = _Window(bucket=secrets.token_hex(8))
+        return self._windows[key]
+
+    def _too_many(
+        self, hook: FakeInteraction | None, body: Any, retry_after: float, window: _Window | None
+    ) -> web.Response:
+        """A 429 as Discord sends it: JSON body with ``retry_after``, rate-limit headers."""
+        now = time.monotonic()
+        data = {"message": "You are being rate limited.", "retry_after": round(retry_after, 3)}
+        response = json_response(data | {"global": False, "code": 0}, 429)
+        if window is not None:
+            response.headers.update(window.headers(now))
+        response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+        if hook is not None:
+            note = f"429: retry after {retry_after:.3f}s"
+            hook._record(Event("rate_limited", now, body or {}, error=note))
         return response
 
     async def _me(self, request: web.Request) -> web.Response:
@@ -842,7 +1068,10 @@ class FakeDiscord(_Waitable):
         try:
             if interaction.callback is not None:
                 raise _Rejected(400, 40060, "Interaction has already been acknowledged.")
-            if self.ack_deadline is not None and at - interaction.dispatched_at > self.ack_deadline:
+            late = (
+                self.ack_deadline is not None and at - interaction.dispatched_at > self.ack_deadline
+            )
+            if late or interaction.expired:
                 raise _Rejected(404, 10062, "Unknown interaction")
             if kind in (4, 5):
                 message = self._new_message(interaction, 20 if interaction.type == 2 else 0)
@@ -855,8 +1084,8 @@ class FakeDiscord(_Waitable):
                     raise _Rejected(400, 40004, "Invalid interaction response type")
             if message is not None and kind in (4, 7):
                 added = self._apply(message, data, request[_UPLOADS], editing=kind == 7)
-            if kind == 8 and len(data.get("choices") or []) > 25:  # discord.py sends them all
-                raise _Rejected(400, 50035, "Invalid Form Body: at most 25 choices")
+            if kind == 8:
+                _check_choices(data.get("choices") or [])
         except _Rejected as rejected:
             return self._reject(interaction, body, rejected)
         if kind == 8:
@@ -924,10 +1153,70 @@ class FakeDiscord(_Waitable):
             return self._reject(interaction, body, rejected)
         return json_response(message.payload())
 
+    async def _open_dm(self, request: web.Request) -> web.Response:
+        """``POST /users/@me/channels``: the bot's DM channel with ``recipient_id``."""
+        user = self.user(int((request[_BODY] or {}).get("recipient_id") or 0))
+        if user is None:
+            return error_response(400, 50035, "Invalid Form Body: unknown recipient_id")
+        return json_response(self.dm_channel(user).payload())
+
+    async def _channel_post(self, request: web.Request) -> web.Response:
+        """The bot posts a message in a channel (or a DM channel) with its own token."""
+        channel_id = int(request.match_info["channel_id"])
+        channel = self.channel(channel_id)
+        try:
+            if channel is None:
+                if channel_id in self._private_channels:
+                    raise _Rejected(403, 50001, "Missing Access")
+                raise _Rejected(404, 10003, "Unknown Channel")
+            if channel.recipient is not None and not channel.recipient.accepts_dms:
+                raise _Rejected(403, 50007, "Cannot send messages to this user")
+            if not channel.can_send:
+                raise _Rejected(403, 50013, "Missing Permissions")
+            body: dict[str, Any] = request[_BODY] or {}
+            kind = 19 if body.get("message_reference") else 0  # a reply, or a plain message
+            message = FakeMessage(
+                self.snowflake(), channel.id, channel.guild_id, self.bot_user.payload(), kind
+            )
+            self._apply(message, body, request[_UPLOADS], editing=False)
+        except _Rejected as rejected:
+            return error_response(rejected.status, rejected.code, rejected.text)
+        self.messages[message.id] = message
+        if channel.recipient is not None:
+            self.dm_messages[channel.recipient.id].append(message)
+        else:
+            self.channel_messages[channel.id].append(message)
+        return json_response(message.payload())
+
+    async def _channel_message(self, request: web.Request) -> web.StreamResponse:
+        """GET / PATCH / DELETE of one message in a channel, with the bot's own token: it may
+        edit only what it posted there, and delete any message it can see (Manage Messages)."""
+        channel_id = int(request.match_info["channel_id"])
+        message = self.messages.get(int(request.match_info["message_id"]))
+        if message is None or message.channel_id != channel_id or message.deleted:
+            return error_response(404, 10008, "Unknown Message")
+        if message.ephemeral:  # only its interaction's webhook reaches an ephemeral message
+            return error_response(404, 10008, "Unknown Message")
+        if request.method == "DELETE":
+            message.deleted = True
+            return web.Response(status=204)
+        if request.method == "PATCH":
+            if message.interaction_id is not None:
+                return error_response(403, 50005, "Cannot edit a message authored by another user")
+            try:
+                self._apply(message, request[_BODY] or {}, request[_UPLOADS], editing=True)
+            except _Rejected as rejected:
+                return error_response(rejected.status, rejected.code, rejected.text)
+        return json_response(message.payload())
+
     def _webhook_owner(self, request: web.Request) -> FakeInteraction | None:
-        if request.match_info["app_id"] != str(self.application_id):
+        """The interaction whose token a webhook route names (None: not one, or unknown)."""
+        if not request.path.startswith("/api/v10/webhooks/"):
             return None
-        return self._by_token.get(request.match_info["token"])
+        match = request.match_info
+        if match.get("app_id") != str(self.application_id):
+            return None
+        return self._by_token.get(match.get("token", ""))
 
     def _reject(self, interaction: FakeInteraction, body: Any, why: _Rejected) -> web.Response:
         interaction._record(Event("rejected", time.monotonic(), body or {}, error=str(why)))
@@ -987,6 +1276,8 @@ class FakeDiscord(_Waitable):
         problem = _message_problem(new)
         if problem is not None:
             raise _Rejected(400, *problem)
+        if not editing or "content" in body or "allowed_mentions" in body:
+            _apply_mentions(new, body.get("allowed_mentions"))
         if editing:
             new.edited = now_iso()
         message.__dict__.update(new.__dict__)
@@ -1167,6 +1458,31 @@ def _role(role_id: int, name: str, permissions: int, position: int) -> dict[str,
     )
 
 
+def _check_offered(
+    command: dict[str, Any], scope: int | None, who: Who, permissions: int, guild: FakeGuild | None
+) -> None:
+    """Raise CommandHidden where Discord would not offer ``command`` to this user."""
+    name = command["name"]
+    if scope is None:  # contexts and integration types only apply to global commands
+        context = PRIVATE_CHANNEL if who.get("private") else BOT_DM if who.get("dm") else GUILD
+        contexts = command.get("contexts")
+        if contexts is None:  # Discord's default: everywhere (dm_permission is the old switch)
+            contexts = [GUILD] if command.get("dm_permission") is False else [0, 1, 2]
+        install = USER_INSTALL if who.get("user_install") or who.get("private") else GUILD_INSTALL
+        installs = command.get("integration_types")
+        if context not in contexts:
+            raise CommandHidden(f"/{name} is not offered in context {context} ({contexts})")
+        if install not in (installs if installs is not None else [GUILD_INSTALL]):
+            raise CommandHidden(f"/{name} is not offered to integration type {install}")
+    required = command.get("default_member_permissions")
+    if guild is None or required is None or permissions & ADMINISTRATOR:
+        return
+    if name in guild.opened_commands:
+        return
+    if int(required) == 0 or int(required) & ~permissions:  # "0": administrators only
+        raise CommandHidden(f"/{name} needs permissions {required}, the user has {permissions}")
+
+
 def _find_option(specs: list[dict[str, Any]], name: str, command: str) -> dict[str, Any]:
     for spec in specs:
         if spec["name"] == name:
@@ -1199,6 +1515,52 @@ async def _read_body(request: web.Request) -> tuple[Any, dict[int, _Upload]]:
     return body, uploads
 
 
+def _check_choices(choices: list[dict[str, Any]]) -> None:
+    """Autocomplete results: at most 25 (discord.py sends them all), names and string values of
+    1 to 100 characters."""
+    invalid = "Invalid Form Body: "
+    if len(choices) > 25:
+        raise _Rejected(400, 50035, invalid + "at most 25 choices")
+    for choice in choices:
+        texts = [choice.get("name") or ""]
+        if isinstance(choice.get("value"), str):
+            texts.append(choice["value"])
+        if any(not 1 <= len(text) <= 100 for text in texts):
+            raise _Rejected(400, 50035, invalid + "choice names and values must be 1-100 long")
+
+
+def _mentioned_user(user_id: int) -> dict[str, Any]:
+    """The user object a message's ``mentions`` carries (enough for discord.py)."""
+    name = f"user-{user_id}"
+    return {"id": str(user_id), "username": name, "global_name": None, "discriminator": "0"} | {
+        "avatar": None
+    }
+
+
+def _apply_mentions(message: FakeMessage, allowed: dict[str, Any] | None) -> None:
+    """Who ``message``'s content pings under ``allowed_mentions`` as Discord applies it:
+    without it everything is parsed; ``parse`` names the kinds parsed wholesale, ``users`` /
+    ``roles`` list the only ids pinged otherwise (both for one kind is a 400)."""
+    users = list(dict.fromkeys(int(i) for i in _MENTION.findall(message.content)))
+    roles = list(dict.fromkeys(int(i) for i in _ROLE_MENTION.findall(message.content)))
+    everyone = "@everyone" in message.content or "@here" in message.content
+    message.allowed_mentions = allowed
+    if allowed is None:
+        message.mentions, message.mention_roles, message.mention_everyone = users, roles, everyone
+        return
+    parse = allowed.get("parse") or []
+    only_users = [int(i) for i in allowed.get("users") or []]
+    only_roles = [int(i) for i in allowed.get("roles") or []]
+    invalid = "Invalid Form Body: allowed_mentions "
+    if ("users" in parse and only_users) or ("roles" in parse and only_roles):
+        raise _Rejected(400, 50035, invalid + "parse and users/roles are mutually exclusive")
+    if len(only_users) > 100 or len(only_roles) > 100:
+        raise _Rejected(400, 50035, invalid + "may list at most 100 users and 100 roles")
+    message.mentions = users if "users" in parse else [u for u in users if u in only_users]
+    message.mention_roles = roles if "roles" in parse else [r for r in roles if r in only_roles]
+    message.mention_everyone = everyone and "everyone" in parse
+
+
 def _message_problem(message: FakeMessage) -> tuple[int, str] | None:
     """Discord's message limits: (error code, text) for the first one broken."""
     if not (
@@ -1221,9 +1583,10 @@ def _message_problem(message: FakeMessage) -> tuple[int, str] | None:
         texts += [(embed.get("author") or {}).get("name")]
         texts += [f.get(key) for f in fields for key in ("name", "value")]
         total += sum(len(t or "") for t in texts)
-        too_long = len(embed.get("title") or "") > 256 or len(embed.get("description") or "") > 4096
-        if too_long or len(fields) > 25 or any(len(f.get("value") or "") > 1024 for f in fields):
-            return invalid[0], invalid[1] + "embed title/description/fields too long or too many"
+        sizes = [(texts[0], 256), (texts[1], 4096), (texts[2], 2048), (texts[3], 256)]
+        sizes += [(f.get("name"), 256) for f in fields] + [(f.get("value"), 1024) for f in fields]
+        if len(fields) > 25 or any(len(text or "") > limit for text, limit in sizes):
+            return invalid[0], invalid[1] + "an embed text is too long, or over 25 fields"
     if total > 6000:
         return invalid[0], invalid[1] + "embeds exceed 6000 characters in total"
     rows = [c for c in message.components if c.get("type") == 1]
