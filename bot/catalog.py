@@ -26,6 +26,8 @@ IMAGE_TO_IMAGE = "image-to-image"
 TEXT_GENERATION = "text-generation"
 
 TILE_SIDE = 512
+# Cloudflare's megapixel for per-megapixel prices: the first one is defined as 1024×1024.
+MEGAPIXEL = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,8 @@ class Price:
     """A linear price formula; every term in nano-dollars (exact integers).
 
     tiles = ceil(w/512) × ceil(h/512) of the output; input_tiles the same for an init image;
-    further_megapixels = output megapixels beyond the first, rounded up.
+    megapixels are 1024×1024 pixels; further_megapixels = output megapixels beyond the first,
+    rounded up.
     """
 
     per_image: int = 0
@@ -56,8 +59,8 @@ class Price:
         in_megapixels = 0
         if input_size is not None:
             in_tiles = ceil_div(input_size[0], TILE_SIDE) * ceil_div(input_size[1], TILE_SIDE)
-            in_megapixels = ceil_div(input_size[0] * input_size[1], 1_000_000)
-        further_mp = max(0, ceil_div(width * height - 1_000_000, 1_000_000))
+            in_megapixels = ceil_div(input_size[0] * input_size[1], MEGAPIXEL)
+        further_mp = max(0, ceil_div(width * height - MEGAPIXEL, MEGAPIXEL))
         return (
             self.per_image
             + self.per_tile * tiles
@@ -245,7 +248,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         id="@cf/leonardo/phoenix-1.0",
         name="Leonardo Phoenix 1.0",
         capabilities=T2I,
-        price=Price(per_tile=_usd("0.0058"), per_step=_usd("0.00011")),
+        price=Price(per_tile=_usd("0.005830"), per_step=_usd("0.000110")),
         min_side=256,
         max_side=2048,
         min_steps=1,
@@ -260,7 +263,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         id="@cf/leonardo/lucid-origin",
         name="Leonardo Lucid Origin",
         capabilities=T2I,
-        price=Price(per_tile=_usd("0.007"), per_step=_usd("0.00013")),
+        price=Price(per_tile=_usd("0.006996"), per_step=_usd("0.000132")),
         min_side=256,
         max_side=2500,
         default_width=1120,

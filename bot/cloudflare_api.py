@@ -29,6 +29,7 @@ from bot.errors import (
     ContentFlagged,
     DailyAllocationExhausted,
     NotFound,
+    PaidPlanRequired,
     ProviderAuthError,
     ProviderError,
     ProviderRateLimited,
@@ -49,12 +50,17 @@ CODE_DAILY_ALLOCATION = 3036
 CODE_OUT_OF_CAPACITY = 3040
 CODE_TOO_LARGE = 3006
 RETRYABLE_CODES = frozenset({CODE_OUT_OF_CAPACITY, 3007, 3008})
+PAID_PLAN_CODES = frozenset({5035, 5016})  # with 403: "Workers Paid plan required"
 AUTH_CODES = frozenset({3023, 5016, 5018, 3041, 10000})
 UNKNOWN_MODEL_CODES = frozenset({5007, 3042})
 RETRYABLE_STATUSES = frozenset({408, 429})
 
 FLAGGED_MESSAGE = "The image service refused this prompt or flagged the image. Try rewording it."
 AUTH_MESSAGE = "The bot's Cloudflare credentials were refused; the operator needs to check them."
+PAID_PLAN_MESSAGE = (
+    "This model needs the Workers Paid plan on the bot's Cloudflare account. Pick another model "
+    "(see /models) or ask the operator to upgrade the plan."
+)
 UNAVAILABLE_MESSAGE = "The image service is not answering right now; try again in a minute."
 MALFORMED_MESSAGE = "The image service sent a broken response; try again in a minute."
 
@@ -112,6 +118,8 @@ def provider_error(failure: Failure) -> BotError:
         return DailyAllocationExhausted(resets_at=next_utc_midnight())
     if CODE_FLAGGED in codes:
         return ContentFlagged(FLAGGED_MESSAGE)
+    if status == 403 and codes & PAID_PLAN_CODES:
+        return PaidPlanRequired(PAID_PLAN_MESSAGE)
     if status in (401, 403) or codes & AUTH_CODES:
         return ProviderAuthError(AUTH_MESSAGE)
     if status == 404 or codes & UNKNOWN_MODEL_CODES:

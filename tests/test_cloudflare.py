@@ -26,6 +26,7 @@ from bot.errors import (
     ContentFlagged,
     DailyAllocationExhausted,
     NotFound,
+    PaidPlanRequired,
     ProviderAuthError,
     ProviderError,
     ProviderRateLimited,
@@ -354,6 +355,8 @@ def test_next_utc_midnight():
         ("400", ProviderRejected, "incomplete request"),
         ("401", ProviderAuthError, "credentials were refused"),
         ("403", ProviderAuthError, "credentials were refused"),
+        ("5035", PaidPlanRequired, "needs the Workers Paid plan"),
+        ("5016", PaidPlanRequired, "needs the Workers Paid plan"),
         ("413", ProviderRejected, "too large"),
     ],
 )

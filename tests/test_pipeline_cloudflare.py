@@ -16,6 +16,7 @@ from bot.cloudflare_api import CloudflareAPI
 from bot.errors import (
     ContentFlagged,
     DailyAllocationExhausted,
+    PaidPlanRequired,
     ProviderAuthError,
     ProviderUnavailable,
     StoreError,
@@ -102,6 +103,8 @@ async def test_transient_faults_are_retried_and_charged_once(service, fake_cloud
         ("3036", 1, DailyAllocationExhausted),
         ("3030", 2, ContentFlagged),
         ("401", 1, ProviderAuthError),
+        ("5035", 1, PaidPlanRequired),
+        ("5016", 1, PaidPlanRequired),
         ("500", 10, ProviderUnavailable),
         ("malformed", 10, ProviderUnavailable),
     ],
@@ -117,6 +120,11 @@ async def test_provider_failure_refunds_everything(service, fake_cloudflare, kin
     assert await service.ledger.audit() == {"counter_mismatches": 0, "open_jobs": 0}
     if kind == "3036":
         assert "00:00 UTC" in raised.value.user_message
+        assert fake_cloudflare.ai_calls == 1
+    if kind in ("5035", "5016"):  # not a bad token: its own code and message, not retried
+        assert raised.value.code == "paid_plan_required"
+        assert "Workers Paid plan" in raised.value.user_message
+        assert "credentials" not in raised.value.user_message
         assert fake_cloudflare.ai_calls == 1
 
 

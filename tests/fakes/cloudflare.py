@@ -35,6 +35,8 @@ _ENVELOPE_FAULTS: dict[str, tuple[int, int, str]] = {
     "3030": (400, 3030, "AiError: Input prompt contains NSFW content."),
     "401": (401, 10000, "Authentication error"),
     "403": (403, 10000, "Authentication error"),
+    "5035": (403, 5035, "This model requires the Workers Paid plan"),
+    "5016": (403, 5016, "Workers Paid plan required to use this model"),
     "400": (400, 3003, "Bad input: incomplete request"),
     "413": (413, 3006, "Request is too large"),
 }
