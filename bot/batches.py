@@ -91,7 +91,8 @@ class BatchService:
 
     async def images_of(self, batch: Batch) -> dict[str, ImageRecord]:
         ids = [item.image_id for item in batch.items if item.image_id]
-        return {image.id: image for image in await self.ledger.images_by_ids(ids)}
+        images = await self.ledger.images_by_ids(ids)
+        return {image.id: self.service.presented(image) for image in images}
 
     async def resume(self) -> int:
         """Start again the batches a restart interrupted (their done items are kept)."""

@@ -123,7 +123,7 @@ class ImageService:
         if task is not None:
             self._active.add(task)
         try:
-            return await self._generate(request)
+            return self._presented_result(await self._generate(request))
         finally:
             if task is not None:
                 self._active.discard(task)
@@ -741,7 +741,7 @@ class ImageService:
         if idempotency_key:
             previous = await self.ledger.job_by_key(idempotency_key)
             if previous is not None and previous.state == "settled":
-                return (await self.ledger.images_for_job(previous.id))[0]
+                return self.presented((await self.ledger.images_for_job(previous.id))[0])
         info = await asyncio.to_thread(imaging.validate_upload, data)
         image_id = new_id("img")
         try:
@@ -751,7 +751,7 @@ class ImageService:
                 UNLIMITED,
             )  # fmt: skip
         except DuplicateRequest as duplicate:
-            return (await self.ledger.images_for_job(duplicate.job.id))[0]
+            return self.presented((await self.ledger.images_for_job(duplicate.job.id))[0])
         try:
             await self.ledger.set_state(job.id, "storing", [image_id])
             stored = await self.store.put(
@@ -780,7 +780,7 @@ class ImageService:
             await self.ledger.refund(job.id, code)
             raise
         await self.ledger.settle(job.id, 0, ZERO_COST)
-        return record
+        return self.presented(record)
 
     # -- images -------------------------------------------------------------------------------
 
@@ -789,19 +789,21 @@ class ImageService:
         image = await self.ledger.get_image(image_id)
         if image.is_deleted:
             raise NotFound("That image was deleted.")
-        return image
+        return self.presented(image)
 
     async def user_images(
         self, user_id: str, prefix: str = "", limit: int = 25
     ) -> list[ImageRecord]:
         """A user's live images and uploads, newest first (for pickers and listings)."""
-        return await self.ledger.list_images(user_id, limit=limit, prefix=prefix)
+        images = await self.ledger.list_images(user_id, limit=limit, prefix=prefix)
+        return [self.presented(image) for image in images]
 
     async def user_images_page(
         self, user_id: str, *, limit: int, before: str | None
     ) -> list[ImageRecord]:
         """A page of a user's live images, newest first; ``before`` is the last created_at."""
-        return await self.ledger.list_images(user_id, limit=limit, before=before)
+        images = await self.ledger.list_images(user_id, limit=limit, before=before)
+        return [self.presented(image) for image in images]
 
     async def personal_usage(self, guild_id: str, user_id: str) -> PersonalUsage:
         return await personal_usage(self.ledger, guild_id, user_id)
@@ -816,7 +818,7 @@ class ImageService:
         same_guild = bool(guild_id) and image.guild_id == guild_id
         if image.is_deleted or not (mine or same_guild):
             raise NotFound(f"No image with id {image_id}.")
-        return image
+        return self.presented(image)
 
     async def delete_image(
         self, image_id: str, *, requester_id: str, is_admin: bool = False
@@ -830,7 +832,20 @@ class ImageService:
         if not await self.ledger.storage_key_shared(image.storage_key, image.id):
             await self.store.delete(image.storage_key)
         await self.ledger.mark_deleted(image.id)
-        return replace(image, is_deleted=True)
+        return self.presented(replace(image, is_deleted=True))
+
+    # -- what fronts are shown ------------------------------------------------------------------
+
+    def presented(self, image: ImageRecord) -> ImageRecord:
+        """The record as every front shows it: its URL computed now from the storage key, so a
+        signed link is signed afresh on each read instead of the stored one, whose expiry may
+        have passed. Images of another store (the backend was switched) keep their stored URL."""
+        if image.store != self.store.name:
+            return image
+        return replace(image, url=self.store.url(image.storage_key))
+
+    def _presented_result(self, result: GenerationResult) -> GenerationResult:
+        return replace(result, images=[self.presented(image) for image in result.images])
 
     # -- quotas and reports --------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ import json
 import random
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -160,6 +161,7 @@ class FakeCloudflare:
         self.api_token = api_token
         self.account_hash = account_hash
         self.signing_key = signing_key
+        self.clock: Callable[[], float] = time.time  # what signed delivery URLs' exp is checked at
         self.latency = 0.0  # added to every /ai/run call
         self.store_latency = 0.0  # added to every /images call
         self.upload_reply_latency = 0.0  # after an upload is stored, before the answer
@@ -466,6 +468,6 @@ class FakeCloudflare:
                 self.signing_key.encode(), f"{path}?exp={exp}".encode(), hashlib.sha256
             ).hexdigest()
             valid = hmac.compare_digest(expected, request.query.get("sig", ""))
-            if not valid or not exp.isdigit() or int(exp) < time.time():
+            if not valid or not exp.isdigit() or int(exp) < self.clock():
                 return web.Response(status=403, text="invalid or expired signature")
         return web.Response(body=image.data, content_type=sniff(image.data) or "image/png")
