@@ -49,6 +49,7 @@ class Settings:
     cloudflare_api_base_url: str = DEFAULT_API_BASE
     cloudflare_image_delivery_url: str = DEFAULT_DELIVERY_URL
     cloudflare_timeout_seconds: int = 120
+    cloudflare_account_requests_per_5min: int = 1000
     image_provider: Backend = "local"
     image_store: Backend = "local"
     backend_reason: str = ""
@@ -210,6 +211,9 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         ),
         cloudflare_timeout_seconds=read.integer(
             "CLOUDFLARE_TIMEOUT_SECONDS", 120, minimum=1, maximum=600
+        ),
+        cloudflare_account_requests_per_5min=read.integer(
+            "CLOUDFLARE_ACCOUNT_REQUESTS_PER_5MIN", 1000, minimum=1, maximum=100_000
         ),
         image_provider=provider,
         image_store=store,

@@ -80,6 +80,7 @@ async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIter
                 api_token=settings.cloudflare_api_token,
                 base_url=settings.cloudflare_api_base_url,
                 max_total_seconds=max(60.0, read * 2),
+                account_requests=settings.cloudflare_account_requests_per_5min,
             )
         provider: ImageProvider = CloudflareProvider(api) if api else LocalProvider()
         store: ImageStore

@@ -46,6 +46,7 @@ def test_defaults_match_the_readme() -> None:
     assert s.log_level == "INFO"
     assert s.cloudflare_api_base_url == "https://api.cloudflare.com/client/v4"
     assert s.cloudflare_image_delivery_url == "https://imagedelivery.net"
+    assert s.cloudflare_account_requests_per_5min == 1000
     assert (s.image_provider, s.image_store) == ("local", "local")
     assert s.models_file is None
     assert s.discord_token is None

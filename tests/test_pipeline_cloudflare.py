@@ -44,17 +44,21 @@ async def no_wait(seconds: float) -> None:
 
 @asynccontextmanager
 async def cloudflare_service(
-    tmp_path: Path, fake: FakeCloudflare, **store_options: Any
+    tmp_path: Path,
+    fake: FakeCloudflare,
+    api_options: dict[str, Any] | None = None,
+    **store_options: Any,
 ) -> AsyncIterator[ImageService]:
     """The real parts, with backoff sleeps skipped so fault tests stay fast."""
     async with httpx.AsyncClient(timeout=httpx.Timeout(2.0)) as http:
+        options: dict[str, Any] = {"sleep": no_wait, "max_total_seconds": 10.0}
+        options.update(api_options or {})
         api = CloudflareAPI(
             http,
             account_id=fake.account_id,
             api_token=FAKE_CF_TOKEN,
             base_url=fake.api_base,
-            sleep=no_wait,
-            max_total_seconds=10.0,
+            **options,
         )
         ledger = await Ledger.open(tmp_path / "ledger.sqlite3")
         try:
@@ -272,3 +276,27 @@ async def test_signed_links_are_signed_afresh_on_every_read_and_work_after_7_day
         assert (await client.get(fresh[0])).content == hosted
         deleted = await service.delete_image(upload.id, requester_id="u1")
         assert deleted.url != upload.url and "sig=" in deleted.url
+
+
+async def test_a_burst_of_generations_and_uploads_stays_within_the_account_limit(
+    tmp_path, fake_cloudflare
+):
+    """Cloudflare's 1,200 per 5 minutes, scaled down to 20 per second on both sides: 25
+    generations (each one ai/run call and one upload) and 15 uploads at once, 65 requests, and
+    the fake Cloudflare never has to refuse one."""
+    fake_cloudflare.account_limit, fake_cloudflare.account_window = 20, 1.0
+    fake_cloudflare.account_block_seconds = 5.0
+    limits = {"account_requests": 20, "account_window_seconds": 1.0, "sleep": asyncio.sleep}
+    async with cloudflare_service(tmp_path, fake_cloudflare, limits) as service:
+        generations = [
+            service.generate(GenerateRequest(prompt=f"burst picture {n}", user_id=f"g{n}",
+                                             guild_id="g1"))
+            for n in range(25)
+        ]  # fmt: skip
+        uploads = [service.upload(png(40, 30 + n), user_id=f"up{n}") for n in range(15)]
+        outcomes = await asyncio.gather(*generations, *uploads, return_exceptions=True)
+        assert [o for o in outcomes if isinstance(o, BaseException)] == []
+        assert fake_cloudflare.api_requests == 25 * 2 + 15
+        assert fake_cloudflare.account_429s == 0
+        assert len(fake_cloudflare.images) == 40
+        assert await service.ledger.audit() == {"counter_mismatches": 0, "open_jobs": 0}
