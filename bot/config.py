@@ -59,6 +59,7 @@ class Settings:
     default_model: str = DEFAULT_MODEL
     enhance_model: str = DEFAULT_ENHANCE_MODEL
     models_file: Path | None = None
+    unpublished_model_micro_usd: int | None = 2_000  # None: such models hidden until priced
     quotas: QuotaDefaults = QuotaDefaults()
     cache_scope: CacheScope = "guild"
     max_jobs_per_user: int = 2
@@ -114,6 +115,12 @@ class _Reader:
             raise ConfigError(
                 name, "must be an amount in US dollars such as 0.05, at most 6 decimal places"
             ) from None
+
+    def usd_or_off(self, name: str, default_micro: int) -> int | None:
+        """An amount in US dollars, or None for 'off'."""
+        if (self.text(name) or "").lower() == "off":
+            return None
+        return self.usd(name, default_micro)
 
     def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
         value = (self.text(name) or default).lower()
@@ -224,6 +231,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         default_model=read.text("DEFAULT_MODEL", DEFAULT_MODEL) or DEFAULT_MODEL,
         enhance_model=read.text("ENHANCE_MODEL", DEFAULT_ENHANCE_MODEL) or DEFAULT_ENHANCE_MODEL,
         models_file=Path(models_file) if models_file else None,
+        unpublished_model_micro_usd=read.usd_or_off("UNPUBLISHED_MODEL_PRICE_USD", 2_000),
         quotas=QuotaDefaults(
             user_daily_images=read.integer("QUOTA_USER_DAILY_IMAGES", 25),
             user_daily_micro_usd=read.usd("QUOTA_USER_DAILY_USD", 50_000),

@@ -52,6 +52,13 @@ class Runtime:
     http: httpx.AsyncClient  # for addresses users give: uploads by URL, webhooks
 
 
+def catalog_of(settings: Settings) -> Catalog:
+    """The catalog with the operator's MODELS_FILE and price for models Cloudflare does not
+    price (see bot/catalog.py)."""
+    micro = settings.unpublished_model_micro_usd
+    return load_catalog(settings.models_file, None if micro is None else micro * 1000)
+
+
 def check_catalog(settings: Settings, catalog: Catalog) -> None:
     try:
         spec = catalog.get(settings.default_model)
@@ -63,7 +70,7 @@ def check_catalog(settings: Settings, catalog: Catalog) -> None:
 
 @asynccontextmanager
 async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIterator[Runtime]:
-    catalog = load_catalog(settings.models_file)
+    catalog = catalog_of(settings)
     check_catalog(settings, catalog)
     async with AsyncExitStack() as stack:
         api: CloudflareAPI | None = None

@@ -240,7 +240,12 @@ async def test_models_are_public_with_prices(api):
     schnell = next(m for m in models if m["id"].endswith("flux-1-schnell"))
     assert schnell["cost_per_image"] == 0.000634 and schnell["speed_seconds"] > 0
     assert "text-to-image" in schnell["capabilities"]
+    assert (schnell["price_published"], schnell["price_source"]) == (True, "cloudflare")
+    assert schnell["price_note"] is None
     assert not any("llama" in m["id"] for m in models)
+    sdxl = next(m for m in models if m["id"] == SDXL)
+    assert (sdxl["price_published"], sdxl["price_source"]) == (False, "default")
+    assert sdxl["cost_per_image"] == 0.002 and "not published" in sdxl["price_note"]
 
 
 async def test_templates_crud_and_use(start_api):
@@ -268,9 +273,10 @@ async def test_cost_analytics(start_api):
     await api.post("/api/generate", {"prompt": "free one", "model": SDXL, "width": 256,
                                      "height": 256})  # fmt: skip
     report = (await api.get("/api/analytics/costs")).json()
-    assert report["total_images"] == 3 and report["total_cost"] == 0.001268
-    assert report["average_cost"] == 0.000422  # rounded down to the micro-dollar
-    assert report["by_model"][SDXL] == {"images": 1, "cost": 0}
+    # SDXL's price is not published: it is charged at the operator's default, $0.002.
+    assert report["total_images"] == 3 and report["total_cost"] == 0.003268
+    assert report["average_cost"] == 0.001089  # 3,268 / 3 µ$, rounded down to the micro-dollar
+    assert report["by_model"][SDXL] == {"images": 1, "cost": 0.002}
     assert sum(d["images"] for d in report["by_day"].values()) == 3
     server = await api.get("/api/analytics/costs", params={"scope": "server"})
     assert server.status_code == 403

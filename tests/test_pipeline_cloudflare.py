@@ -245,9 +245,12 @@ async def test_signed_links_are_signed_afresh_on_every_read_and_work_after_7_day
     clock = WallClock()
     fake_cloudflare.signing_key = FAKE_SIGNING_KEY
     fake_cloudflare.clock = clock
-    async with cloudflare_service(
-        tmp_path, fake_cloudflare, signing_key=FAKE_SIGNING_KEY, clock=clock
-    ) as service, httpx.AsyncClient() as client:
+    async with (
+        cloudflare_service(
+            tmp_path, fake_cloudflare, signing_key=FAKE_SIGNING_KEY, clock=clock
+        ) as service,
+        httpx.AsyncClient() as client,
+    ):
         made = await service.generate(ask(idempotency_key="made-today"))
         [image] = made.images
         upload = await service.upload(png(64, 48), user_id="u1", guild_id="g1")

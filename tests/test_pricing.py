@@ -348,3 +348,82 @@ def test_models_file_entries_are_checked(tmp_path, entry, complaint):
         load_catalog(path)
     assert raised.value.variable == "MODELS_FILE"
     assert complaint in raised.value.user_message
+
+
+# --------------------------------------------------------------------------- unpublished prices
+
+UNPUBLISHED = (
+    SDXL,
+    "@cf/bytedance/stable-diffusion-xl-lightning",
+    "@cf/lykon/dreamshaper-8-lcm",
+    "@cf/runwayml/stable-diffusion-v1-5-img2img",
+)
+
+
+def test_no_image_model_is_ever_free(catalog: Catalog) -> None:
+    for spec in catalog.enabled_image_models():
+        assert spec.default_cost().micro_usd > 0, spec.id
+        assert spec.image_cost(spec.min_side, spec.min_side, spec.min_steps).micro_usd > 0
+
+
+def test_unpublished_prices_are_the_operators_default_and_say_so(catalog: Catalog) -> None:
+    assert {m.id for m in catalog if not m.price_published} == set(UNPUBLISHED)
+    for model in UNPUBLISHED:
+        spec = catalog.get(model)
+        assert spec.price_source == "default"
+        # $0.002 = 2,000,000 nano per image, whatever the size and steps; / 11 = 181,818.1… mN.
+        assert spec.image_cost(256, 256, 1) == spec.default_cost() == Cost(2_000, 181_819)
+        assert spec.price_note == (
+            "Price not published by Cloudflare; charged at the operator's default price per image"
+        )
+    published = catalog.get(SCHNELL)
+    assert (published.price_published, published.price_source, published.price_note) == (
+        True, "cloudflare", ""
+    )  # fmt: skip
+
+
+def test_the_default_for_unpublished_prices_is_the_operators(tmp_path: Path) -> None:
+    catalog = load_catalog(None, unpublished_nano_usd=usd_to_micro("0.0125") * 1000)
+    assert catalog.get(SDXL).default_cost().micro_usd == 12_500
+    assert catalog.get(SCHNELL).default_cost() == Cost(634, 57_600)  # published: untouched
+
+
+def test_an_operator_price_wins_and_is_shown_as_the_operators(tmp_path: Path) -> None:
+    path = write_models(
+        tmp_path,
+        f'[[model]]\nid = "{SDXL}"\nprice = {{ per_image_usd = 0.004 }}\n'
+        f'[[model]]\nid = "{PHOENIX}"\nprice = {{ per_step_usd = 0.0002 }}\n',
+    )
+    catalog = load_catalog(path, unpublished_nano_usd=None)
+    sdxl = catalog.get(SDXL)
+    assert (sdxl.price_source, sdxl.default_cost().micro_usd) == ("operator", 4_000)
+    assert sdxl.price_note == "Price not published by Cloudflare; price set by the operator"
+    phoenix = catalog.get(PHOENIX)
+    assert phoenix.price_note == "Price set by the operator"
+    # 4 × $0.005830 + 25 × $0.0002 = $0.02832
+    assert phoenix.default_cost().micro_usd == 28_320
+
+
+def test_with_the_default_off_unpriced_models_are_hidden_until_priced(tmp_path: Path) -> None:
+    catalog = load_catalog(None, unpublished_nano_usd=None)
+    for model in UNPUBLISHED:
+        with pytest.raises(InvalidModel):
+            catalog.get(model)
+        assert catalog.find(model) is not None  # still known, for history
+    assert SCHNELL in {m.id for m in catalog.enabled_image_models()}
+    priced = load_catalog(
+        write_models(tmp_path, f'[[model]]\nid = "{SDXL}"\nprice = {{ per_step_neurons = 1 }}\n'),
+        unpublished_nano_usd=None,
+    )
+    assert priced.get(SDXL).default_cost().milli_neurons == 20_000  # 20 steps × 1 Neuron
+
+
+def test_an_added_model_without_a_price_is_not_free(tmp_path: Path) -> None:
+    path = write_models(tmp_path, '[[model]]\nid = "@cf/vendor/unpriced"\n')
+    spec = load_catalog(path).get("@cf/vendor/unpriced")
+    assert not spec.price_published and spec.price_source == "default"
+    assert spec.default_cost().micro_usd == 2_000
+    with pytest.raises(ConfigError, match="unknown keys"):
+        load_catalog(
+            write_models(tmp_path, f'[[model]]\nid = "{SDXL}"\nprice_source = "cloudflare"\n')
+        )

@@ -220,8 +220,7 @@ class FakeCloudflare:
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}")
         self._faults.extend(
-            Fault(kind, path_contains, retry_after, retry_after_on_any_status)
-            for _ in range(times)
+            Fault(kind, path_contains, retry_after, retry_after_on_any_status) for _ in range(times)
         )
 
     def ai_requests(self) -> list[Call]:
