@@ -171,7 +171,8 @@ async def test_buttons_work_and_keep_working_after_a_restart(
 
 async def test_200_imagine_at_once_are_all_acknowledged(fake_discord, bot_harness, make_settings):
     async with open_runtime(make_settings(MAX_QUEUE=1000, QUOTA_USER_DAILY_IMAGES=1000,
-                                          QUOTA_USER_DAILY_USD=10)) as runtime:  # fmt: skip
+                                          QUOTA_USER_DAILY_USD=10,
+                                          QUOTA_DAILY_NEURONS=100_000)) as runtime:  # fmt: skip
         await bot_harness.start(ImageBot(runtime))
         fake_discord.ack_deadline = 3.0  # like Discord: a later acknowledgement is refused
         interactions = await asyncio.gather(*(
