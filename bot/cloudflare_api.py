@@ -175,11 +175,28 @@ def store_error(failure: Failure) -> BotError:
     return StoreError(f"The image store rejected the request ({detail}).")
 
 
-class SlidingWindowLimiter:
-    """At most ``limit`` starts in any ``window`` seconds; callers wait (FIFO) for a free slot.
+class _Window:
+    """What both limiters share: timestamps within a sliding window (never more than ``limit``
+    of them, so memory is bounded) and one lock, so one waiter at a time sleeps for a free slot
+    (the lock is released if a waiter is cancelled)."""
 
-    Memory is bounded: the deque never holds more than ``limit`` timestamps.
-    """
+    def __init__(self, limit: int, window: float, clock: Clock, sleep: Sleep) -> None:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        self.limit = limit
+        self.window = window
+        self._clock = clock
+        self._sleep = sleep
+        self._times: deque[float] = deque(maxlen=limit)
+        self._lock = asyncio.Lock()
+
+    def _drop_expired(self, now: float) -> None:
+        while self._times and self._times[0] <= now - self.window:
+            self._times.popleft()
+
+
+class SlidingWindowLimiter(_Window):
+    """At most ``limit`` starts in any ``window`` seconds; callers wait (FIFO) for a free slot."""
 
     def __init__(
         self,
@@ -189,37 +206,28 @@ class SlidingWindowLimiter:
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
-        if limit < 1:
-            raise ValueError("limit must be at least 1")
-        self.limit = limit
-        self.window = window
-        self._clock = clock
-        self._sleep = sleep
-        self._starts: deque[float] = deque(maxlen=limit)
-        # One waiter at a time, in arrival order; the lock is released if a waiter is cancelled.
-        self._lock = asyncio.Lock()
+        super().__init__(limit, window, clock, sleep)
 
     async def acquire(self) -> None:
         async with self._lock:
             while True:
                 now = self._clock()
-                while self._starts and self._starts[0] <= now - self.window:
-                    self._starts.popleft()
-                if len(self._starts) < self.limit:
-                    self._starts.append(now)
+                self._drop_expired(now)
+                if len(self._times) < self.limit:
+                    self._times.append(now)
                     return
-                await self._sleep(self._starts[0] + self.window - now)
+                await self._sleep(self._times[0] + self.window - now)
 
 
-class AccountLimiter:
+class AccountLimiter(_Window):
     """At most ``limit`` Cloudflare requests in any ``window`` seconds, for the whole account.
 
     A request holds its slot from the moment it is sent until ``window`` seconds after its
-    answer came back. Cloudflare counts a request when it arrives, which is between those two
-    moments, so however the network delays requests, Cloudflare never sees more than ``limit``
-    in any window of its own. Waiters queue per kind and the kinds take turns, so a burst of
-    generations cannot starve uploads and deletes (or the reverse). ``pause`` holds every
-    waiter back until a block Cloudflare announced is over. Memory is bounded by ``limit``.
+    answer came back (``_times`` holds those answers). Cloudflare counts a request when it
+    arrives, which is between those two moments, so however the network delays requests,
+    Cloudflare never sees more than ``limit`` in any window of its own. Waiters queue per kind
+    and the kinds take turns, so a burst of generations cannot starve uploads and deletes (or
+    the reverse). ``pause`` holds every waiter back until a block Cloudflare announced is over.
     """
 
     def __init__(
@@ -230,18 +238,11 @@ class AccountLimiter:
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
-        if limit < 1:
-            raise ValueError("limit must be at least 1")
-        self.limit = limit
-        self.window = window
-        self._clock = clock
-        self._sleep = sleep
+        super().__init__(limit, window, clock, sleep)
         self._in_flight = 0
-        self._finished: deque[float] = deque(maxlen=limit)
         self._released = asyncio.Event()
         self._paused_until = 0.0
         # The front waiter of each kind queues on the shared lock, so the kinds alternate.
-        self._lock = asyncio.Lock()
         self._kind_locks: dict[CallKind, asyncio.Lock] = {
             "generation": asyncio.Lock(),
             "storage": asyncio.Lock(),
@@ -263,7 +264,7 @@ class AccountLimiter:
             yield
         finally:
             self._in_flight -= 1
-            self._finished.append(self._clock())
+            self._times.append(self._clock())
             self._released.set()
 
     async def _acquire(self, kind: CallKind) -> None:
@@ -275,13 +276,12 @@ class AccountLimiter:
                     waited_until = self._paused_until  # once per pause, whatever the clock says
                     await self._sleep(waited_until - now)
                     continue
-                while self._finished and self._finished[0] <= now - self.window:
-                    self._finished.popleft()
-                if self._in_flight + len(self._finished) < self.limit:
+                self._drop_expired(now)
+                if self._in_flight + len(self._times) < self.limit:
                     self._in_flight += 1
                     return
-                if self._finished:
-                    await self._sleep(self._finished[0] + self.window - now)
+                if self._times:
+                    await self._sleep(self._times[0] + self.window - now)
                 else:  # every slot is a request still in flight: wait for one to answer
                     self._released.clear()
                     await self._released.wait()

@@ -554,8 +554,8 @@ async def test_limiter_lets_720_start_and_makes_the_721st_wait():
     await limiter.acquire()
     assert clock.sleeps == [50.0]
     assert clock.now == start + 60
-    assert limiter._starts.maxlen == 720  # memory stays bounded
-    assert list(limiter._starts) == [start + 60]  # the first 720 starts left the window
+    assert limiter._times.maxlen == 720  # memory stays bounded
+    assert list(limiter._times) == [start + 60]  # the first 720 starts left the window
 
 
 async def test_limiter_waiters_are_served_in_order():
@@ -581,7 +581,7 @@ async def test_account_limiter_counts_a_slot_until_a_window_after_its_answer():
     assert clock.now == 1003 and clock.sleeps == []
     async with limiter.slot("storage"):  # the first answer (t=1001) leaves the window at 1011
         assert clock.now == 1011
-    assert limiter._finished.maxlen == 3  # memory stays bounded
+    assert limiter._times.maxlen == 3  # memory stays bounded
 
 
 async def test_account_limiter_waits_for_requests_still_in_flight():
