@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import io
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,7 +21,7 @@ from PIL import Image
 from bot.config import Settings
 from bot.runtime import Runtime, open_runtime
 from bot.web.app import build_web_app
-from tests.conftest import SECRETS, CountingProvider, png
+from tests.conftest import FAKE_SIGNING_KEY, SECRETS, CountingProvider, png
 
 SDXL = "@cf/stabilityai/stable-diffusion-xl-base-1.0"
 
@@ -466,3 +467,37 @@ async def test_get_on_the_batch_submission_path_is_405(api):
     response = await api.get("/api/batch/generate")
     assert response.status_code == 405 and response.headers["Allow"] == "POST"
     assert (await api.get("/api/batch/not-a-batch-id")).status_code == 404
+
+
+async def test_api_links_are_signed_when_served_and_work_after_7_days(
+    start_api, cloudflare_env, fake_cloudflare, monkeypatch
+):
+    """With a signing key, on Cloudflare Images: what /api/images/{id} and /api/images return
+    a week and a day later is signed then, so it is served (the fake checks exp)."""
+    offset = [0.0]
+
+    def moved_clock() -> float:
+        return time.time() + offset[0]
+
+    fake_cloudflare.signing_key = FAKE_SIGNING_KEY
+    fake_cloudflare.clock = moved_clock
+    api = await start_api(**cloudflare_env, CLOUDFLARE_IMAGES_SIGNING_KEY=FAKE_SIGNING_KEY)
+    monkeypatch.setattr(api.runtime.store, "_clock", moved_clock)
+    made = (await api.post("/api/generate", {"prompt": "a harbour at dawn"})).json()
+    files = {"file": ("a.png", png(), "image/png")}
+    upload = (await api.http.post("/api/upload", headers=api.auth, files=files)).json()
+    async with httpx.AsyncClient() as delivery:
+        for link in (made["url"], upload["url"]):
+            assert (await delivery.get(link)).status_code == 200
+
+        offset[0] = 8 * 24 * 3600.0
+        assert (await delivery.get(made["url"])).status_code == 403  # the old link expired
+        listed = (await api.get("/api/images")).json()
+        links = [
+            (await api.get(f"/api/images/{image_id}")).json()["url"]
+            for image_id in (made["id"], upload["id"])
+        ]
+        links += [image["url"] for image in listed["images"]]
+        assert len(links) == 4
+        for link in links:
+            assert (await delivery.get(link)).status_code == 200, link
