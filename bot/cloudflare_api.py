@@ -7,10 +7,9 @@ token, and going over blocks every call for 5 minutes), shared fairly by generat
 for its ``Retry-After`` (or the block period). It retries only what can succeed later (connection
 errors, timeouts, 408, 429, out-of-capacity 3040, 5xx), honouring ``Retry-After`` on any status,
 with full-jitter exponential backoff inside a bounded time budget, and turns Cloudflare's error
-envelope into the domain errors
-of ``bot.errors`` through an ``ErrorMapper``: ``provider_error`` for Workers AI (the default) and
-``store_error`` for Cloudflare Images. The API token never leaves the Authorization header: it is
-kept out of reprs, log lines and every error message.
+envelope into the domain errors of ``bot.errors`` through an ``ErrorMapper``: ``provider_error``
+for Workers AI (the default) and ``store_error`` for Cloudflare Images. The API token never
+leaves the Authorization header: it is kept out of reprs, log lines and every error message.
 """
 
 from __future__ import annotations
@@ -401,21 +400,22 @@ class CloudflareAPI:
             remaining = deadline - self._clock()
             if not retry or attempt >= max_attempts or remaining <= 0:
                 raise self._give_up(failure, errors)
-            if failure.retry_after is not None and failure.retry_after > remaining:
+            # While the account is paused, the account limiter holds this call back with every
+            # other one; there is no backoff of its own to sleep.
+            paused = self.account.paused_for
+            must_wait = max(failure.retry_after or 0.0, paused)
+            if must_wait > remaining:
                 log.info(
                     "Cloudflare %s %s: %s asks to wait %.1fs, more than the %.1fs left; giving up",
                     method,
                     path,
                     failure.describe(),
-                    failure.retry_after,
+                    must_wait,
                     remaining,
                 )
                 raise self._give_up(failure, errors)
             delay = self.backoff(attempt) if failure.retry_after is None else failure.retry_after
-            delay = min(delay, remaining)
-            paused = self.account.paused_for
-            if paused > 0:  # the account limiter holds this call back with every other one
-                delay = min(paused, remaining)
+            delay = paused or min(delay, remaining)
             log.info(
                 "Cloudflare %s %s: %s on attempt %d/%d; retrying in %.2fs",
                 method,

@@ -651,6 +651,24 @@ async def test_a_429_on_generation_pauses_storage_too(fake, http):
     assert [c.path.rsplit("/", 2)[-2:] for c in fake.calls][-1] == ["images", "v1"]
 
 
+async def test_a_call_that_fails_while_the_account_is_paused_past_its_budget_gives_up(fake):
+    clock = FakeClock()
+    api: CloudflareAPI | None = None
+
+    async def another_call_meets_the_block(response: httpx.Response) -> None:
+        assert api is not None
+        api.account.pause(300)
+
+    hooks = {"response": [another_call_meets_the_block]}
+    async with httpx.AsyncClient(timeout=2.0, event_hooks=hooks) as client:
+        api = make_api(fake, client, clock.sleep, clock=clock, max_total_seconds=5)
+        fake.inject("500", path_contains="/images/")
+        with pytest.raises(StoreError):
+            await CloudflareImagesStore(api, account_hash=HASH).get("img_x")
+    # 300 s of pause is past the call's 5 s budget: it gives up now instead of waiting for it.
+    assert clock.sleeps == [] and len(fake.calls) == 1
+
+
 async def test_a_429_without_retry_after_pauses_for_the_block_period(fake, http):
     clock = FakeClock()
     api = make_api(
