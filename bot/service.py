@@ -30,6 +30,7 @@ from bot.errors import (
 from bot.ledger import ImageRecord, Job, Ledger, Limits, Usage, UsageReport
 from bot.ledger.ledger import DuplicateRequest, NewJob
 from bot.ledger.records import new_id, next_utc_midnight
+from bot.presentation import shows_fresh_urls
 from bot.providers.base import GeneratedImage, ImageProvider, ImageRequest
 from bot.recovery import CrashRecovery, RecoveryReport
 from bot.reports import PersonalUsage, ServerUsage, personal_usage, server_usage
@@ -116,6 +117,7 @@ class ImageService:
 
     # -- generation -----------------------------------------------------------------------
 
+    @shows_fresh_urls
     async def generate(self, request: GenerateRequest) -> GenerationResult:
         if self.closing:
             raise Busy("The bot is restarting; try again in a moment.")
@@ -123,7 +125,7 @@ class ImageService:
         if task is not None:
             self._active.add(task)
         try:
-            return self._presented_result(await self._generate(request))
+            return await self._generate(request)
         finally:
             if task is not None:
                 self._active.discard(task)
@@ -728,6 +730,7 @@ class ImageService:
 
     # -- uploads ------------------------------------------------------------------------------
 
+    @shows_fresh_urls
     async def upload(
         self,
         data: bytes,
@@ -741,7 +744,7 @@ class ImageService:
         if idempotency_key:
             previous = await self.ledger.job_by_key(idempotency_key)
             if previous is not None and previous.state == "settled":
-                return self.presented((await self.ledger.images_for_job(previous.id))[0])
+                return (await self.ledger.images_for_job(previous.id))[0]
         info = await asyncio.to_thread(imaging.validate_upload, data)
         image_id = new_id("img")
         try:
@@ -751,7 +754,7 @@ class ImageService:
                 UNLIMITED,
             )  # fmt: skip
         except DuplicateRequest as duplicate:
-            return self.presented((await self.ledger.images_for_job(duplicate.job.id))[0])
+            return (await self.ledger.images_for_job(duplicate.job.id))[0]
         try:
             await self.ledger.set_state(job.id, "storing", [image_id])
             stored = await self.store.put(
@@ -780,30 +783,31 @@ class ImageService:
             await self.ledger.refund(job.id, code)
             raise
         await self.ledger.settle(job.id, 0, ZERO_COST)
-        return self.presented(record)
+        return record
 
     # -- images -------------------------------------------------------------------------------
 
+    @shows_fresh_urls
     async def get_image(self, image_id: str) -> ImageRecord:
         """A live image; NotFound when it does not exist or was deleted."""
         image = await self.ledger.get_image(image_id)
         if image.is_deleted:
             raise NotFound("That image was deleted.")
-        return self.presented(image)
+        return image
 
+    @shows_fresh_urls
     async def user_images(
         self, user_id: str, prefix: str = "", limit: int = 25
     ) -> list[ImageRecord]:
         """A user's live images and uploads, newest first (for pickers and listings)."""
-        images = await self.ledger.list_images(user_id, limit=limit, prefix=prefix)
-        return [self.presented(image) for image in images]
+        return await self.ledger.list_images(user_id, limit=limit, prefix=prefix)
 
+    @shows_fresh_urls
     async def user_images_page(
         self, user_id: str, *, limit: int, before: str | None
     ) -> list[ImageRecord]:
         """A page of a user's live images, newest first; ``before`` is the last created_at."""
-        images = await self.ledger.list_images(user_id, limit=limit, before=before)
-        return [self.presented(image) for image in images]
+        return await self.ledger.list_images(user_id, limit=limit, before=before)
 
     async def personal_usage(self, guild_id: str, user_id: str) -> PersonalUsage:
         return await personal_usage(self.ledger, guild_id, user_id)
@@ -811,6 +815,7 @@ class ImageService:
     async def server_usage(self, guild_id: str, days: int = 30) -> ServerUsage:
         return await server_usage(self.ledger, guild_id, days)
 
+    @shows_fresh_urls
     async def visible_image(self, image_id: str, user_id: str, guild_id: str) -> ImageRecord:
         """An image this user may use: their own, or one made in the same server."""
         image = await self.ledger.get_image(image_id)
@@ -818,8 +823,9 @@ class ImageService:
         same_guild = bool(guild_id) and image.guild_id == guild_id
         if image.is_deleted or not (mine or same_guild):
             raise NotFound(f"No image with id {image_id}.")
-        return self.presented(image)
+        return image
 
+    @shows_fresh_urls
     async def delete_image(
         self, image_id: str, *, requester_id: str, is_admin: bool = False
     ) -> ImageRecord:
@@ -832,20 +838,7 @@ class ImageService:
         if not await self.ledger.storage_key_shared(image.storage_key, image.id):
             await self.store.delete(image.storage_key)
         await self.ledger.mark_deleted(image.id)
-        return self.presented(replace(image, is_deleted=True))
-
-    # -- what fronts are shown ------------------------------------------------------------------
-
-    def presented(self, image: ImageRecord) -> ImageRecord:
-        """The record as every front shows it: its URL computed now from the storage key, so a
-        signed link is signed afresh on each read instead of the stored one, whose expiry may
-        have passed. Images of another store (the backend was switched) keep their stored URL."""
-        if image.store != self.store.name:
-            return image
-        return replace(image, url=self.store.url(image.storage_key))
-
-    def _presented_result(self, result: GenerationResult) -> GenerationResult:
-        return replace(result, images=[self.presented(image) for image in result.images])
+        return replace(image, is_deleted=True)
 
     # -- quotas and reports --------------------------------------------------------------------
 
