@@ -26,6 +26,7 @@ from bot.ledger import ImageRecord, Ledger
 from bot.ledger.ledger import NewJob
 from bot.ledger.records import ApiKey, Batch, BatchItem, new_id
 from bot.outbound import check_url, deliver_webhook
+from bot.presentation import presented
 from bot.public import image_to_public
 from bot.requests import GenerateRequest
 from bot.service import ImageService
@@ -112,7 +113,8 @@ class BatchService:
 
     async def images_of(self, batch: Batch) -> dict[str, ImageRecord]:
         ids = [item.image_id for item in batch.items if item.image_id]
-        return {image.id: image for image in await self.ledger.images_by_ids(ids)}
+        images = await self.ledger.images_by_ids(ids)
+        return {image.id: presented(image, self.service.store) for image in images}
 
     async def resume(self) -> int:
         """Start again the batches a restart interrupted (their done items are kept)."""

@@ -59,6 +59,7 @@ class Settings:
     cloudflare_api_base_url: str = DEFAULT_API_BASE
     cloudflare_image_delivery_url: str = DEFAULT_DELIVERY_URL
     cloudflare_timeout_seconds: int = 120
+    cloudflare_account_requests_per_5min: int = 1000
     image_provider: Backend = "local"
     image_store: Backend = "local"
     backend_reason: str = ""
@@ -68,6 +69,7 @@ class Settings:
     default_model: str = DEFAULT_MODEL
     enhance_model: str = DEFAULT_ENHANCE_MODEL
     models_file: Path | None = None
+    unpublished_model_micro_usd: int | None = 2_000  # None: such models hidden until priced
     quotas: QuotaDefaults = QuotaDefaults()
     cache_scope: CacheScope = "guild"
     max_jobs_per_user: int = 2
@@ -138,6 +140,11 @@ class _Reader:
     def flag(self, name: str) -> bool:
         """``true`` or ``false`` (default false)."""
         return self.choice(name, "false", ("true", "false")) == "true"
+    def usd_or_off(self, name: str, default_micro: int) -> int | None:
+        """An amount in US dollars, or None for 'off'."""
+        if (self.text(name) or "").lower() == "off":
+            return None
+        return self.usd(name, default_micro)
 
     def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
         value = (self.text(name) or default).lower()
@@ -249,6 +256,9 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         cloudflare_timeout_seconds=read.integer(
             "CLOUDFLARE_TIMEOUT_SECONDS", 120, minimum=1, maximum=600
         ),
+        cloudflare_account_requests_per_5min=read.integer(
+            "CLOUDFLARE_ACCOUNT_REQUESTS_PER_5MIN", 1000, minimum=1, maximum=100_000
+        ),
         image_provider=provider,
         image_store=store,
         backend_reason=reason,
@@ -258,6 +268,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         default_model=read.text("DEFAULT_MODEL", DEFAULT_MODEL) or DEFAULT_MODEL,
         enhance_model=read.text("ENHANCE_MODEL", DEFAULT_ENHANCE_MODEL) or DEFAULT_ENHANCE_MODEL,
         models_file=Path(models_file) if models_file else None,
+        unpublished_model_micro_usd=read.usd_or_off("UNPUBLISHED_MODEL_PRICE_USD", 2_000),
         quotas=QuotaDefaults(
             user_daily_images=read.integer("QUOTA_USER_DAILY_IMAGES", 25),
             user_daily_micro_usd=read.usd("QUOTA_USER_DAILY_USD", 50_000),

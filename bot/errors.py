@@ -178,6 +178,13 @@ class ProviderAuthError(ProviderError):
     code = "provider_auth"
 
 
+class PaidPlanRequired(ProviderError):
+    """Cloudflare 403 with code 5035 or 5016: this model needs the Workers Paid plan. The token
+    is fine; the operator must upgrade the account or offer another model."""
+
+    code = "paid_plan_required"
+
+
 class LedgerUnavailable(BotError):
     """The database is locked by someone else or out of space: nothing was charged."""
 

@@ -56,7 +56,6 @@ DEFAULT_MAX_PIXELS = 100_000_000
 # refused. Set once at import, before any decoding thread exists.
 Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, DEFAULT_MAX_PIXELS)
 MAX_FRAMES = 1000
-MAX_FRAME_PIXEL_FACTOR = 4  # all frames together may hold this many times max_pixels
 
 FITS = ("scale-down", "contain", "cover", "crop", "pad")
 VARIANT_MAX_SIDE = 4096
@@ -359,15 +358,20 @@ def _check_dimensions(header: _Header, *, max_side: int, max_pixels: int) -> Non
 
 
 def _check_frames(frames: int, width: int, height: int, *, max_pixels: int) -> None:
+    """An animation's pixels count over all its frames together, as Cloudflare Images counts
+    them: 100 frames of 1000×1000 are the whole 100-megapixel allowance."""
     if frames > MAX_FRAMES:
         raise InvalidImage(
             f"The animation has {frames} frames; the limit is {MAX_FRAMES}.",
             problem="too_many_frames",
         )
-    if frames * width * height > MAX_FRAME_PIXEL_FACTOR * max_pixels:
+    total = frames * width * height
+    if frames > 1 and total > max_pixels:
         raise InvalidImage(
-            f"The animation is too big to process: {frames} frames of {width}×{height}.",
-            problem="too_many_frames",
+            f"The animation has {frames} frames of {width}×{height}, "
+            f"{_format_megapixels(total)} over all frames; the limit is "
+            f"{_format_megapixels(max_pixels)} over all frames together.",
+            problem="animation_too_many_pixels",
         )
 
 
@@ -414,8 +418,8 @@ def validate_upload(
     Cheap checks run first (size, magic bytes, header dimensions and frame counts), so that a
     decompression bomb is refused before a single pixel is allocated; only then is every frame
     fully decoded, which catches corrupt and truncated files. Raises InvalidImage with a
-    ``problem`` of empty, too_large, unsupported_type, corrupt, too_wide, too_many_pixels or
-    too_many_frames.
+    ``problem`` of empty, too_large, unsupported_type, corrupt, too_wide, too_many_pixels,
+    too_many_frames or animation_too_many_pixels (``max_pixels`` bounds all frames together).
     """
     if not data:
         raise InvalidImage("The file is empty.", problem="empty")

@@ -55,6 +55,13 @@ class Runtime:
     variants: VariantRenderer  # image variants for anyone with a URL, on a pool of their own
 
 
+def catalog_of(settings: Settings) -> Catalog:
+    """The catalog with the operator's MODELS_FILE and price for models Cloudflare does not
+    price (see bot/catalog.py)."""
+    micro = settings.unpublished_model_micro_usd
+    return load_catalog(settings.models_file, None if micro is None else micro * 1000)
+
+
 def check_catalog(settings: Settings, catalog: Catalog) -> None:
     try:
         spec = catalog.get(settings.default_model)
@@ -66,7 +73,7 @@ def check_catalog(settings: Settings, catalog: Catalog) -> None:
 
 @asynccontextmanager
 async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIterator[Runtime]:
-    catalog = load_catalog(settings.models_file)
+    catalog = catalog_of(settings)
     check_catalog(settings, catalog)
     async with AsyncExitStack() as stack:
         api: CloudflareAPI | None = None
@@ -83,6 +90,7 @@ async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIter
                 api_token=settings.cloudflare_api_token,
                 base_url=settings.cloudflare_api_base_url,
                 max_total_seconds=max(60.0, read * 2),
+                account_requests=settings.cloudflare_account_requests_per_5min,
             )
         provider: ImageProvider = CloudflareProvider(api) if api else LocalProvider()
         store: ImageStore

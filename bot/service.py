@@ -31,6 +31,7 @@ from bot.idempotency import check_same_request, request_fingerprint, upload_fing
 from bot.ledger import ImageRecord, Job, Ledger, Limits, Usage, UsageReport
 from bot.ledger.ledger import DuplicateRequest, NewJob
 from bot.ledger.records import new_id, next_utc_midnight
+from bot.presentation import shows_fresh_urls
 from bot.providers.base import GeneratedImage, ImageProvider, ImageRequest
 from bot.recovery import CrashRecovery, RecoveryReport
 from bot.reports import PersonalUsage, ServerUsage, personal_usage, server_usage
@@ -120,6 +121,7 @@ class ImageService:
 
     # -- generation -----------------------------------------------------------------------
 
+    @shows_fresh_urls
     async def generate(self, request: GenerateRequest) -> GenerationResult:
         if self.closing:
             raise Busy("The bot is restarting; try again in a moment.")
@@ -742,6 +744,7 @@ class ImageService:
 
     # -- uploads ------------------------------------------------------------------------------
 
+    @shows_fresh_urls
     async def upload(
         self,
         data: bytes,
@@ -820,6 +823,7 @@ class ImageService:
 
     # -- images -------------------------------------------------------------------------------
 
+    @shows_fresh_urls
     async def get_image(self, image_id: str) -> ImageRecord:
         """A live image; NotFound when it does not exist or was deleted."""
         image = await self.ledger.get_image(image_id)
@@ -827,12 +831,14 @@ class ImageService:
             raise NotFound("That image was deleted.")
         return image
 
+    @shows_fresh_urls
     async def user_images(
         self, user_id: str, prefix: str = "", limit: int = 25
     ) -> list[ImageRecord]:
         """A user's live images and uploads, newest first (for pickers and listings)."""
         return await self.ledger.list_images(user_id, limit=limit, prefix=prefix)
 
+    @shows_fresh_urls
     async def user_images_page(
         self, user_id: str, *, limit: int, before: str | None
     ) -> list[ImageRecord]:
@@ -845,6 +851,7 @@ class ImageService:
     async def server_usage(self, guild_id: str, days: int = 30) -> ServerUsage:
         return await server_usage(self.ledger, guild_id, days)
 
+    @shows_fresh_urls
     async def visible_image(self, image_id: str, user_id: str, guild_id: str) -> ImageRecord:
         """An image this user may use: their own, or one made in the same server."""
         image = await self.ledger.get_image(image_id)
@@ -854,6 +861,7 @@ class ImageService:
             raise NotFound(f"No image with id {image_id}.")
         return image
 
+    @shows_fresh_urls
     async def delete_image(
         self, image_id: str, *, requester_id: str, is_admin: bool = False
     ) -> ImageRecord:

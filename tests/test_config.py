@@ -49,6 +49,8 @@ def test_defaults_match_the_readme() -> None:
     assert s.log_level == "INFO"
     assert s.cloudflare_api_base_url == "https://api.cloudflare.com/client/v4"
     assert s.cloudflare_image_delivery_url == "https://imagedelivery.net"
+    assert s.cloudflare_account_requests_per_5min == 1000
+    assert s.unpublished_model_micro_usd == 2_000
     assert (s.image_provider, s.image_store) == ("local", "local")
     assert s.models_file is None
     assert s.discord_token is None
@@ -206,7 +208,18 @@ BAD_VALUES = [
     ("CLOUDFLARE_API_BASE_URL", f"ftp://{SECRET_LOOKING}.example"),
     ("CLOUDFLARE_IMAGE_DELIVERY_URL", SECRET_LOOKING),
     ("PUBLIC_BASE_URL", SECRET_LOOKING),
+    ("UNPUBLISHED_MODEL_PRICE_USD", "-0.002"),
+    ("CLOUDFLARE_ACCOUNT_REQUESTS_PER_5MIN", "0"),
 ]
+
+
+def test_cloudflare_limits_and_unpublished_prices_are_read() -> None:
+    s = load_settings(
+        {"CLOUDFLARE_ACCOUNT_REQUESTS_PER_5MIN": "600", "UNPUBLISHED_MODEL_PRICE_USD": "0.0125"}
+    )
+    assert s.cloudflare_account_requests_per_5min == 600
+    assert s.unpublished_model_micro_usd == 12_500
+    assert load_settings({"UNPUBLISHED_MODEL_PRICE_USD": "OFF"}).unpublished_model_micro_usd is None
 
 
 @pytest.mark.parametrize(("variable", "value"), BAD_VALUES)

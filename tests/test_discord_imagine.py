@@ -171,7 +171,8 @@ async def test_buttons_work_and_keep_working_after_a_restart(
 
 async def test_200_imagine_at_once_are_all_acknowledged(fake_discord, bot_harness, make_settings):
     async with open_runtime(make_settings(MAX_QUEUE=1000, QUOTA_USER_DAILY_IMAGES=1000,
-                                          QUOTA_USER_DAILY_USD=10)) as runtime:  # fmt: skip
+                                          QUOTA_USER_DAILY_USD=10,
+                                          QUOTA_DAILY_NEURONS=100_000)) as runtime:  # fmt: skip
         await bot_harness.start(ImageBot(runtime))
         fake_discord.ack_deadline = 3.0  # like Discord: a later acknowledgement is refused
         # 200 jobs in one channel exceed the channel-wide limit on edits (the fake's 50 per
@@ -239,3 +240,19 @@ async def test_commands_sync_to_the_development_server_when_set(fake_discord, bo
         assert {"imagine", "upload", "models", "templates", "usage", "quota",
                 "blocklist"} <= set(synced)  # fmt: skip
         assert fake_discord.commands() == {}
+
+
+async def test_a_model_that_needs_the_paid_plan_says_so_privately_and_charges_nothing(
+    fake_discord, bot_harness, fake_cloudflare, make_settings, cloudflare_env
+):
+    async with open_runtime(make_settings(**cloudflare_env)) as runtime:
+        await bot_harness.start(ImageBot(runtime))
+        fake_cloudflare.inject("5035")  # 403: "This model requires the Workers Paid plan"
+        interaction = await imagine(fake_discord, {"prompt": "a red bicycle"})
+        message = await interaction.wait_for_message(lambda m: "Paid plan" in m.content)
+        assert message.ephemeral
+        assert "needs the Workers Paid plan" in message.content
+        assert "credentials" not in message.content  # not the bad-token message
+        member, guild = str(fake_discord.member.id), str(fake_discord.guild.id)
+        assert (await runtime.ledger.user_usage(member, guild)).images == 0
+        assert fake_cloudflare.ai_calls == 1  # not retried

@@ -41,7 +41,9 @@ class ImageStore(Protocol):
         ...
 
     def url(self, key: str, variant: str = "public") -> str:
-        """The delivery URL of a variant ('public' or 'w=…,h=…,fit=…')."""
+        """The delivery URL of a variant ('public' or 'w=…,h=…,fit=…'), computed now from the key:
+        a signed URL is valid from this call, so call it whenever a URL is shown, never store it
+        for later."""
         ...
 
     async def check(self) -> None:

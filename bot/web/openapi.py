@@ -88,6 +88,12 @@ SCHEMAS: dict[str, Any] = {
             "name": {"type": "string"},
             "cost_per_image": {"type": "number"},
             "neurons_per_image": {"type": "number"},
+            "price_published": {
+                "type": "boolean",
+                "description": "false: Cloudflare's pricing page lists no price for this model",
+            },
+            "price_source": {"type": "string", "enum": ["cloudflare", "operator", "default"]},
+            "price_note": NULLABLE_STR,
             "default_width": {"type": "integer"},
             "default_height": {"type": "integer"},
             "speed_seconds": {"type": "number"},
