@@ -13,6 +13,7 @@ import secrets
 from bot.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from bot.ledger import Ledger
 from bot.ledger.records import ApiKey, new_id
+from bot.logs import register_secret
 from bot.validation import clean_text
 
 KEY_PREFIX = "cfib_"
@@ -38,6 +39,8 @@ class ApiKeys:
                 "name", f"You already have {MAX_KEYS_PER_USER} keys; revoke one first."
             )
         plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
+        webhook_secret = secrets.token_urlsafe(32)
+        register_secret(webhook_secret)
         key = ApiKey(
             id=new_id("key"),
             user_id=user_id,
@@ -45,7 +48,7 @@ class ApiKeys:
             name=label,
             key_hash=hash_key(plaintext),
             hint=f"{plaintext[:9]}…{plaintext[-4:]}",
-            webhook_secret=secrets.token_urlsafe(32),
+            webhook_secret=webhook_secret,
             created_at=self.ledger.now_iso(),
         )
         await self.ledger.add_api_key(key)

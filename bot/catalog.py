@@ -2,6 +2,11 @@
 
 Built-in entries follow ../shared/reference/cloudflare.md. An operator can override prices, hide
 models or add new ones with a TOML file (``MODELS_FILE``); see ``load_catalog``.
+
+Cloudflare's pricing page lists no price for the Stable Diffusion family. Such a model is never
+silently free: it carries the operator's price from ``MODELS_FILE`` when there is one, else the
+operator's default (``UNPUBLISHED_MODEL_PRICE_USD`` per image), or it is hidden until priced when
+that default is off. ``ModelSpec.price_note`` says which, for every front that lists models.
 """
 
 from __future__ import annotations
@@ -26,6 +31,10 @@ IMAGE_TO_IMAGE = "image-to-image"
 TEXT_GENERATION = "text-generation"
 
 TILE_SIDE = 512
+# Per image, for a model whose price Cloudflare does not publish and the operator did not set.
+DEFAULT_UNPUBLISHED_PRICE_NANO_USD = 2_000_000  # $0.002
+# Cloudflare's megapixel for per-megapixel prices: the first one is defined as 1024×1024.
+MEGAPIXEL = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -33,7 +42,8 @@ class Price:
     """A linear price formula; every term in nano-dollars (exact integers).
 
     tiles = ceil(w/512) × ceil(h/512) of the output; input_tiles the same for an init image;
-    further_megapixels = output megapixels beyond the first, rounded up.
+    megapixels are 1024×1024 pixels; further_megapixels = output megapixels beyond the first,
+    rounded up.
     """
 
     per_image: int = 0
@@ -56,8 +66,8 @@ class Price:
         in_megapixels = 0
         if input_size is not None:
             in_tiles = ceil_div(input_size[0], TILE_SIDE) * ceil_div(input_size[1], TILE_SIDE)
-            in_megapixels = ceil_div(input_size[0] * input_size[1], 1_000_000)
-        further_mp = max(0, ceil_div(width * height - 1_000_000, 1_000_000))
+            in_megapixels = ceil_div(input_size[0] * input_size[1], MEGAPIXEL)
+        further_mp = max(0, ceil_div(width * height - MEGAPIXEL, MEGAPIXEL))
         return (
             self.per_image
             + self.per_tile * tiles
@@ -126,6 +136,8 @@ class ModelSpec:
     typical_seconds: float = 5.0
     enabled: bool = True
     description: str = ""
+    price_published: bool = True  # False: Cloudflare's pricing page lists no price for it
+    price_source: Literal["cloudflare", "operator", "default"] = "cloudflare"
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -148,6 +160,19 @@ class ModelSpec:
     def default_cost(self) -> Cost:
         return self.image_cost(self.default_width, self.default_height, self.default_steps)
 
+    @property
+    def price_note(self) -> str:
+        """Where the price comes from, when it is not Cloudflare's published one ('' if it is)."""
+        if self.price_source == "cloudflare":
+            return ""
+        set_how = (
+            "price set by the operator"
+            if self.price_source == "operator"
+            else "charged at the operator's default price per image"
+        )
+        note = set_how if self.price_published else f"price not published by Cloudflare; {set_how}"
+        return note[0].upper() + note[1:]
+
 
 def _neurons(text: str) -> int:
     return neurons_to_nano(text)
@@ -162,7 +187,8 @@ I2I = frozenset({IMAGE_TO_IMAGE})
 BOTH = frozenset({TEXT_TO_IMAGE, IMAGE_TO_IMAGE})
 # What the Stable Diffusion family on Workers AI shares.
 SD_FAMILY: dict[str, Any] = {
-    "price": Price(),
+    "price": Price(),  # unpublished: replaced when the catalog is loaded (see load_catalog)
+    "price_published": False,
     "min_side": 256,
     "max_side": 2048,
     "size_multiple": 8,
@@ -213,7 +239,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         capabilities=T2I,
         **SD_FAMILY,
         typical_seconds=12.0,
-        description="Detailed images; slower. Price not published: override it if billed.",
+        description="Detailed images; slower.",
     ),
     ModelSpec(
         id="@cf/bytedance/stable-diffusion-xl-lightning",
@@ -221,7 +247,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         capabilities=T2I,
         **SD_FAMILY,
         typical_seconds=3.0,
-        description="SDXL in a few steps. Listed free while in beta.",
+        description="SDXL in a few steps.",
     ),
     ModelSpec(
         id="@cf/lykon/dreamshaper-8-lcm",
@@ -245,7 +271,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         id="@cf/leonardo/phoenix-1.0",
         name="Leonardo Phoenix 1.0",
         capabilities=T2I,
-        price=Price(per_tile=_usd("0.0058"), per_step=_usd("0.00011")),
+        price=Price(per_tile=_usd("0.005830"), per_step=_usd("0.000110")),
         min_side=256,
         max_side=2048,
         min_steps=1,
@@ -260,7 +286,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         id="@cf/leonardo/lucid-origin",
         name="Leonardo Lucid Origin",
         capabilities=T2I,
-        price=Price(per_tile=_usd("0.007"), per_step=_usd("0.00013")),
+        price=Price(per_tile=_usd("0.006996"), per_step=_usd("0.000132")),
         min_side=256,
         max_side=2500,
         default_width=1120,
@@ -325,7 +351,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
 PRICE_TERMS = {f for f in Price.__dataclass_fields__}
 _SPEC_FIELDS = set(ModelSpec.__dataclass_fields__)
 _TYPED_FIELDS = {"id", "name", "capabilities", "price", "guidance", "extra"}
-_NOT_CONFIGURABLE = {"extra"}
+_NOT_CONFIGURABLE = {"extra", "price_published", "price_source"}
 
 
 class Catalog:
@@ -397,8 +423,9 @@ def _spec_from_table(where: str, table: Mapping[str, Any], base: ModelSpec | Non
         if base is not None:
             return replace(base, **values)
         values.setdefault("capabilities", T2I)
-        values.setdefault("price", Price())
         values.setdefault("name", table.get("id", where))
+        if "price" not in values:  # an added model without a price is priced like unpublished
+            values.update(price=Price(), price_published=False)
         return ModelSpec(id=str(table["id"]), **values)
     except (TypeError, KeyError) as exc:
         raise ConfigError("MODELS_FILE", f"{where}: {exc}") from None
@@ -438,8 +465,25 @@ def _check_spec(where: str, table: Mapping[str, Any], spec: ModelSpec) -> ModelS
     return spec
 
 
-def load_catalog(path: Path | None) -> Catalog:
+def _priced(spec: ModelSpec, operator_priced: bool, unpublished_nano_usd: int | None) -> ModelSpec:
+    """Say where the price comes from; give an unpublished, unset price the operator's default
+    (or hide the model until it is priced, when there is no default)."""
+    if operator_priced:
+        return replace(spec, price_source="operator")
+    if spec.price_published:
+        return spec
+    if unpublished_nano_usd is None:
+        return replace(spec, enabled=False, price_source="default")
+    return replace(spec, price=Price(per_image=unpublished_nano_usd), price_source="default")
+
+
+def load_catalog(
+    path: Path | None, unpublished_nano_usd: int | None = DEFAULT_UNPUBLISHED_PRICE_NANO_USD
+) -> Catalog:
     """The built-in catalog, with the operator's TOML overrides applied when a file is given.
+
+    A model whose price Cloudflare does not publish and the file does not set costs
+    ``unpublished_nano_usd`` per image; with None it is hidden until the file prices it.
 
     Format::
 
@@ -458,8 +502,15 @@ def load_catalog(path: Path | None) -> Catalog:
         price = { per_tile_usd = 0.001 }
     """
     models = {m.id: m for m in BUILTIN_MODELS}
-    if path is None:
-        return Catalog(models.values())
+    priced: set[str] = set()
+    if path is not None:
+        priced = _apply_models_file(path, models)
+    return Catalog(_priced(m, m.id in priced, unpublished_nano_usd) for m in models.values())
+
+
+def _apply_models_file(path: Path, models: dict[str, ModelSpec]) -> set[str]:
+    """Apply the TOML file's entries to ``models``; the ids whose price it sets."""
+    priced: set[str] = set()
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -475,4 +526,6 @@ def load_catalog(path: Path | None) -> Catalog:
             raise ConfigError("MODELS_FILE", f"{where}: needs an id")
         spec = _spec_from_table(where, entry, models.get(entry["id"]))
         models[entry["id"]] = _check_spec(where, entry, spec)
-    return Catalog(models.values())
+        if "price" in entry:
+            priced.add(entry["id"])
+    return priced

@@ -18,14 +18,14 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from bot.catalog import Catalog, load_catalog
+from bot.catalog import Catalog
 from bot.config import Settings, load_settings, read_environment
 from bot.errors import BotError, ConfigError
 from bot.logs import configure_logging
 from bot.money import format_neurons, format_usd
 from bot.public import image_to_public, model_json, report_json, usd
 from bot.requests import GenerateRequest, GenerationResult, Progress
-from bot.runtime import Runtime, open_runtime
+from bot.runtime import Runtime, catalog_of, open_runtime
 from bot.stores.local import LocalImageStore
 
 log = logging.getLogger("bot")
@@ -124,7 +124,7 @@ def _secrets(settings: Settings) -> list[str]:
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "models":
-        return _print_models(load_catalog(settings.models_file), args.json)
+        return _print_models(catalog_of(settings), args.json)
     log.info("backends: %s", settings.backend_reason)
     async with open_runtime(settings) as runtime:
         if args.command == "imagine":
@@ -225,6 +225,8 @@ def _print_models(catalog: Catalog, as_json: bool) -> int:
             f", {m.default_steps} steps ({format_neurons(cost.milli_neurons)} Neurons)"
             f" · ~{m.typical_seconds:g} s · {', '.join(sorted(m.capabilities))}"
         )
+        if m.price_note:
+            print(f"  ({m.price_note})")
     return 0
 
 

@@ -1,11 +1,15 @@
 """The one place that talks HTTP to Cloudflare: auth, retries, rate limiting and error mapping.
 
-Every call goes through ``CloudflareAPI.request``. It retries only what can succeed later
-(connection errors, timeouts, 408, 429, out-of-capacity 3040, 5xx), with full-jitter exponential
-backoff inside a bounded time budget, and turns Cloudflare's error envelope into the domain errors
-of ``bot.errors`` through an ``ErrorMapper``: ``provider_error`` for Workers AI (the default) and
-``store_error`` for Cloudflare Images. The API token never leaves the Authorization header: it is
-kept out of reprs, log lines and every error message.
+Every call goes through ``CloudflareAPI.request``. Each attempt first takes a slot of the
+account-wide limiter (``AccountLimiter``: Cloudflare allows 1,200 API requests per 5 minutes per
+token, and going over blocks every call for 5 minutes), shared fairly by generation and storage;
+``ai/run`` also keeps its own 720-a-minute limiter. A 429 that blocks the account pauses every call
+for its ``Retry-After`` (or the block period). It retries only what can succeed later (connection
+errors, timeouts, 408, 429, out-of-capacity 3040, 5xx), honouring ``Retry-After`` on any status,
+with full-jitter exponential backoff inside a bounded time budget, and turns Cloudflare's error
+envelope into the domain errors of ``bot.errors`` through an ``ErrorMapper``: ``provider_error``
+for Workers AI (the default) and ``store_error`` for Cloudflare Images. The API token never
+leaves the Authorization header: it is kept out of reprs, log lines and every error message.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ import random
 import re
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -29,6 +34,7 @@ from bot.errors import (
     ContentFlagged,
     DailyAllocationExhausted,
     NotFound,
+    PaidPlanRequired,
     ProviderAuthError,
     ProviderError,
     ProviderRateLimited,
@@ -49,12 +55,23 @@ CODE_DAILY_ALLOCATION = 3036
 CODE_OUT_OF_CAPACITY = 3040
 CODE_TOO_LARGE = 3006
 RETRYABLE_CODES = frozenset({CODE_OUT_OF_CAPACITY, 3007, 3008})
+PAID_PLAN_CODES = frozenset({5035, 5016})  # with 403: "Workers Paid plan required"
 AUTH_CODES = frozenset({3023, 5016, 5018, 3041, 10000})
 UNKNOWN_MODEL_CODES = frozenset({5007, 3042})
 RETRYABLE_STATUSES = frozenset({408, 429})
+# 429s about one model or the free allowance, not the account's request rate.
+NOT_ACCOUNT_LIMIT_CODES = frozenset({CODE_OUT_OF_CAPACITY, CODE_DAILY_ALLOCATION})
+ACCOUNT_WINDOW_SECONDS = 300.0  # Cloudflare's window, and how long it blocks an account over it
+DEFAULT_ACCOUNT_REQUESTS = 1000  # per window: safely under Cloudflare's 1,200
+
+CallKind = Literal["generation", "storage"]
 
 FLAGGED_MESSAGE = "The image service refused this prompt or flagged the image. Try rewording it."
 AUTH_MESSAGE = "The bot's Cloudflare credentials were refused; the operator needs to check them."
+PAID_PLAN_MESSAGE = (
+    "This model needs the Workers Paid plan on the bot's Cloudflare account. Pick another model "
+    "(see /models) or ask the operator to upgrade the plan."
+)
 UNAVAILABLE_MESSAGE = "The image service is not answering right now; try again in a minute."
 MALFORMED_MESSAGE = "The image service sent a broken response; try again in a minute."
 
@@ -112,6 +129,8 @@ def provider_error(failure: Failure) -> BotError:
         return DailyAllocationExhausted(resets_at=next_utc_midnight())
     if CODE_FLAGGED in codes:
         return ContentFlagged(FLAGGED_MESSAGE)
+    if status == 403 and codes & PAID_PLAN_CODES:
+        return PaidPlanRequired(PAID_PLAN_MESSAGE)
     if status in (401, 403) or codes & AUTH_CODES:
         return ProviderAuthError(AUTH_MESSAGE)
     if status == 404 or codes & UNKNOWN_MODEL_CODES:
@@ -155,11 +174,28 @@ def store_error(failure: Failure) -> BotError:
     return StoreError(f"The image store rejected the request ({detail}).")
 
 
-class SlidingWindowLimiter:
-    """At most ``limit`` starts in any ``window`` seconds; callers wait (FIFO) for a free slot.
+class _Window:
+    """What both limiters share: timestamps within a sliding window (never more than ``limit``
+    of them, so memory is bounded) and one lock, so one waiter at a time sleeps for a free slot
+    (the lock is released if a waiter is cancelled)."""
 
-    Memory is bounded: the deque never holds more than ``limit`` timestamps.
-    """
+    def __init__(self, limit: int, window: float, clock: Clock, sleep: Sleep) -> None:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        self.limit = limit
+        self.window = window
+        self._clock = clock
+        self._sleep = sleep
+        self._times: deque[float] = deque(maxlen=limit)
+        self._lock = asyncio.Lock()
+
+    def _drop_expired(self, now: float) -> None:
+        while self._times and self._times[0] <= now - self.window:
+            self._times.popleft()
+
+
+class SlidingWindowLimiter(_Window):
+    """At most ``limit`` starts in any ``window`` seconds; callers wait (FIFO) for a free slot."""
 
     def __init__(
         self,
@@ -169,26 +205,85 @@ class SlidingWindowLimiter:
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
-        if limit < 1:
-            raise ValueError("limit must be at least 1")
-        self.limit = limit
-        self.window = window
-        self._clock = clock
-        self._sleep = sleep
-        self._starts: deque[float] = deque(maxlen=limit)
-        # One waiter at a time, in arrival order; the lock is released if a waiter is cancelled.
-        self._lock = asyncio.Lock()
+        super().__init__(limit, window, clock, sleep)
 
     async def acquire(self) -> None:
         async with self._lock:
             while True:
                 now = self._clock()
-                while self._starts and self._starts[0] <= now - self.window:
-                    self._starts.popleft()
-                if len(self._starts) < self.limit:
-                    self._starts.append(now)
+                self._drop_expired(now)
+                if len(self._times) < self.limit:
+                    self._times.append(now)
                     return
-                await self._sleep(self._starts[0] + self.window - now)
+                await self._sleep(self._times[0] + self.window - now)
+
+
+class AccountLimiter(_Window):
+    """At most ``limit`` Cloudflare requests in any ``window`` seconds, for the whole account.
+
+    A request holds its slot from the moment it is sent until ``window`` seconds after its
+    answer came back (``_times`` holds those answers). Cloudflare counts a request when it
+    arrives, which is between those two moments, so however the network delays requests,
+    Cloudflare never sees more than ``limit`` in any window of its own. Waiters queue per kind
+    and the kinds take turns, so a burst of generations cannot starve uploads and deletes (or
+    the reverse). ``pause`` holds every waiter back until a block Cloudflare announced is over.
+    """
+
+    def __init__(
+        self,
+        limit: int = DEFAULT_ACCOUNT_REQUESTS,
+        window: float = ACCOUNT_WINDOW_SECONDS,
+        *,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        super().__init__(limit, window, clock, sleep)
+        self._in_flight = 0
+        self._released = asyncio.Event()
+        self._paused_until = 0.0
+        # The front waiter of each kind queues on the shared lock, so the kinds alternate.
+        self._kind_locks: dict[CallKind, asyncio.Lock] = {
+            "generation": asyncio.Lock(),
+            "storage": asyncio.Lock(),
+        }
+
+    @property
+    def paused_for(self) -> float:
+        """Seconds until a pause announced by Cloudflare is over (0 when none)."""
+        return max(0.0, self._paused_until - self._clock())
+
+    def pause(self, seconds: float) -> None:
+        """Hold every call back for ``seconds`` (a 429 blocked the account)."""
+        self._paused_until = max(self._paused_until, self._clock() + seconds)
+
+    @asynccontextmanager
+    async def slot(self, kind: CallKind) -> AsyncIterator[None]:
+        await self._acquire(kind)
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            self._times.append(self._clock())
+            self._released.set()
+
+    async def _acquire(self, kind: CallKind) -> None:
+        async with self._kind_locks[kind], self._lock:
+            waited_until: float | None = None
+            while True:
+                now = self._clock()
+                if now < self._paused_until and self._paused_until != waited_until:
+                    waited_until = self._paused_until  # once per pause, whatever the clock says
+                    await self._sleep(waited_until - now)
+                    continue
+                self._drop_expired(now)
+                if self._in_flight + len(self._times) < self.limit:
+                    self._in_flight += 1
+                    return
+                if self._times:
+                    await self._sleep(self._times[0] + self.window - now)
+                else:  # every slot is a request still in flight: wait for one to answer
+                    self._released.clear()
+                    await self._released.wait()
 
 
 def _is_json(response: httpx.Response) -> bool:
@@ -200,8 +295,10 @@ class CloudflareAPI:
     """A thin authenticated client for ``{base_url}/accounts/{account_id}/…``.
 
     The httpx client is shared and owned by the caller. ``max_total_seconds`` bounds the time
-    one ``request`` spends on attempts and backoff (waiting for the rate limiter before the
+    one ``request`` spends on attempts and backoff (waiting for the rate limiters before the
     first attempt is not counted: that is our own queue, not Cloudflare failing).
+    ``account_requests`` per ``account_window_seconds`` is the account-wide limit every call
+    shares; ``account_block_seconds`` is how long a 429 without ``Retry-After`` pauses them all.
     """
 
     def __init__(
@@ -216,6 +313,9 @@ class CloudflareAPI:
         backoff_base: float = 0.5,
         backoff_max: float = 8.0,
         text_to_image_per_minute: int = 720,
+        account_requests: int = DEFAULT_ACCOUNT_REQUESTS,
+        account_window_seconds: float = ACCOUNT_WINDOW_SECONDS,
+        account_block_seconds: float = ACCOUNT_WINDOW_SECONDS,
         sleep: Sleep = asyncio.sleep,
         clock: Clock = time.monotonic,
     ) -> None:
@@ -231,6 +331,10 @@ class CloudflareAPI:
         self._clock = clock
         self._random = random.Random()
         self.limiter = SlidingWindowLimiter(text_to_image_per_minute, clock=clock, sleep=sleep)
+        self.account = AccountLimiter(
+            account_requests, account_window_seconds, clock=clock, sleep=sleep
+        )
+        self.account_block_seconds = account_block_seconds
 
     def __repr__(self) -> str:
         return f"CloudflareAPI(base_url={self._base_url!r})"
@@ -262,6 +366,7 @@ class CloudflareAPI:
         ``attempts`` overrides ``max_attempts`` (health checks use 1).
         """
         url = f"{self._base_url}/accounts/{self._account_id}{path}"
+        kind: CallKind = "storage" if path.startswith("/images/") else "generation"
         max_attempts = max(1, attempts or self.max_attempts)
         deadline: float | None = None
         flagged = malformed = 0
@@ -270,22 +375,23 @@ class CloudflareAPI:
             attempt += 1
             if rate_limited:
                 await self.limiter.acquire()
-            if deadline is None:
-                deadline = self._clock() + self.max_total_seconds
-            outcome = await self._attempt(
-                method,
-                url,
-                path,
-                deadline,
-                json=json,
-                files=files,
-                data=data,
-                params=params,
-                expect=expect,
-            )
+            async with self.account.slot(kind):
+                if deadline is None:
+                    deadline = self._clock() + self.max_total_seconds
+                outcome = await self._attempt(
+                    method,
+                    url,
+                    path,
+                    deadline,
+                    json=json,
+                    files=files,
+                    data=data,
+                    params=params,
+                    expect=expect,
+                )
             if isinstance(outcome, httpx.Response):
                 return outcome
-            failure = replace(outcome, attempts=attempt)
+            failure = self._note_account_block(replace(outcome, attempts=attempt))
             retry = failure.retryable
             if CODE_FLAGGED in failure.codes:
                 retry, flagged = flagged == 0, flagged + 1
@@ -294,18 +400,22 @@ class CloudflareAPI:
             remaining = deadline - self._clock()
             if not retry or attempt >= max_attempts or remaining <= 0:
                 raise self._give_up(failure, errors)
-            if failure.retry_after is not None and failure.retry_after > remaining:
+            # While the account is paused, the account limiter holds this call back with every
+            # other one; there is no backoff of its own to sleep.
+            paused = self.account.paused_for
+            must_wait = max(failure.retry_after or 0.0, paused)
+            if must_wait > remaining:
                 log.info(
                     "Cloudflare %s %s: %s asks to wait %.1fs, more than the %.1fs left; giving up",
                     method,
                     path,
                     failure.describe(),
-                    failure.retry_after,
+                    must_wait,
                     remaining,
                 )
                 raise self._give_up(failure, errors)
             delay = self.backoff(attempt) if failure.retry_after is None else failure.retry_after
-            delay = min(delay, remaining)
+            delay = paused or min(delay, remaining)
             log.info(
                 "Cloudflare %s %s: %s on attempt %d/%d; retrying in %.2fs",
                 method,
@@ -315,7 +425,25 @@ class CloudflareAPI:
                 max_attempts,
                 delay,
             )
-            await self._sleep(delay)
+            if not paused:
+                await self._sleep(delay)
+
+    def _note_account_block(self, failure: Failure) -> Failure:
+        """A rate-limit 429 may mean the whole account is blocked: pause every call for its
+        Retry-After (or the block period), and let this call wait exactly as long."""
+        if failure.status != 429 or set(failure.codes) & NOT_ACCOUNT_LIMIT_CODES:
+            return failure
+        pause = failure.retry_after
+        if pause is None:
+            pause = self.account_block_seconds
+        self.account.pause(pause)
+        log.warning(
+            "Cloudflare %s %s: rate-limited (429); pausing every Cloudflare call for %.1fs",
+            failure.method,
+            failure.path,
+            pause,
+        )
+        return replace(failure, retry_after=pause)
 
     def _give_up(self, failure: Failure, errors: ErrorMapper) -> BotError:
         error = errors(failure)
@@ -388,7 +516,7 @@ class CloudflareAPI:
         retryable = (
             status in RETRYABLE_STATUSES or status >= 500 or bool(RETRYABLE_CODES & set(codes))
         ) and CODE_DAILY_ALLOCATION not in codes
-        retry_after = retry_after_seconds(response) if status in (429, 503) else None
+        retry_after = retry_after_seconds(response)
         return Failure(
             method,
             path,

@@ -2,7 +2,8 @@
 
 Discord allows 200 command creates a day per server and re-syncing on every start spends them
 and delays start-up, so each scope's schema hash is kept in ``DATA_DIR/discord_commands.json``
-and a scope is synced only when its hash differs. The commands live either globally or (with
+(per application, so a new bot token on the same data syncs afresh) and a scope is synced only
+when its hash differs. The commands live either globally or (with
 ``DISCORD_GUILD_ID``, for development) in one server, never both: switching empties the scope
 that was used before, so Discord never shows a command twice. Delete the file to force a sync
 (for example after changing commands by hand in the Developer Portal).
@@ -61,7 +62,9 @@ async def sync_commands(
     """Sync the tree where it belongs if its schema changed; empty scopes used before. Returns
     the scopes written (``"global"`` or a server id), for the log."""
     path = data_dir / STATE_FILE
-    stored = _load(path)
+    state = _load(path)
+    app = f"{tree.client.application_id}/"  # keys are "<application id>/<scope>"
+    stored = {key.removeprefix(app): value for key, value in state.items() if key.startswith(app)}
     active = str(guild_id) if guild_id else GLOBAL
     if guild_id:
         tree.copy_global_to(guild=discord.Object(id=guild_id))
@@ -81,8 +84,8 @@ async def sync_commands(
         else:
             app_id = tree.client.application_id
             await tree.client.http.bulk_upsert_guild_commands(app_id, int(scope), [])
-        stored[scope] = digest
-        _save(path, stored)
+        state[app + scope] = digest
+        _save(path, state)
         written.append(scope)
     log.info("commands: %s", f"synced {', '.join(written)}" if written else "unchanged, no sync")
     return written

@@ -6,6 +6,7 @@ which names the variable and what is wrong, never the value (it may be a secret)
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,9 @@ DEFAULT_API_BASE = "https://api.cloudflare.com/client/v4"
 DEFAULT_DELIVERY_URL = "https://imagedelivery.net"
 DEFAULT_MODEL = "@cf/black-forest-labs/flux-1-schnell"
 DEFAULT_ENHANCE_MODEL = "@cf/meta/llama-3.1-8b-instruct-fp8-fast"
+MEGABYTE = 1024 * 1024
+# Cloudflare Images bills $5 per 100,000 stored images a month: one month is charged per upload.
+DEFAULT_IMAGES_STORAGE_MICRO_USD = 50
 SECRET_VARIABLES = ("DISCORD_TOKEN", "CLOUDFLARE_API_TOKEN", "CLOUDFLARE_IMAGES_SIGNING_KEY")
 
 
@@ -33,6 +37,8 @@ class QuotaDefaults:
     user_daily_micro_usd: int = 50_000
     guild_daily_micro_usd: int = 1_000_000
     daily_milli_neurons: int = 10_000_000
+    user_daily_uploads: int = 50
+    user_daily_upload_bytes: int = 200 * MEGABYTE
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,7 @@ class Settings:
     cloudflare_api_base_url: str = DEFAULT_API_BASE
     cloudflare_image_delivery_url: str = DEFAULT_DELIVERY_URL
     cloudflare_timeout_seconds: int = 120
+    cloudflare_account_requests_per_5min: int = 1000
     image_provider: Backend = "local"
     image_store: Backend = "local"
     backend_reason: str = ""
@@ -62,6 +69,7 @@ class Settings:
     default_model: str = DEFAULT_MODEL
     enhance_model: str = DEFAULT_ENHANCE_MODEL
     models_file: Path | None = None
+    unpublished_model_micro_usd: int | None = 2_000  # None: such models hidden until priced
     quotas: QuotaDefaults = QuotaDefaults()
     cache_scope: CacheScope = "guild"
     max_jobs_per_user: int = 2
@@ -70,6 +78,17 @@ class Settings:
     discord_channel_messages_per_10s: int = 40
     api_rate_per_minute: int = 60
     placeholder_daily_images: int = 50
+    image_rate_per_minute: int = 600
+    web_trusted_proxies: frozenset[str] = frozenset()
+    variant_max_side: int = 4096
+    variant_max_pixels: int = 4096 * 4096
+    variant_workers: int = 2
+    variant_cache_mb: int = 64
+    web_header_timeout_seconds: int = 10
+    web_body_timeout_seconds: int = 60
+    web_keepalive_seconds: int = 15
+    web_max_request_mb: int = 11
+    images_storage_micro_usd: int = DEFAULT_IMAGES_STORAGE_MICRO_USD  # per upload, on Cloudflare
     allow_private_urls: bool = False
     log_level: str = "INFO"
 
@@ -122,6 +141,11 @@ class _Reader:
     def flag(self, name: str) -> bool:
         """``true`` or ``false`` (default false)."""
         return self.choice(name, "false", ("true", "false")) == "true"
+    def usd_or_off(self, name: str, default_micro: int) -> int | None:
+        """An amount in US dollars, or None for 'off'."""
+        if (self.text(name) or "").lower() == "off":
+            return None
+        return self.usd(name, default_micro)
 
     def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
         value = (self.text(name) or default).lower()
@@ -145,6 +169,17 @@ class _Reader:
         if not all(p.isdigit() for p in parts):
             raise ConfigError(name, "must be Discord ids (digits) separated by commas")
         return frozenset(int(p) for p in parts)
+
+    def addresses(self, name: str) -> frozenset[str]:
+        raw = self.text(name)
+        if raw is None:
+            return frozenset()
+        try:
+            return frozenset(
+                str(ipaddress.ip_address(p.strip())) for p in raw.split(",") if p.strip()
+            )
+        except ValueError:
+            raise ConfigError(name, "must be IP addresses separated by commas") from None
 
     def url(self, name: str, default: str) -> str:
         value = self.text(name, default) or default
@@ -222,6 +257,9 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         cloudflare_timeout_seconds=read.integer(
             "CLOUDFLARE_TIMEOUT_SECONDS", 120, minimum=1, maximum=600
         ),
+        cloudflare_account_requests_per_5min=read.integer(
+            "CLOUDFLARE_ACCOUNT_REQUESTS_PER_5MIN", 1000, minimum=1, maximum=100_000
+        ),
         image_provider=provider,
         image_store=store,
         backend_reason=reason,
@@ -231,11 +269,16 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         default_model=read.text("DEFAULT_MODEL", DEFAULT_MODEL) or DEFAULT_MODEL,
         enhance_model=read.text("ENHANCE_MODEL", DEFAULT_ENHANCE_MODEL) or DEFAULT_ENHANCE_MODEL,
         models_file=Path(models_file) if models_file else None,
+        unpublished_model_micro_usd=read.usd_or_off("UNPUBLISHED_MODEL_PRICE_USD", 2_000),
         quotas=QuotaDefaults(
             user_daily_images=read.integer("QUOTA_USER_DAILY_IMAGES", 25),
             user_daily_micro_usd=read.usd("QUOTA_USER_DAILY_USD", 50_000),
             guild_daily_micro_usd=read.usd("QUOTA_GUILD_DAILY_USD", 1_000_000),
             daily_milli_neurons=read.integer("QUOTA_DAILY_NEURONS", 10_000) * 1000,
+            user_daily_uploads=read.integer("QUOTA_USER_DAILY_UPLOADS", 50),
+            user_daily_upload_bytes=read.integer(
+                "QUOTA_USER_DAILY_UPLOAD_MB", 200, maximum=2**40
+            ) * MEGABYTE,
         ),
         cache_scope=read.choice("CACHE_SCOPE", "guild", ("guild", "global", "off")),  # type: ignore[arg-type]
         max_jobs_per_user=read.integer("MAX_JOBS_PER_USER", 2, minimum=1, maximum=64),
@@ -246,6 +289,27 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         ),
         api_rate_per_minute=read.integer("API_RATE_PER_MINUTE", 60, minimum=1, maximum=100_000),
         placeholder_daily_images=read.integer("PLACEHOLDER_DAILY_IMAGES", 50),
+        image_rate_per_minute=read.integer(
+            "IMAGE_RATE_PER_MINUTE", 600, minimum=1, maximum=1_000_000
+        ),
+        web_trusted_proxies=read.addresses("WEB_TRUSTED_PROXIES"),
+        variant_max_side=read.integer("VARIANT_MAX_SIDE", 4096, minimum=16, maximum=12_000),
+        variant_max_pixels=read.integer(
+            "VARIANT_MAX_PIXELS", 4096 * 4096, minimum=256, maximum=100_000_000
+        ),
+        variant_workers=read.integer("VARIANT_WORKERS", 2, minimum=1, maximum=64),
+        variant_cache_mb=read.integer("VARIANT_CACHE_MB", 64, minimum=0, maximum=16_384),
+        web_header_timeout_seconds=read.integer(
+            "WEB_HEADER_TIMEOUT_SECONDS", 10, minimum=1, maximum=600
+        ),
+        web_body_timeout_seconds=read.integer(
+            "WEB_BODY_TIMEOUT_SECONDS", 60, minimum=1, maximum=3600
+        ),
+        web_keepalive_seconds=read.integer("WEB_KEEPALIVE_SECONDS", 15, minimum=1, maximum=3600),
+        web_max_request_mb=read.integer("WEB_MAX_REQUEST_MB", 11, minimum=1, maximum=1024),
+        images_storage_micro_usd=read.usd(
+            "CLOUDFLARE_IMAGES_STORAGE_USD", DEFAULT_IMAGES_STORAGE_MICRO_USD
+        ),
         allow_private_urls=read.flag("ALLOW_PRIVATE_URLS"),
         log_level=read.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper(),
     )

@@ -24,6 +24,7 @@ from bot.config import Settings
 from bot.errors import BotError, QuotaExceeded
 from bot.runtime import Runtime
 from bot.web.app import start_web_server
+from cogs.limits import CONTENT, clip
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ async def reply_privately(interaction: discord.Interaction, text: str) -> None:
     if interaction.extras.get(DEAD_LINK) or interaction.is_expired():
         log.info("interaction %s can no longer be answered; not sent: %s", interaction.id, text)
         return
+    text = clip(text, CONTENT)
     try:
         if not interaction.response.is_done():
             await interaction.response.send_message(text, ephemeral=True)

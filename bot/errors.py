@@ -91,6 +91,18 @@ class Conflict(BotError):
     http_status = 409
 
 
+class IdempotencyKeyReused(Conflict):
+    """An idempotency key sent again with a different request: nothing was done or charged."""
+
+    code = "idempotency_key_reused"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "This idempotency key was already used for a different request; nothing was done. "
+            "Use a new key for a new request."
+        )
+
+
 class QuotaExceeded(BotError):
     """A reservation would cross a limit. Says which limit and when it resets."""
 
@@ -164,6 +176,13 @@ class ProviderAuthError(ProviderError):
     """The operator's credentials were refused (401/403): only the operator can fix it."""
 
     code = "provider_auth"
+
+
+class PaidPlanRequired(ProviderError):
+    """Cloudflare 403 with code 5035 or 5016: this model needs the Workers Paid plan. The token
+    is fine; the operator must upgrade the account or offer another model."""
+
+    code = "paid_plan_required"
 
 
 class LedgerUnavailable(BotError):

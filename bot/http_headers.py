@@ -9,7 +9,15 @@ import httpx
 
 
 def retry_after_seconds(response: httpx.Response, now: datetime | None = None) -> float | None:
-    """``Retry-After`` in seconds (delta-seconds or an HTTP date), or None when absent/bad."""
+    """``Retry-After`` in seconds (delta-seconds or an HTTP date), or None when absent/bad.
+
+    ``retry-after-ms`` (milliseconds, sent by Cloudflare and honoured by its SDK) wins when
+    present and valid."""
+    milliseconds = response.headers.get("retry-after-ms", "").strip()
+    try:
+        return max(0.0, float(milliseconds) / 1000)
+    except ValueError:
+        pass
     value = response.headers.get("retry-after", "").strip()
     if not value:
         return None

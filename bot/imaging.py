@@ -25,9 +25,11 @@ from bot.errors import InvalidImage, InvalidRequest
 
 __all__ = [
     "CONTENT_TYPES",
+    "DEFAULT_BOUNDS",
     "FITS",
     "ImageInfo",
     "Variant",
+    "VariantBounds",
     "image_size",
     "parse_variant",
     "probe",
@@ -54,10 +56,10 @@ DEFAULT_MAX_PIXELS = 100_000_000
 # refused. Set once at import, before any decoding thread exists.
 Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, DEFAULT_MAX_PIXELS)
 MAX_FRAMES = 1000
-MAX_FRAME_PIXEL_FACTOR = 4  # all frames together may hold this many times max_pixels
 
 FITS = ("scale-down", "contain", "cover", "crop", "pad")
 VARIANT_MAX_SIDE = 4096
+VARIANT_MAX_PIXELS = VARIANT_MAX_SIDE * VARIANT_MAX_SIDE  # 16.8 MP: any box the grammar allows
 VARIANT_MAX_CHARS = 200
 
 PREVIEW_MIN_SIDE = 16
@@ -356,15 +358,20 @@ def _check_dimensions(header: _Header, *, max_side: int, max_pixels: int) -> Non
 
 
 def _check_frames(frames: int, width: int, height: int, *, max_pixels: int) -> None:
+    """An animation's pixels count over all its frames together, as Cloudflare Images counts
+    them: 100 frames of 1000×1000 are the whole 100-megapixel allowance."""
     if frames > MAX_FRAMES:
         raise InvalidImage(
             f"The animation has {frames} frames; the limit is {MAX_FRAMES}.",
             problem="too_many_frames",
         )
-    if frames * width * height > MAX_FRAME_PIXEL_FACTOR * max_pixels:
+    total = frames * width * height
+    if frames > 1 and total > max_pixels:
         raise InvalidImage(
-            f"The animation is too big to process: {frames} frames of {width}×{height}.",
-            problem="too_many_frames",
+            f"The animation has {frames} frames of {width}×{height}, "
+            f"{_format_megapixels(total)} over all frames; the limit is "
+            f"{_format_megapixels(max_pixels)} over all frames together.",
+            problem="animation_too_many_pixels",
         )
 
 
@@ -411,8 +418,8 @@ def validate_upload(
     Cheap checks run first (size, magic bytes, header dimensions and frame counts), so that a
     decompression bomb is refused before a single pixel is allocated; only then is every frame
     fully decoded, which catches corrupt and truncated files. Raises InvalidImage with a
-    ``problem`` of empty, too_large, unsupported_type, corrupt, too_wide, too_many_pixels or
-    too_many_frames.
+    ``problem`` of empty, too_large, unsupported_type, corrupt, too_wide, too_many_pixels,
+    too_many_frames or animation_too_many_pixels (``max_pixels`` bounds all frames together).
     """
     if not data:
         raise InvalidImage("The file is empty.", problem="empty")
@@ -523,7 +530,51 @@ class _Plan:
     mode: str  # 'scale' (canvas == scaled), 'crop' (centre crop) or 'pad' (centre on canvas)
 
 
-def _plan(source: tuple[int, int], variant: Variant) -> _Plan:
+@dataclass(frozen=True)
+class VariantBounds:
+    """The largest output a variant may have: each side and all pixels together."""
+
+    max_side: int = VARIANT_MAX_SIDE
+    max_pixels: int = VARIANT_MAX_PIXELS
+
+
+DEFAULT_BOUNDS = VariantBounds()
+
+
+def _check_output(plan: _Plan, variant: Variant, bounds: VariantBounds) -> None:
+    """Refuse a plan whose output would exceed the bounds, before any pixel is decoded.
+
+    The output is the largest thing a variant allocates besides the decoded source: a crop
+    resamples only the part it keeps, and a pad scales into its canvas.
+    """
+    width, height = plan.canvas
+    too_long = max(width, height) > bounds.max_side
+    if too_long or width * height > bounds.max_pixels:
+        limit = (
+            f"each side at most {bounds.max_side} pixels"
+            if too_long
+            else f"at most {_format_megapixels(bounds.max_pixels)}"
+        )
+        raise InvalidRequest(
+            "variant",
+            f"The variant {variant.name!r} would be {width}×{height} pixels; a variant may "
+            f"have {limit}. Give both w and h with fit=cover or fit=crop to cut a long image.",
+            width=width,
+            height=height,
+            max_side=bounds.max_side,
+            max_pixels=bounds.max_pixels,
+        )
+
+
+def _plan(source: tuple[int, int], variant: Variant, bounds: VariantBounds | None = None) -> _Plan:
+    """The plan for this source and variant; with ``bounds``, InvalidRequest if it is too big."""
+    plan = _unbounded_plan(source, variant)
+    if bounds is not None:
+        _check_output(plan, variant, bounds)
+    return plan
+
+
+def _unbounded_plan(source: tuple[int, int], variant: Variant) -> _Plan:
     sw, sh = source
     w, h, fit = variant.width, variant.height, variant.fit
     if w is None and h is None:
@@ -594,13 +645,16 @@ def _encode(img: Image.Image, fmt: str, icc_profile: bytes | None) -> bytes:
     return buffer.getvalue()
 
 
-def render_variant(data: bytes, variant: Variant) -> tuple[bytes, str]:
+def render_variant(
+    data: bytes, variant: Variant, bounds: VariantBounds = DEFAULT_BOUNDS
+) -> tuple[bytes, str]:
     """Produce a variant's bytes and content type.
 
     'public' returns the input untouched. Resizes honour EXIF rotation, drop metadata other
     than the colour profile, keep PNG/JPEG/WebP and turn GIFs into a PNG of the first frame.
     Fits follow Cloudflare Images: scale-down, contain, cover, crop (cover that never
-    enlarges) and pad (transparent, or white for JPEG).
+    enlarges) and pad (transparent, or white for JPEG). An output beyond ``bounds`` (each
+    side, all pixels) is refused with InvalidRequest before the source is decoded.
     """
     if variant.is_public:
         fmt = _sniff_or_refuse(data)
@@ -615,7 +669,7 @@ def render_variant(data: bytes, variant: Variant) -> tuple[bytes, str]:
         swaps = _exif_orientation_swaps(source)
         raw_w, raw_h = source.size
         oriented = (raw_h, raw_w) if swaps else (raw_w, raw_h)
-        plan = _plan(oriented, variant)
+        plan = _plan(oriented, variant, bounds)
         if fmt == "jpeg" and plan.scaled[0] < oriented[0] and plan.scaled[1] < oriented[1]:
             # Let libjpeg decode at 1/2, 1/4 or 1/8 scale: never smaller than what we need.
             need = (plan.scaled[1], plan.scaled[0]) if swaps else plan.scaled

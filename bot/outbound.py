@@ -27,6 +27,7 @@ import httpx
 
 from bot.errors import InvalidRequest
 from bot.http_headers import retry_after_seconds
+from bot.validation import format_megabytes
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,6 @@ ONLY_HTTPS = "Only https:// URLs are accepted."
 PRIVATE_ADDRESS = "That address is private or local and cannot be used."
 UNRESOLVABLE = "That host name could not be resolved."
 
-_MB = 1024 * 1024
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _DEFAULT_PORTS = {"https": 443, "http": 80}
 
@@ -134,14 +134,11 @@ async def check_url(url: str, *, allow_private: bool = False, field: str = "url"
 # --------------------------------------------------------------------------- fetching
 
 
-def _megabytes(size: int) -> str:
-    text = f"{size / _MB:.2f}".rstrip("0").rstrip(".")
-    return f"{text} MB" if text != "0" else f"{size} bytes"
-
-
 def _too_large(max_bytes: int) -> InvalidRequest:
     return InvalidRequest(
-        "url", f"The file at that URL is larger than {_megabytes(max_bytes)}.", limit=max_bytes
+        "url",
+        f"The file at that URL is larger than {format_megabytes(max_bytes)}.",
+        limit=max_bytes,
     )
 
 

@@ -8,7 +8,6 @@ may be 0); ``?redo`` regenerates and needs an API key, whose user pays.
 
 from __future__ import annotations
 
-import asyncio
 import re
 
 from bot import imaging
@@ -17,7 +16,9 @@ from bot.ledger import ImageRecord, Ledger
 from bot.ledger.records import ApiKey
 from bot.requests import GenerateRequest
 from bot.service import ImageService
+from bot.single_flight import SingleFlight
 from bot.stores.base import ImageStore
+from bot.variants import VariantRenderer
 
 PLACEHOLDER_USER = "placeholder"
 MIN_SIDE, MAX_SIDE = 16, 4096
@@ -25,14 +26,24 @@ SLUG = re.compile(r"^[a-z0-9]+(?:[-_][a-z0-9]+){0,30}$")
 SIZE = re.compile(r"^([0-9]{1,5})x([0-9]{1,5})$")
 
 
-def parse_placeholder(size: str, slug: str) -> tuple[int, int, str]:
-    """(width, height, prompt) from the two path segments, or InvalidRequest."""
+def parse_placeholder(
+    size: str, slug: str, bounds: imaging.VariantBounds = imaging.DEFAULT_BOUNDS
+) -> tuple[int, int, str]:
+    """(width, height, prompt) from the two path segments, or InvalidRequest.
+
+    The size obeys the same bounds as every rendered variant (each side, all pixels).
+    """
     match = SIZE.match(size)
     if match is None:
         raise InvalidRequest("size", "The size must look like 800x600.")
     width, height = int(match[1]), int(match[2])
-    if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE):
-        raise InvalidRequest("size", f"Width and height must be {MIN_SIDE} to {MAX_SIDE} pixels.")
+    top = min(MAX_SIDE, bounds.max_side)
+    if not (MIN_SIDE <= width <= top and MIN_SIDE <= height <= top):
+        raise InvalidRequest("size", f"Width and height must be {MIN_SIDE} to {top} pixels.")
+    if width * height > bounds.max_pixels:
+        raise InvalidRequest(
+            "size", f"Width × height must be at most {bounds.max_pixels:,} pixels."
+        )
     if len(slug) > 200 or not SLUG.match(slug):
         raise InvalidRequest(
             "slug", "The name must be lowercase words joined by dashes, like sunglasses-sloth."
@@ -44,11 +55,14 @@ def parse_placeholder(size: str, slug: str) -> tuple[int, int, str]:
 
 
 class PlaceholderService:
-    def __init__(self, service: ImageService, ledger: Ledger, store: ImageStore) -> None:
+    def __init__(
+        self, service: ImageService, ledger: Ledger, store: ImageStore, variants: VariantRenderer
+    ) -> None:
         self.service = service
         self.ledger = ledger
         self.store = store
-        self._inflight: dict[str, asyncio.Future[ImageRecord]] = {}
+        self.variants = variants
+        self._generations: SingleFlight[str, ImageRecord] = SingleFlight()
 
     async def set_daily_quota(self, daily_images: int) -> None:
         """Anonymous placeholders are one user with its own daily limit."""
@@ -63,35 +77,30 @@ class PlaceholderService:
                     return await self.service.get_image(image_id)
                 except NotFound:
                     pass  # deleted since: make a new one
-            running = self._inflight.get(slug)
-            if running is not None:
-                return await asyncio.shield(running)
-        future: asyncio.Future[ImageRecord] = asyncio.get_running_loop().create_future()
-        self._inflight[slug] = future
-        try:
-            result = await self.service.generate(
-                GenerateRequest(
-                    prompt=prompt,
-                    user_id=redo_by.user_id if redo_by else PLACEHOLDER_USER,
-                    guild_id=redo_by.guild_id if redo_by else "",
-                    enhance=True,
-                    fresh=redo_by is not None,
-                    metadata={"placeholder": slug},
-                )
+            return await self._generations.run(slug, lambda: self._generate(slug, prompt, None))
+        return await self._generations.lead(slug, lambda: self._generate(slug, prompt, redo_by))
+
+    async def _generate(self, slug: str, prompt: str, redo_by: ApiKey | None) -> ImageRecord:
+        result = await self.service.generate(
+            GenerateRequest(
+                prompt=prompt,
+                user_id=redo_by.user_id if redo_by else PLACEHOLDER_USER,
+                guild_id=redo_by.guild_id if redo_by else "",
+                enhance=True,
+                fresh=redo_by is not None,
+                metadata={"placeholder": slug},
             )
-            image = result.images[0]
-            await self.ledger.set_placeholder(slug, image.id)
-            future.set_result(image)
-            return image
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # joiners may not exist: mark it retrieved
-            raise
-        finally:
-            if self._inflight.get(slug) is future:
-                del self._inflight[slug]
+        )
+        image = result.images[0]
+        await self.ledger.set_placeholder(slug, image.id)
+        return image
 
     async def render(self, image: ImageRecord, width: int, height: int) -> tuple[bytes, str]:
-        original = await self.store.get(image.storage_key)
+        """The image resized to exactly W×H, on the variant pool, within its bounds, cached."""
         variant = imaging.parse_variant(f"w={width},h={height},fit=cover", max_side=MAX_SIDE)
-        return await asyncio.to_thread(imaging.render_variant, original, variant)
+        key = (image.storage_key, variant.name)
+        cached = self.variants.cached(key)
+        if cached is not None:
+            return cached
+        original = await self.store.get(image.storage_key)
+        return await self.variants.render(key, original, variant)

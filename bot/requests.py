@@ -48,6 +48,7 @@ class GenerateRequest:
     private: bool = False  # only the requester sees it: never shared through the cache
     idempotency_key: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    allowance_hold: str | None = None  # the job holding a batch's allowance, drawn on first
     progress: ProgressCallback | None = field(default=None, compare=False, repr=False)
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from bot import imaging
 from bot.api_keys import ApiKeys
 from bot.batches import BatchService
 from bot.catalog import Catalog, load_catalog
@@ -30,6 +31,7 @@ from bot.service import ImageService
 from bot.stores.base import ImageStore
 from bot.stores.cloudflare import CloudflareImagesStore
 from bot.stores.local import LocalImageStore
+from bot.variants import VariantRenderer
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,14 @@ class Runtime:
     batches: BatchService
     placeholders: PlaceholderService
     http: httpx.AsyncClient  # for addresses users give: uploads by URL, webhooks
+    variants: VariantRenderer  # image variants for anyone with a URL, on a pool of their own
+
+
+def catalog_of(settings: Settings) -> Catalog:
+    """The catalog with the operator's MODELS_FILE and price for models Cloudflare does not
+    price (see bot/catalog.py)."""
+    micro = settings.unpublished_model_micro_usd
+    return load_catalog(settings.models_file, None if micro is None else micro * 1000)
 
 
 def check_catalog(settings: Settings, catalog: Catalog) -> None:
@@ -63,7 +73,7 @@ def check_catalog(settings: Settings, catalog: Catalog) -> None:
 
 @asynccontextmanager
 async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIterator[Runtime]:
-    catalog = load_catalog(settings.models_file)
+    catalog = catalog_of(settings)
     check_catalog(settings, catalog)
     async with AsyncExitStack() as stack:
         api: CloudflareAPI | None = None
@@ -80,9 +90,11 @@ async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIter
                 api_token=settings.cloudflare_api_token,
                 base_url=settings.cloudflare_api_base_url,
                 max_total_seconds=max(60.0, read * 2),
+                account_requests=settings.cloudflare_account_requests_per_5min,
             )
         provider: ImageProvider = CloudflareProvider(api) if api else LocalProvider()
         store: ImageStore
+        upload_micro_usd = 0  # the local store's disk is the operator's own
         if settings.image_store == "cloudflare" and api is not None:
             assert settings.cloudflare_image_account_hash
             store = CloudflareImagesStore(
@@ -91,6 +103,7 @@ async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIter
                 delivery_url=settings.cloudflare_image_delivery_url,
                 signing_key=settings.cloudflare_images_signing_key,
             )
+            upload_micro_usd = settings.images_storage_micro_usd
         else:
             store = LocalImageStore(settings.data_dir / "images", settings.public_base_url)
         ledger = await Ledger.open(settings.database_path, settings.quotas)
@@ -108,6 +121,7 @@ async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIter
             default_model=settings.default_model,
             enhance_model=settings.enhance_model,
             cache_scope=settings.cache_scope,
+            upload_micro_usd=upload_micro_usd,
         )
         if recover:
             await service.recover()
@@ -119,9 +133,15 @@ async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIter
             service, ledger, outbound, allow_private_urls=settings.allow_private_urls
         )
         stack.push_async_callback(batches.close)
-        placeholders = PlaceholderService(service, ledger, store)
+        variants = VariantRenderer(
+            workers=settings.variant_workers,
+            cache_bytes=settings.variant_cache_mb * 1024 * 1024,
+            bounds=imaging.VariantBounds(settings.variant_max_side, settings.variant_max_pixels),
+        )
+        stack.callback(variants.close)
+        placeholders = PlaceholderService(service, ledger, store, variants)
         await placeholders.set_daily_quota(settings.placeholder_daily_images)
         yield Runtime(
             settings, catalog, ledger, provider, store, service, admin, ApiKeys(ledger),
-            batches, placeholders, outbound,
+            batches, placeholders, outbound, variants,
         )  # fmt: skip

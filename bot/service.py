@@ -17,26 +17,28 @@ from typing import Any
 
 from bot import enhance, imaging
 from bot.catalog import IMAGE_TO_IMAGE, ZERO_COST, Catalog, Cost, ModelSpec
+from bot.deletion import ImageDeletion
 from bot.errors import (
     BotError,
     Busy,
-    Forbidden,
     InvalidModel,
     InvalidRequest,
     NotFound,
     ProviderError,
     ProviderUnavailable,
 )
+from bot.idempotency import check_same_request, request_fingerprint, upload_fingerprint
 from bot.ledger import ImageRecord, Job, Ledger, Limits, Usage, UsageReport
 from bot.ledger.ledger import DuplicateRequest, NewJob
 from bot.ledger.records import new_id, next_utc_midnight
+from bot.presentation import shows_fresh_urls
 from bot.providers.base import GeneratedImage, ImageProvider, ImageRequest
 from bot.recovery import CrashRecovery, RecoveryReport
 from bot.reports import PersonalUsage, ServerUsage, personal_usage, server_usage
 from bot.requests import GenerateRequest, GenerationResult, Progress, Remaining
 from bot.scheduler import JobScheduler
 from bot.server_admin import PromptBlocked, prompt_matches, template_scope
-from bot.stores.base import ImageStore
+from bot.stores.base import ImageStore, store_metadata
 from bot.validation import (
     clean_negative,
     clean_prompt,
@@ -100,6 +102,7 @@ class ImageService:
         default_model: str,
         enhance_model: str,
         cache_scope: str = "guild",
+        upload_micro_usd: int = 0,
     ) -> None:
         self.ledger = ledger
         self.provider = provider
@@ -109,13 +112,16 @@ class ImageService:
         self.default_model = default_model
         self.enhance_model = enhance_model
         self.cache_scope = cache_scope
+        self.upload_micro_usd = upload_micro_usd  # what the store charges to keep one upload
         self._inflight: dict[tuple[str, str], asyncio.Future[ImageRecord]] = {}
         self._by_key: dict[str, asyncio.Future[None]] = {}
         self._active: set[asyncio.Task[Any]] = set()
+        self._deletion = ImageDeletion(ledger, store)
         self.closing = False
 
     # -- generation -----------------------------------------------------------------------
 
+    @shows_fresh_urls
     async def generate(self, request: GenerateRequest) -> GenerationResult:
         if self.closing:
             raise Busy("The bot is restarting; try again in a moment.")
@@ -143,7 +149,7 @@ class ImageService:
 
     async def _generate(self, request: GenerateRequest) -> GenerationResult:
         if request.idempotency_key:
-            replayed = await self._replay(request.idempotency_key, request.guild_id)
+            replayed = await self._replay(request)
             if replayed is not None:
                 return replayed
         plan = await self._plan(request)
@@ -187,8 +193,7 @@ class ImageService:
         try:
             job = await self._reserve(request, plan, own, prompt_used)
         except DuplicateRequest:
-            assert request.idempotency_key is not None
-            replayed = await self._replay(request.idempotency_key, request.guild_id)
+            replayed = await self._replay(request)
             assert replayed is not None
             return replayed
         except BaseException:
@@ -470,8 +475,11 @@ class ImageService:
         return fitted, source.id, size
 
     def _cache_scope(self, request: GenerateRequest) -> str | None:
+        """Who may share this request's images (the cache and single-flight both key on it)."""
         if self.cache_scope == "off":
             return None
+        if request.private:  # only ever shared with the requester themselves
+            return f"private:{request.user_id}"
         if self.cache_scope == "global":
             return "*"
         return f"guild:{request.guild_id}" if request.guild_id else f"user:{request.user_id}"
@@ -583,6 +591,7 @@ class ImageService:
                 [records[s.index] for s in slots],
             )
         except DuplicateRequest as duplicate:
+            check_same_request(duplicate.job, request_fingerprint(request))
             return await self._result_of(duplicate.job, request.guild_id, replayed=True)
         self._report(request, "done", plan.spec)
         images = [records[index] for index in sorted(records)]
@@ -620,6 +629,7 @@ class ImageService:
             images=images,
             model=plan.spec.id,
             idempotency_key=request.idempotency_key,
+            fingerprint=request_fingerprint(request),
             params={
                 "prompt": plan.prompt,
                 "prompt_used": prompt_used,
@@ -652,14 +662,20 @@ class ImageService:
             images=len(own),
             cost=Cost(unit.micro_usd * len(own), unit.milli_neurons * len(own)),
         )
-        return await self.ledger.reserve(new, plan.limits)
+        return await self.ledger.reserve(new, plan.limits, hold=request.allowance_hold)
 
-    async def _replay(self, key: str, guild_id: str) -> GenerationResult | None:
-        """The first result of a request seen before; waits if it is still running."""
+    async def _replay(self, request: GenerateRequest) -> GenerationResult | None:
+        """The first result of a request seen before; waits if it is still running.
+        IdempotencyKeyReused if the key was first used for a different request."""
+        key = request.idempotency_key
+        assert key is not None
+        job = await self.ledger.job_by_key(key)
+        if job is not None:
+            check_same_request(job, request_fingerprint(request))
         waiting = self._by_key.get(key)
         if waiting is not None:
             await asyncio.shield(waiting)
-        job = await self.ledger.job_by_key(key)
+            job = await self.ledger.job_by_key(key)
         for _ in range(600):
             if job is None or not job.is_open:
                 break
@@ -667,7 +683,7 @@ class ImageService:
             job = await self.ledger.job_by_key(key)
         if job is None:
             return None
-        return await self._result_of(job, guild_id, replayed=True)
+        return await self._result_of(job, request.guild_id, replayed=True)
 
     async def _result_of(self, job: Job, guild_id: str, *, replayed: bool) -> GenerationResult:
         if job.state == "refunded":
@@ -753,6 +769,7 @@ class ImageService:
 
     # -- uploads ------------------------------------------------------------------------------
 
+    @shows_fresh_urls
     async def upload(
         self,
         data: bytes,
@@ -762,20 +779,27 @@ class ImageService:
         idempotency_key: str | None = None,
         metadata: dict[str, str] | None = None,
     ) -> ImageRecord:
-        """Validate (magic bytes and a real decode), host and record an image."""
+        """Validate (magic bytes and a real decode), reserve it against the user's daily upload
+        allowance (and its storage price), host and record an image."""
+        fingerprint = upload_fingerprint(data, user_id, guild_id)
         if idempotency_key:
             previous = await self.ledger.job_by_key(idempotency_key)
-            if previous is not None and previous.state == "settled":
-                return (await self.ledger.images_for_job(previous.id))[0]
+            if previous is not None:
+                check_same_request(previous, fingerprint)
+                if previous.state == "settled":
+                    return (await self.ledger.images_for_job(previous.id))[0]
         info = await asyncio.to_thread(imaging.validate_upload, data)
         image_id = new_id("img")
+        price = Cost(self.upload_micro_usd, 0)
         try:
             job = await self.ledger.reserve(
-                NewJob("upload", user_id, guild_id, ZERO_COST, 0, None, idempotency_key,
-                       {"slots": [{"id": image_id}], "metadata": metadata or {}}),
-                UNLIMITED,
+                NewJob("upload", user_id, guild_id, price, 0, None, idempotency_key,
+                       {"slots": [{"id": image_id}], "metadata": metadata or {}},
+                       fingerprint=fingerprint, bytes=len(data)),
+                await self._upload_limits(user_id, guild_id),
             )  # fmt: skip
         except DuplicateRequest as duplicate:
+            check_same_request(duplicate.job, fingerprint)
             return (await self.ledger.images_for_job(duplicate.job.id))[0]
         try:
             await self.ledger.set_state(job.id, "storing", [image_id])
@@ -796,6 +820,7 @@ class ImageService:
                 url=stored.url,
                 content_type=info.content_type,
                 bytes=len(data),
+                cost_micro_usd=price.micro_usd,
                 metadata=dict(metadata or {}),
                 created_at=self.ledger.now_iso(),
             )
@@ -804,11 +829,26 @@ class ImageService:
             code = exc.code if isinstance(exc, BotError) else "internal"
             await self.ledger.refund(job.id, code)
             raise
-        await self.ledger.settle(job.id, 0, ZERO_COST)
+        await self.ledger.settle(job.id, 0, price)
         return record
+
+    async def check_upload_allowance(self, user_id: str, guild_id: str = "") -> None:
+        """Refuse early (QuotaExceeded) when not even a tiny upload would fit today, so a
+        front need not read or fetch a file it cannot accept. ``upload`` checks exactly."""
+        limits = await self._upload_limits(user_id, guild_id)
+        refusal = await self.ledger.upload_refusal(user_id, limits, 1)
+        if refusal is not None:
+            raise refusal
+
+    async def _upload_limits(self, user_id: str, guild_id: str) -> Limits:
+        """The user's upload allowance and money budgets; uploads draw no images or Neurons."""
+        limits = await self.ledger.limits_for(user_id, guild_id)
+        return replace(limits, user_images=UNLIMITED.user_images,
+                       milli_neurons=UNLIMITED.milli_neurons)  # fmt: skip
 
     # -- images -------------------------------------------------------------------------------
 
+    @shows_fresh_urls
     async def get_image(self, image_id: str) -> ImageRecord:
         """A live image; NotFound when it does not exist or was deleted."""
         image = await self.ledger.get_image(image_id)
@@ -816,12 +856,14 @@ class ImageService:
             raise NotFound("That image was deleted.")
         return image
 
+    @shows_fresh_urls
     async def user_images(
         self, user_id: str, prefix: str = "", limit: int = 25
     ) -> list[ImageRecord]:
         """A user's live images and uploads, newest first (for pickers and listings)."""
         return await self.ledger.list_images(user_id, limit=limit, prefix=prefix)
 
+    @shows_fresh_urls
     async def user_images_page(
         self, user_id: str, *, limit: int, before: str | None
     ) -> list[ImageRecord]:
@@ -834,6 +876,7 @@ class ImageService:
     async def server_usage(self, guild_id: str, days: int = 30) -> ServerUsage:
         return await server_usage(self.ledger, guild_id, days)
 
+    @shows_fresh_urls
     async def visible_image(self, image_id: str, user_id: str, guild_id: str) -> ImageRecord:
         """An image this user may use: their own, or one made in the same server."""
         image = await self.ledger.get_image(image_id)
@@ -843,19 +886,13 @@ class ImageService:
             raise NotFound(f"No image with id {image_id}.")
         return image
 
+    @shows_fresh_urls
     async def delete_image(
         self, image_id: str, *, requester_id: str, is_admin: bool = False
     ) -> ImageRecord:
-        """Delete from the store (unless a cache hit still shares the bytes) and mark it."""
-        image = await self.ledger.get_image(image_id)
-        if image.is_deleted:
-            raise NotFound("That image was already deleted.")
-        if image.user_id != requester_id and not is_admin:
-            raise Forbidden("Only the person who made this image or an admin can delete it.")
-        if not await self.ledger.storage_key_shared(image.storage_key, image.id):
-            await self.store.delete(image.storage_key)
-        await self.ledger.mark_deleted(image.id)
-        return replace(image, is_deleted=True)
+        """Take the image down: its URL dies; cache hits sharing its bytes keep a copy of their
+        own, unless an admin removes someone else's image (moderation: every copy goes)."""
+        return await self._deletion.delete(image_id, requester_id=requester_id, is_admin=is_admin)
 
     # -- quotas and reports --------------------------------------------------------------------
 
@@ -895,16 +932,7 @@ class ImageService:
 
     # -- small helpers --------------------------------------------------------------------------
 
-    @staticmethod
-    def _store_metadata(
-        image_id: str, user_id: str, guild_id: str, model: str | None, prompt: str | None
-    ) -> dict[str, str]:
-        metadata = {"image_id": image_id, "user": user_id, "guild": guild_id}
-        if model:
-            metadata["model"] = model
-        if prompt:
-            metadata["prompt_sha256"] = hashlib.sha256(prompt.encode()).hexdigest()[:32]
-        return metadata
+    _store_metadata = staticmethod(store_metadata)
 
     @staticmethod
     def _sum_cost(records: Any) -> Cost:

@@ -17,6 +17,13 @@ MAX_SEED = 2**32 - 1
 MAX_COUNT = 4
 ASPECT_RATIOS = ("1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3")
 _WHITESPACE = re.compile(r"\s+")
+_MB = 1024 * 1024
+
+
+def format_megabytes(size: int) -> str:
+    """A byte count for people: '10 MB', '2.5 MB', or bytes when under 0.01 MB."""
+    text = f"{size / _MB:.2f}".rstrip("0").rstrip(".")
+    return f"{text} MB" if text != "0" else f"{size} bytes"
 
 
 def clean_text(text: str) -> str:

@@ -67,7 +67,8 @@ class Library(commands.Cog):
                     f"`{spec.id}`\n{format_usd(cost.micro_usd)} per image "
                     f"({format_neurons(cost.milli_neurons)} Neurons) at "
                     f"{spec.default_width}×{spec.default_height} · ~{spec.typical_seconds:g} s\n"
-                    f"{abilities}. {spec.description}"
+                    + (f"*{spec.price_note}.*\n" if spec.price_note else "")
+                    + f"{abilities}. {spec.description}"
                 ),
                 inline=False,
             )

@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import io
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,7 +21,7 @@ from PIL import Image
 from bot.config import Settings
 from bot.runtime import Runtime, open_runtime
 from bot.web.app import build_web_app
-from tests.conftest import SECRETS, CountingProvider, png
+from tests.conftest import FAKE_SIGNING_KEY, SECRETS, CountingProvider, png
 
 SDXL = "@cf/stabilityai/stable-diffusion-xl-base-1.0"
 
@@ -240,7 +241,12 @@ async def test_models_are_public_with_prices(api):
     schnell = next(m for m in models if m["id"].endswith("flux-1-schnell"))
     assert schnell["cost_per_image"] == 0.000634 and schnell["speed_seconds"] > 0
     assert "text-to-image" in schnell["capabilities"]
+    assert (schnell["price_published"], schnell["price_source"]) == (True, "cloudflare")
+    assert schnell["price_note"] is None
     assert not any("llama" in m["id"] for m in models)
+    sdxl = next(m for m in models if m["id"] == SDXL)
+    assert (sdxl["price_published"], sdxl["price_source"]) == (False, "default")
+    assert sdxl["cost_per_image"] == 0.002 and "not published" in sdxl["price_note"]
 
 
 async def test_templates_crud_and_use(start_api):
@@ -268,9 +274,10 @@ async def test_cost_analytics(start_api):
     await api.post("/api/generate", {"prompt": "free one", "model": SDXL, "width": 256,
                                      "height": 256})  # fmt: skip
     report = (await api.get("/api/analytics/costs")).json()
-    assert report["total_images"] == 3 and report["total_cost"] == 0.001268
-    assert report["average_cost"] == 0.000422  # rounded down to the micro-dollar
-    assert report["by_model"][SDXL] == {"images": 1, "cost": 0}
+    # SDXL's price is not published: it is charged at the operator's default, $0.002.
+    assert report["total_images"] == 3 and report["total_cost"] == 0.003268
+    assert report["average_cost"] == 0.001089  # 3,268 / 3 µ$, rounded down to the micro-dollar
+    assert report["by_model"][SDXL] == {"images": 1, "cost": 0.002}
     assert sum(d["images"] for d in report["by_day"].values()) == 3
     server = await api.get("/api/analytics/costs", params={"scope": "server"})
     assert server.status_code == 403
@@ -460,6 +467,40 @@ async def test_get_on_the_batch_submission_path_is_405(api):
     response = await api.get("/api/batch/generate")
     assert response.status_code == 405 and response.headers["Allow"] == "POST"
     assert (await api.get("/api/batch/not-a-batch-id")).status_code == 404
+
+
+async def test_api_links_are_signed_when_served_and_work_after_7_days(
+    start_api, cloudflare_env, fake_cloudflare, monkeypatch
+):
+    """With a signing key, on Cloudflare Images: what /api/images/{id} and /api/images return
+    a week and a day later is signed then, so it is served (the fake checks exp)."""
+    offset = [0.0]
+
+    def moved_clock() -> float:
+        return time.time() + offset[0]
+
+    fake_cloudflare.signing_key = FAKE_SIGNING_KEY
+    fake_cloudflare.clock = moved_clock
+    api = await start_api(**cloudflare_env, CLOUDFLARE_IMAGES_SIGNING_KEY=FAKE_SIGNING_KEY)
+    monkeypatch.setattr(api.runtime.store, "_clock", moved_clock)
+    made = (await api.post("/api/generate", {"prompt": "a harbour at dawn"})).json()
+    files = {"file": ("a.png", png(), "image/png")}
+    upload = (await api.http.post("/api/upload", headers=api.auth, files=files)).json()
+    async with httpx.AsyncClient() as delivery:
+        for link in (made["url"], upload["url"]):
+            assert (await delivery.get(link)).status_code == 200
+
+        offset[0] = 8 * 24 * 3600.0
+        assert (await delivery.get(made["url"])).status_code == 403  # the old link expired
+        listed = (await api.get("/api/images")).json()
+        links = [
+            (await api.get(f"/api/images/{image_id}")).json()["url"]
+            for image_id in (made["id"], upload["id"])
+        ]
+        links += [image["url"] for image in listed["images"]]
+        assert len(links) == 4
+        for link in links:
+            assert (await delivery.get(link)).status_code == 200, link
 
 
 async def test_an_api_result_is_recorded_as_delivered_by_the_api(api):

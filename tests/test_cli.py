@@ -155,6 +155,12 @@ def test_imagine_cache_fresh_users_usage_and_models(tmp_path: Path) -> None:
     assert by_id[SCHNELL]["cost_per_image_micro_usd"] == SCHNELL_MICRO_USD
     assert not any("llama" in m["id"] for m in models)
     assert not any("text-generation" in m["capabilities"] for m in models)
+    unpublished = [m for m in models if not m["price_published"]]
+    assert unpublished and all(m["cost_per_image"] > 0 for m in unpublished)
+    listing = run_bot(tmp_path, "models")
+    assert "(Price not published by Cloudflare; charged at the operator's default" in listing.stdout
+    hidden = run_json(tmp_path, "models", env={"UNPUBLISHED_MODEL_PRICE_USD": "off"})
+    assert {m["id"] for m in hidden} == {m["id"] for m in models if m["price_published"]}
 
 
 # --------------------------------------------------------------------------- request errors

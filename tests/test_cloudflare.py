@@ -20,12 +20,18 @@ from PIL import Image
 
 from bot import cloudflare_api
 from bot.catalog import load_catalog
-from bot.cloudflare_api import CloudflareAPI, SlidingWindowLimiter, next_utc_midnight
+from bot.cloudflare_api import (
+    AccountLimiter,
+    CloudflareAPI,
+    SlidingWindowLimiter,
+    next_utc_midnight,
+)
 from bot.errors import (
     BotError,
     ContentFlagged,
     DailyAllocationExhausted,
     NotFound,
+    PaidPlanRequired,
     ProviderAuthError,
     ProviderError,
     ProviderRateLimited,
@@ -33,6 +39,7 @@ from bot.errors import (
     ProviderUnavailable,
     StoreError,
 )
+from bot.http_headers import retry_after_seconds
 from bot.providers.base import ImageRequest
 from bot.providers.cloudflare import CloudflareProvider
 from bot.stores import cloudflare as store_module
@@ -313,7 +320,8 @@ async def test_retryable_faults_are_retried_then_succeed(provider, fake, sleeps,
 async def test_retry_after_is_honoured(provider, fake, sleeps):
     fake.inject("429", retry_after=7)
     await provider.generate(image_request(SDXL))
-    assert sleeps.delays == [7.0]
+    # The account limiter waits out the pause (measured from when it began).
+    assert sleeps.delays == [pytest.approx(7.0, abs=0.5)]
 
 
 async def test_retry_after_beyond_the_budget_gives_up_at_once(fake, http, sleeps):
@@ -354,6 +362,8 @@ def test_next_utc_midnight():
         ("400", ProviderRejected, "incomplete request"),
         ("401", ProviderAuthError, "credentials were refused"),
         ("403", ProviderAuthError, "credentials were refused"),
+        ("5035", PaidPlanRequired, "needs the Workers Paid plan"),
+        ("5016", PaidPlanRequired, "needs the Workers Paid plan"),
         ("413", ProviderRejected, "too large"),
     ],
 )
@@ -544,8 +554,8 @@ async def test_limiter_lets_720_start_and_makes_the_721st_wait():
     await limiter.acquire()
     assert clock.sleeps == [50.0]
     assert clock.now == start + 60
-    assert limiter._starts.maxlen == 720  # memory stays bounded
-    assert list(limiter._starts) == [start + 60]  # the first 720 starts left the window
+    assert limiter._times.maxlen == 720  # memory stays bounded
+    assert list(limiter._times) == [start + 60]  # the first 720 starts left the window
 
 
 async def test_limiter_waiters_are_served_in_order():
@@ -560,6 +570,150 @@ async def test_limiter_waiters_are_served_in_order():
     await asyncio.gather(*(start(n) for n in range(5)))
     assert order == [0, 1, 2, 3, 4]
     assert clock.now == 1000 + 20
+
+
+async def test_account_limiter_counts_a_slot_until_a_window_after_its_answer():
+    clock = FakeClock()
+    limiter = AccountLimiter(3, window=10, clock=clock, sleep=clock.sleep)
+    for _ in range(3):
+        async with limiter.slot("generation"):
+            clock.now += 1  # answered one second after it was sent
+    assert clock.now == 1003 and clock.sleeps == []
+    async with limiter.slot("storage"):  # the first answer (t=1001) leaves the window at 1011
+        assert clock.now == 1011
+    assert limiter._times.maxlen == 3  # memory stays bounded
+
+
+async def test_account_limiter_waits_for_requests_still_in_flight():
+    clock = FakeClock()
+    limiter = AccountLimiter(2, window=10, clock=clock, sleep=clock.sleep)
+    release = asyncio.Event()
+    entered: list[float] = []
+
+    async def slow() -> None:
+        async with limiter.slot("generation"):
+            await release.wait()
+
+    async def late() -> None:
+        async with limiter.slot("storage"):
+            entered.append(clock.now)
+
+    slow_calls = [asyncio.create_task(slow()) for _ in range(2)]
+    waiting = asyncio.create_task(late())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert entered == []  # both slots are in flight, with no answer yet
+    clock.now += 100
+    release.set()
+    await asyncio.gather(*slow_calls, waiting)
+    assert entered == [1100 + 10]  # a window after the first answer
+
+
+async def test_account_limiter_takes_turns_between_generation_and_storage():
+    clock = FakeClock()
+    limiter = AccountLimiter(1, window=10, clock=clock, sleep=clock.sleep)
+    order: list[str] = []
+
+    async def call(name: str) -> None:
+        async with limiter.slot("storage" if name.startswith("s") else "generation"):
+            order.append(name)
+
+    # Six generations queue before two uploads; once the uploads wait, they go every other turn
+    # (g0 went at once, g1 was already at the front when the uploads arrived).
+    await asyncio.gather(*(call(f"g{n}") for n in range(6)), call("s0"), call("s1"))
+    assert order == ["g0", "g1", "s0", "g2", "s1", "g3", "g4", "g5"]
+    assert clock.now == 1000 + 7 * 10
+
+
+async def test_account_limiter_pause_holds_back_every_kind():
+    clock = FakeClock()
+    limiter = AccountLimiter(100, window=10, clock=clock, sleep=clock.sleep)
+    limiter.pause(300)
+    assert limiter.paused_for == 300
+    async with limiter.slot("generation"):
+        assert clock.now == 1300
+    limiter.pause(30)
+    async with limiter.slot("storage"):
+        assert clock.now == 1330
+
+
+async def test_a_429_on_generation_pauses_storage_too(fake, http):
+    clock = FakeClock()
+    api = make_api(fake, http, clock.sleep, clock=clock, max_total_seconds=5)
+    provider = CloudflareProvider(api)
+    store = CloudflareImagesStore(api, account_hash=HASH, delivery_url=fake.delivery_base)
+    fake.inject("429", retry_after=30)
+    with pytest.raises(ProviderRateLimited):  # 30 s is past this call's 5 s budget
+        await provider.generate(image_request(SDXL))
+    blocked_at = clock.now
+    await store.put("img_after", png_bytes(), "image/png", {})
+    assert clock.now >= blocked_at + 30  # the upload waited out the account's block
+    assert [c.path.rsplit("/", 2)[-2:] for c in fake.calls][-1] == ["images", "v1"]
+
+
+async def test_a_call_that_fails_while_the_account_is_paused_past_its_budget_gives_up(fake):
+    clock = FakeClock()
+    api: CloudflareAPI | None = None
+
+    async def another_call_meets_the_block(response: httpx.Response) -> None:
+        assert api is not None
+        api.account.pause(300)
+
+    hooks = {"response": [another_call_meets_the_block]}
+    async with httpx.AsyncClient(timeout=2.0, event_hooks=hooks) as client:
+        api = make_api(fake, client, clock.sleep, clock=clock, max_total_seconds=5)
+        fake.inject("500", path_contains="/images/")
+        with pytest.raises(StoreError):
+            await CloudflareImagesStore(api, account_hash=HASH).get("img_x")
+    # 300 s of pause is past the call's 5 s budget: it gives up now instead of waiting for it.
+    assert clock.sleeps == [] and len(fake.calls) == 1
+
+
+async def test_a_429_without_retry_after_pauses_for_the_block_period(fake, http):
+    clock = FakeClock()
+    api = make_api(
+        fake, http, clock.sleep, clock=clock, account_block_seconds=300, max_total_seconds=600
+    )
+    fake.inject("429", retry_after=None)
+    await CloudflareProvider(api).generate(image_request(SDXL))  # retried after the block
+    assert clock.sleeps == [300.0]
+    assert fake.ai_calls == 2
+
+
+async def test_capacity_429_pauses_only_the_call_that_met_it(provider, fake, sleeps, api):
+    fake.inject("3040")
+    await provider.generate(image_request(SDXL))
+    assert api.account.paused_for == 0  # 3040 is this model's capacity, not the account's limit
+
+
+@pytest.mark.parametrize("kind", ["500", "3040", "429"])
+async def test_retry_after_is_honoured_on_every_status_that_carries_it(
+    provider, fake, sleeps, kind
+):
+    fake.inject(kind, retry_after=3, retry_after_on_any_status=True)
+    await provider.generate(image_request(SDXL))
+    assert sleeps.delays == [pytest.approx(3.0, abs=0.5)]
+
+
+def test_retry_after_ms_wins_over_retry_after():
+    response = httpx.Response(429, headers={"retry-after-ms": "1500", "retry-after": "9"})
+    assert retry_after_seconds(response) == 1.5
+    assert retry_after_seconds(httpx.Response(429, headers={"retry-after-ms": "x"})) is None
+
+
+async def test_fake_cloudflare_enforces_the_account_limit_on_every_route(fake, http):
+    fake.account_limit, fake.account_window, fake.account_block_seconds = 3, 60.0, 60.0
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    base = f"{fake.api_base}/accounts/{ACCOUNT}"
+    for _ in range(3):
+        assert (await http.get(f"{base}/images/v1/stats", headers=headers)).status_code == 200
+    over = await http.get(f"{base}/images/v1/stats", headers=headers)
+    assert over.status_code == 429
+    assert 59 < float(over.headers["retry-after"]) <= 60
+    # Blocked: every route, generation included, for the whole block period.
+    run = await http.post(f"{base}/ai/run/{SDXL}", json={"prompt": "x"}, headers=headers)
+    assert run.status_code == 429 and run.json()["errors"][0]["code"] == 971
+    assert (fake.api_requests, fake.account_429s) == (5, 2)
 
 
 async def test_api_rate_limits_only_rate_limited_calls(fake, http):

@@ -38,7 +38,10 @@ def test_defaults_match_the_readme() -> None:
         user_daily_micro_usd=50_000,
         guild_daily_micro_usd=1_000_000,
         daily_milli_neurons=10_000_000,
+        user_daily_uploads=50,
+        user_daily_upload_bytes=200 * 1024 * 1024,
     )
+    assert s.images_storage_micro_usd == 50
     assert s.cache_scope == "guild"
     assert s.max_jobs_per_user == 2
     assert s.max_concurrent_jobs == 8
@@ -46,11 +49,29 @@ def test_defaults_match_the_readme() -> None:
     assert s.log_level == "INFO"
     assert s.cloudflare_api_base_url == "https://api.cloudflare.com/client/v4"
     assert s.cloudflare_image_delivery_url == "https://imagedelivery.net"
+    assert s.cloudflare_account_requests_per_5min == 1000
+    assert s.unpublished_model_micro_usd == 2_000
     assert (s.image_provider, s.image_store) == ("local", "local")
     assert s.models_file is None
     assert s.discord_token is None
     assert s.discord_guild_id is None
     assert s.admin_ids == frozenset()
+    assert s.image_rate_per_minute == 600
+    assert (s.variant_max_side, s.variant_max_pixels) == (4096, 4096 * 4096)
+    assert (s.variant_workers, s.variant_cache_mb) == (2, 64)
+    assert s.web_header_timeout_seconds == 10
+    assert s.web_body_timeout_seconds == 60
+    assert s.web_keepalive_seconds == 15
+    assert s.web_max_request_mb == 11
+    assert s.web_trusted_proxies == frozenset()
+
+
+def test_trusted_proxies_are_ip_addresses() -> None:
+    s = load_settings({"WEB_TRUSTED_PROXIES": "127.0.0.1, ::1,10.0.0.2"})
+    assert s.web_trusted_proxies == frozenset({"127.0.0.1", "::1", "10.0.0.2"})
+    error = config_error({"WEB_TRUSTED_PROXIES": "127.0.0.1,proxy.example"})
+    assert error.variable == "WEB_TRUSTED_PROXIES"
+    assert "proxy.example" not in error.user_message
     assert (s.discord_allow_dms, s.discord_allow_user_install) == (False, False)
 
 
@@ -187,7 +208,18 @@ BAD_VALUES = [
     ("CLOUDFLARE_API_BASE_URL", f"ftp://{SECRET_LOOKING}.example"),
     ("CLOUDFLARE_IMAGE_DELIVERY_URL", SECRET_LOOKING),
     ("PUBLIC_BASE_URL", SECRET_LOOKING),
+    ("UNPUBLISHED_MODEL_PRICE_USD", "-0.002"),
+    ("CLOUDFLARE_ACCOUNT_REQUESTS_PER_5MIN", "0"),
 ]
+
+
+def test_cloudflare_limits_and_unpublished_prices_are_read() -> None:
+    s = load_settings(
+        {"CLOUDFLARE_ACCOUNT_REQUESTS_PER_5MIN": "600", "UNPUBLISHED_MODEL_PRICE_USD": "0.0125"}
+    )
+    assert s.cloudflare_account_requests_per_5min == 600
+    assert s.unpublished_model_micro_usd == 12_500
+    assert load_settings({"UNPUBLISHED_MODEL_PRICE_USD": "OFF"}).unpublished_model_micro_usd is None
 
 
 @pytest.mark.parametrize(("variable", "value"), BAD_VALUES)

@@ -49,6 +49,8 @@ async def test_models_lists_prices(fake_discord, bot_harness, local_runtime):
     message = await reply(await run(fake_discord, "models"), "FLUX.1 [schnell]")
     assert message.ephemeral and "$0.000634 per image" in text_of(message)
     assert "Llama" not in text_of(message)
+    assert "*Price not published by Cloudflare; charged at the operator's default price per " \
+        "image.*" in text_of(message)  # fmt: skip
 
 
 async def test_templates_lifecycle_and_use(fake_discord, bot_harness, local_runtime):

@@ -11,7 +11,7 @@ import pytest
 from bot.command_sync import STATE_FILE
 from bot.discord_bot import ImageBot
 from bot.runtime import open_runtime
-from tests.fakes.discord import CommandHidden
+from tests.fakes.discord import BotHarness, CommandHidden, FakeDiscord
 
 SDXL = "@cf/stabilityai/stable-diffusion-xl-base-1.0"
 SMALL = {"model": SDXL, "width": 256, "height": 256}
@@ -40,7 +40,7 @@ async def test_commands_are_synced_only_when_their_schema_changed(
         assert len(puts(fake_discord)) == 2
         assert fake_discord.commands()["imagine"]["contexts"] == [0, 1]
         state = json.loads((runtime.settings.data_dir / STATE_FILE).read_text())
-        assert set(state) == {"global"}
+        assert set(state) == {f"{fake_discord.application_id}/global"}
 
 
 async def test_a_development_server_and_global_commands_never_both_exist(
@@ -103,3 +103,11 @@ async def test_the_operator_can_turn_dms_and_user_installs_on(
             assert commands[name]["contexts"] == [0] and commands[name]["integration_types"] == [0]
             with pytest.raises(CommandHidden):
                 await fake_discord.slash(name, {}, dm=True, user=fake_discord.admin)
+
+
+async def test_another_application_on_the_same_data_syncs_afresh(bot_harness, local_runtime):
+    await bot_harness.start(ImageBot(local_runtime))
+    await bot_harness.stop()
+    async with FakeDiscord() as other, BotHarness(other) as harness:  # a new bot token
+        await harness.start(ImageBot(local_runtime))
+        assert len(puts(other)) == 1 and "imagine" in other.commands()

@@ -63,7 +63,10 @@ async def test_private_result_is_ephemeral_and_cache_hit_says_free(
     first = await imagine(fake_discord, {"prompt": "a quiet harbour", "private": True})
     assert (await first.wait_for_message(has_result)).ephemeral
     second = await imagine(fake_discord, {"prompt": "a quiet harbour"})
-    message = await second.wait_for_message(has_result)
+    public = await second.wait_for_message(has_result)
+    assert "free" not in public.content  # a private result is never shared through the cache
+    third = await imagine(fake_discord, {"prompt": "a quiet harbour"})
+    message = await third.wait_for_message(has_result)
     assert "free" in message.content
     fields = {f["name"]: f["value"] for f in message.embeds[0]["fields"]}
     assert fields["Cost"] == "free (cached)"
@@ -173,6 +176,7 @@ async def test_buttons_work_and_keep_working_after_a_restart(
 
 async def test_200_imagine_at_once_are_all_acknowledged(fake_discord, bot_harness, make_settings):
     settings = make_settings(MAX_QUEUE=1000, QUOTA_USER_DAILY_IMAGES=1000, QUOTA_USER_DAILY_USD=10,
+                             QUOTA_DAILY_NEURONS=100_000,
                              DISCORD_CHANNEL_MESSAGES_PER_10S=0)  # fmt: skip
     async with open_runtime(settings) as runtime:
         await bot_harness.start(ImageBot(runtime))
@@ -244,3 +248,19 @@ async def test_commands_sync_to_the_development_server_when_set(fake_discord, bo
         assert {"imagine", "upload", "models", "templates", "usage", "quota",
                 "blocklist"} <= set(synced)  # fmt: skip
         assert fake_discord.commands() == {}
+
+
+async def test_a_model_that_needs_the_paid_plan_says_so_privately_and_charges_nothing(
+    fake_discord, bot_harness, fake_cloudflare, make_settings, cloudflare_env
+):
+    async with open_runtime(make_settings(**cloudflare_env)) as runtime:
+        await bot_harness.start(ImageBot(runtime))
+        fake_cloudflare.inject("5035")  # 403: "This model requires the Workers Paid plan"
+        interaction = await imagine(fake_discord, {"prompt": "a red bicycle"})
+        message = await interaction.wait_for_message(lambda m: "Paid plan" in m.content)
+        assert message.ephemeral
+        assert "needs the Workers Paid plan" in message.content
+        assert "credentials" not in message.content  # not the bad-token message
+        member, guild = str(fake_discord.member.id), str(fake_discord.guild.id)
+        assert (await runtime.ledger.user_usage(member, guild)).images == 0
+        assert fake_cloudflare.ai_calls == 1  # not retried

@@ -289,11 +289,40 @@ def test_corrupt_pixel_data_is_corrupt() -> None:
     assert problem_of(data) == "corrupt"
 
 
-def test_too_many_frames() -> None:
-    gif = make_gif(frames=5, size=(20, 20))
-    # Each frame is within max_pixels, but 5 frames × 400 pixels > 4 × 400.
-    assert problem_of(gif, max_pixels=400) == "too_many_frames"
-    assert validate_upload(make_gif(frames=4, size=(20, 20)), max_pixels=400).frames == 4
+def two_colour_gif(frames: int, side: int) -> bytes:
+    """A real animated GIF, cheap to encode at any size: palette frames, alternating colours
+    (Pillow merges identical consecutive frames)."""
+    images = []
+    for index in range(frames):
+        frame = Image.new("P", (side, side), index % 2)
+        frame.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+        images.append(frame)
+    out = io.BytesIO()
+    images[0].save(out, format="GIF", save_all=True, append_images=images[1:], duration=50)
+    return out.getvalue()
+
+
+def test_animation_over_100_megapixels_over_all_frames_is_refused() -> None:
+    # 26 frames of 2000×2000 = 104 MP: every frame is small, all of them together are not.
+    with pytest.raises(InvalidImage) as caught:
+        validate_upload(two_colour_gif(26, 2000))
+    assert caught.value.problem == "animation_too_many_pixels"
+    assert "26 frames of 2000×2000, 104 megapixels over all frames" in caught.value.user_message
+    assert "the limit is 100 megapixels over all frames together" in caught.value.user_message
+
+
+def test_animation_limit_counts_every_frame_gif_and_webp() -> None:
+    # 5 frames × 400 pixels = 2,000 pixels: exactly the limit is accepted, one frame more is not.
+    assert validate_upload(make_gif(frames=5, size=(20, 20)), max_pixels=2_000).frames == 5
+    assert problem_of(make_gif(frames=6, size=(20, 20)), max_pixels=2_000) == (
+        "animation_too_many_pixels"
+    )
+    frames = [Image.new("RGB", (20, 20), colour) for colour in ("red", "green", "blue", "white")]
+    webp = encode(frames[0], "WEBP", save_all=True, append_images=frames[1:], duration=50)
+    assert validate_upload(webp, max_pixels=1_600).frames == 4
+    assert problem_of(webp, max_pixels=1_599) == "animation_too_many_pixels"
+    # A still image is only held to the per-image limit.
+    assert validate_upload(encode(frames[0], "PNG"), max_pixels=400).frames == 1
 
 
 def test_too_many_frames_by_count(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -164,6 +164,7 @@ async def test_limits_resolve_user_then_guild_then_defaults(ledger):
     assert await ledger.limits_for("u1", "g1") == Limits(
         defaults.user_daily_images, defaults.user_daily_micro_usd,
         defaults.guild_daily_micro_usd, defaults.daily_milli_neurons,
+        defaults.user_daily_uploads, defaults.user_daily_upload_bytes,
     )  # fmt: skip
     await ledger.set_guild_quota("g1", 2_000_000, 5, None)
     await ledger.set_user_quota("g1", "u1", None, 7_000)

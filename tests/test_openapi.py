@@ -38,6 +38,7 @@ from bot.config import load_settings
 from bot.runtime import Runtime, open_runtime
 from bot.web.app import build_web_app
 from bot.web.openapi import openapi_document
+from bot.web.server import GuardedAppRunner
 
 T = TypeVar("T")
 
@@ -48,6 +49,7 @@ GENEROUS = {
     "QUOTA_DAILY_NEURONS": 100_000_000,
     "API_RATE_PER_MINUTE": 100_000,
     "PLACEHOLDER_DAILY_IMAGES": 100_000,
+    "IMAGE_RATE_PER_MINUTE": 1_000_000,
 }
 METHODS = ("get", "put", "post", "delete", "patch", "options", "head", "trace")
 
@@ -96,7 +98,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         loop.getaddrinfo = resolve_locally  # type: ignore[method-assign]
         async with open_runtime(config) as runtime:
             _, token = await runtime.keys.create(user_id="42", guild_id="", name="openapi")
-            runner = web.AppRunner(build_web_app(runtime), access_log=None)
+            runner = GuardedAppRunner(build_web_app(runtime), config)  # as the real server
             await runner.setup()
             try:
                 site = web.TCPSite(runner, "127.0.0.1", 0)

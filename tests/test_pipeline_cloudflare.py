@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -16,18 +19,20 @@ from bot.cloudflare_api import CloudflareAPI
 from bot.errors import (
     ContentFlagged,
     DailyAllocationExhausted,
+    PaidPlanRequired,
     ProviderAuthError,
     ProviderUnavailable,
     StoreError,
 )
 from bot.ledger import Ledger
 from bot.providers.cloudflare import CloudflareProvider
+from bot.public import image_to_public
 from bot.requests import GenerateRequest
 from bot.runtime import open_runtime
 from bot.scheduler import JobScheduler
 from bot.service import ImageService
 from bot.stores.cloudflare import CloudflareImagesStore
-from tests.conftest import FAKE_CF_TOKEN, png
+from tests.conftest import FAKE_CF_TOKEN, FAKE_SIGNING_KEY, png
 from tests.fakes.cloudflare import FakeCloudflare
 
 SCHNELL = "@cf/black-forest-labs/flux-1-schnell"
@@ -37,33 +42,48 @@ async def no_wait(seconds: float) -> None:
     await asyncio.sleep(0)
 
 
-@pytest.fixture
-async def service(tmp_path: Path, fake_cloudflare: FakeCloudflare) -> AsyncIterator[ImageService]:
+@asynccontextmanager
+async def cloudflare_service(
+    tmp_path: Path,
+    fake: FakeCloudflare,
+    api_options: dict[str, Any] | None = None,
+    **store_options: Any,
+) -> AsyncIterator[ImageService]:
     """The real parts, with backoff sleeps skipped so fault tests stay fast."""
     async with httpx.AsyncClient(timeout=httpx.Timeout(2.0)) as http:
+        options: dict[str, Any] = {"sleep": no_wait, "max_total_seconds": 10.0}
+        options.update(api_options or {})
         api = CloudflareAPI(
             http,
-            account_id=fake_cloudflare.account_id,
+            account_id=fake.account_id,
             api_token=FAKE_CF_TOKEN,
-            base_url=fake_cloudflare.api_base,
-            sleep=no_wait,
-            max_total_seconds=10.0,
+            base_url=fake.api_base,
+            **options,
         )
         ledger = await Ledger.open(tmp_path / "ledger.sqlite3")
-        yield ImageService(
-            ledger=ledger,
-            provider=CloudflareProvider(api),
-            store=CloudflareImagesStore(
-                api,
-                account_hash=fake_cloudflare.account_hash,
-                delivery_url=fake_cloudflare.delivery_base,
-            ),
-            catalog=load_catalog(None),
-            scheduler=JobScheduler(max_per_user=2, max_running=8, max_queue=500),
-            default_model=SCHNELL,
-            enhance_model="@cf/meta/llama-3.1-8b-instruct-fp8-fast",
-        )
-        await ledger.close()
+        try:
+            yield ImageService(
+                ledger=ledger,
+                provider=CloudflareProvider(api),
+                store=CloudflareImagesStore(
+                    api,
+                    account_hash=fake.account_hash,
+                    delivery_url=fake.delivery_base,
+                    **store_options,
+                ),
+                catalog=load_catalog(None),
+                scheduler=JobScheduler(max_per_user=2, max_running=8, max_queue=500),
+                default_model=SCHNELL,
+                enhance_model="@cf/meta/llama-3.1-8b-instruct-fp8-fast",
+            )
+        finally:
+            await ledger.close()
+
+
+@pytest.fixture
+async def service(tmp_path: Path, fake_cloudflare: FakeCloudflare) -> AsyncIterator[ImageService]:
+    async with cloudflare_service(tmp_path, fake_cloudflare) as built:
+        yield built
 
 
 def ask(prompt: str = "a lighthouse at dusk", **fields: object) -> GenerateRequest:
@@ -102,6 +122,8 @@ async def test_transient_faults_are_retried_and_charged_once(service, fake_cloud
         ("3036", 1, DailyAllocationExhausted),
         ("3030", 2, ContentFlagged),
         ("401", 1, ProviderAuthError),
+        ("5035", 1, PaidPlanRequired),
+        ("5016", 1, PaidPlanRequired),
         ("500", 10, ProviderUnavailable),
         ("malformed", 10, ProviderUnavailable),
     ],
@@ -117,6 +139,11 @@ async def test_provider_failure_refunds_everything(service, fake_cloudflare, kin
     assert await service.ledger.audit() == {"counter_mismatches": 0, "open_jobs": 0}
     if kind == "3036":
         assert "00:00 UTC" in raised.value.user_message
+        assert fake_cloudflare.ai_calls == 1
+    if kind in ("5035", "5016"):  # not a bad token: its own code and message, not retried
+        assert raised.value.code == "paid_plan_required"
+        assert "Workers Paid plan" in raised.value.user_message
+        assert "credentials" not in raised.value.user_message
         assert fake_cloudflare.ai_calls == 1
 
 
@@ -199,3 +226,80 @@ async def test_runtime_picks_cloudflare_from_settings_and_never_logs_the_token(
         result = await runtime.service.generate(ask())
         assert result.images[0].url.startswith(fake_cloudflare.delivery_base)
     assert FAKE_CF_TOKEN not in caplog.text
+
+
+class WallClock:
+    """A wall clock a test can move forward, shared by the store (signing) and the fake
+    Cloudflare (checking ``exp``)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+async def test_signed_links_are_signed_afresh_on_every_read_and_work_after_7_days(
+    tmp_path, fake_cloudflare
+):
+    clock = WallClock()
+    fake_cloudflare.signing_key = FAKE_SIGNING_KEY
+    fake_cloudflare.clock = clock
+    async with (
+        cloudflare_service(
+            tmp_path, fake_cloudflare, signing_key=FAKE_SIGNING_KEY, clock=clock
+        ) as service,
+        httpx.AsyncClient() as client,
+    ):
+        made = await service.generate(ask(idempotency_key="made-today"))
+        [image] = made.images
+        upload = await service.upload(png(64, 48), user_id="u1", guild_id="g1")
+        for link in (image.url, upload.url):
+            assert "exp=" in link and "sig=" in link
+            assert (await client.get(link)).status_code == 200
+
+        clock.offset = 8 * 24 * 3600.0  # a week and a day later
+        for old_link in (image.url, upload.url):  # what was shown then has expired…
+            assert (await client.get(old_link)).status_code == 403
+        # …but every read hands out a link signed now: API JSON, Details, listings, replays,
+        # the /upload record.
+        fresh = [
+            (await service.get_image(image.id)).url,
+            (await service.visible_image(upload.id, "u1", "g1")).url,
+            image_to_public(await service.get_image(upload.id))["url"],
+            *(i.url for i in await service.user_images("u1")),
+            *(i.url for i in await service.user_images_page("u1", limit=10, before=None)),
+            (await service.generate(ask(idempotency_key="made-today"))).images[0].url,
+            (await service.upload(png(64, 48), user_id="u1", guild_id="g1")).url,
+        ]
+        for link in fresh:
+            served = await client.get(link)
+            assert served.status_code == 200, link
+        hosted = fake_cloudflare.images[image.storage_key].data
+        assert (await client.get(fresh[0])).content == hosted
+        deleted = await service.delete_image(upload.id, requester_id="u1")
+        assert deleted.url != upload.url and "sig=" in deleted.url
+
+
+async def test_a_burst_of_generations_and_uploads_stays_within_the_account_limit(
+    tmp_path, fake_cloudflare
+):
+    """Cloudflare's 1,200 per 5 minutes, scaled down to 20 per second on both sides: 25
+    generations (each one ai/run call and one upload) and 15 uploads at once, 65 requests, and
+    the fake Cloudflare never has to refuse one."""
+    fake_cloudflare.account_limit, fake_cloudflare.account_window = 20, 1.0
+    fake_cloudflare.account_block_seconds = 5.0
+    limits = {"account_requests": 20, "account_window_seconds": 1.0, "sleep": asyncio.sleep}
+    async with cloudflare_service(tmp_path, fake_cloudflare, limits) as service:
+        generations = [
+            service.generate(GenerateRequest(prompt=f"burst picture {n}", user_id=f"g{n}",
+                                             guild_id="g1"))
+            for n in range(25)
+        ]  # fmt: skip
+        uploads = [service.upload(png(40, 30 + n), user_id=f"up{n}") for n in range(15)]
+        outcomes = await asyncio.gather(*generations, *uploads, return_exceptions=True)
+        assert [o for o in outcomes if isinstance(o, BaseException)] == []
+        assert fake_cloudflare.api_requests == 25 * 2 + 15
+        assert fake_cloudflare.account_429s == 0
+        assert len(fake_cloudflare.images) == 40
+        assert await service.ledger.audit() == {"counter_mismatches": 0, "open_jobs": 0}

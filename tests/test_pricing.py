@@ -57,12 +57,12 @@ def test_flux_schnell_1024_at_4_steps_is_57_6_neurons(catalog: Catalog) -> None:
 @pytest.mark.parametrize(
     ("model", "expected"),
     [
-        # 1024×1024 = 2×2 tiles: 4 × $0.0058 + 25 × $0.00011 = $0.0232 + $0.00275 = $0.02595
-        # = 25,950,000 nano; / 11 = 2,359,090.9… → 2,359,091 mN.
-        (PHOENIX, Cost(25_950, 2_359_091)),
-        # 1120×1120 = ceil(1120/512)² = 3×3 = 9 tiles: 9 × $0.007 + 25 × $0.00013
-        # = $0.063 + $0.00325 = $0.06625 = 66,250,000 nano; / 11 = 6,022,727.2… → 6,022,728.
-        (LUCID, Cost(66_250, 6_022_728)),
+        # 1024×1024 = 2×2 tiles: 4 × $0.005830 + 25 × $0.000110 = $0.02332 + $0.00275
+        # = $0.02607 = 26,070,000 nano; / 11 = 2,370,000 mN exactly.
+        (PHOENIX, Cost(26_070, 2_370_000)),
+        # 1120×1120 = ceil(1120/512)² = 3×3 = 9 tiles: 9 × $0.006996 + 25 × $0.000132
+        # = $0.062964 + $0.0033 = $0.066264 = 66,264,000 nano; / 11 = 6,024,000 mN exactly.
+        (LUCID, Cost(66_264, 6_024_000)),
         # 1024×768 = 2×2 tiles, 25 steps, no input: 4 × 25 × $0.00041 = $0.041
         # = 41,000,000 nano; / 11 = 3,727,272.7… → 3,727,273.
         (FLUX2_DEV, Cost(41_000, 3_727_273)),
@@ -81,9 +81,9 @@ def test_lucid_origin_default_size_is_three_by_three_tiles(catalog: Catalog) -> 
     spec = catalog.get(LUCID)
     assert (spec.default_width, spec.default_height) == (1120, 1120)
     nine_tiles = spec.price.image_nano_usd(1120, 1120, 0)
-    assert nine_tiles == 9 * 7_000_000
+    assert nine_tiles == 9 * 6_996_000
     assert spec.price.image_nano_usd(1536, 1536, 0) == nine_tiles  # still 3×3
-    assert spec.price.image_nano_usd(1537, 1536, 0) == 12 * 7_000_000  # 4×3
+    assert spec.price.image_nano_usd(1537, 1536, 0) == 12 * 6_996_000  # 4×3
 
 
 def test_flux_2_dev_charges_input_tiles_per_step(catalog: Catalog) -> None:
@@ -107,12 +107,17 @@ def test_flux_2_klein_4b_with_an_input_image(catalog: Catalog) -> None:
 
 def test_flux_2_klein_9b_first_and_further_megapixels(catalog: Catalog) -> None:
     spec = catalog.get(KLEIN_9B)
-    # Exactly one megapixel: only the first.
-    assert spec.price.image_nano_usd(1000, 1000, 4) == 15_000_000
-    # 1000×1001 is just over: one further MP (rounded up) = $0.015 + $0.002.
-    assert spec.price.image_nano_usd(1000, 1001, 4) == 17_000_000
-    # 1920×1080 = 2,073,600 px: 2 further MPs = $0.019.
-    assert spec.image_cost(1920, 1080, 4).micro_usd == 19_000
+    # Cloudflare's first megapixel is 1024×1024 = 1,048,576 px: a square 1024² is $0.015,
+    # not $0.017 (13% more) as a decimal megapixel would make it.
+    assert spec.price.image_nano_usd(1024, 1024, 4) == 15_000_000
+    assert spec.image_cost(1024, 1024, 4) == Cost(15_000, 1_363_637)
+    assert spec.price.image_nano_usd(1000, 1001, 4) == 15_000_000  # 1,001,000 px: still first
+    # 1024×1025 is just over: one further MP (rounded up) = $0.015 + $0.002.
+    assert spec.price.image_nano_usd(1024, 1025, 4) == 17_000_000
+    # 1920×1080 = 2,073,600 px = 1.98 MP: one further MP = $0.017.
+    assert spec.image_cost(1920, 1080, 4).micro_usd == 17_000
+    # 1920×1920 = 3,686,400 px = 3.52 MP: three further MPs = $0.021.
+    assert spec.image_cost(1920, 1920, 4).micro_usd == 21_000
     # A 512×512 input image is one input MP (rounded up): + $0.002.
     assert spec.image_cost(1024, 768, 4, (512, 512)).micro_usd == 17_000
 
@@ -143,8 +148,8 @@ def test_llama_is_priced_per_token(catalog: Catalog) -> None:
 def test_tiles_are_ceil_w_by_ceil_h(catalog: Catalog, width: int, height: int, tiles: int) -> None:
     assert TILE_SIDE == 512
     assert tiles == -(-width // 512) * -(-height // 512)
-    # per_tile of phoenix is $0.0058 = 5,800,000 nano; steps 0 isolates the tile term.
-    assert catalog.get(PHOENIX).price.image_nano_usd(width, height, 0) == tiles * 5_800_000
+    # per_tile of phoenix is $0.005830 = 5,830,000 nano; steps 0 isolates the tile term.
+    assert catalog.get(PHOENIX).price.image_nano_usd(width, height, 0) == tiles * 5_830_000
 
 
 def test_costs_are_integers_everywhere(catalog: Catalog) -> None:
@@ -270,7 +275,7 @@ price = {{ per_tile_usd = 0.001 }}
     hidden = catalog.find(LUCID)
     assert hidden is not None
     assert hidden.enabled is False
-    assert hidden.default_cost() == Cost(66_250, 6_022_728)  # price kept
+    assert hidden.default_cost() == Cost(66_264, 6_024_000)  # price kept
     assert LUCID not in {m.id for m in catalog.enabled_image_models()}
 
     # SDXL at 20 steps × 2.5 Neurons = 50 Neurons = 550,000 nano → 550 µ$.
@@ -289,7 +294,7 @@ price = {{ per_tile_usd = 0.001 }}
     assert "@cf/vendor/new-model" in {m.id for m in catalog.enabled_image_models()}
 
     # Untouched models keep the built-in prices.
-    assert catalog.get(PHOENIX).default_cost() == Cost(25_950, 2_359_091)
+    assert catalog.get(PHOENIX).default_cost() == Cost(26_070, 2_370_000)
     # The built-in catalog itself is not modified.
     assert load_catalog(None).get(SCHNELL).default_cost() == Cost(634, 57_600)
 
@@ -343,3 +348,82 @@ def test_models_file_entries_are_checked(tmp_path, entry, complaint):
         load_catalog(path)
     assert raised.value.variable == "MODELS_FILE"
     assert complaint in raised.value.user_message
+
+
+# --------------------------------------------------------------------------- unpublished prices
+
+UNPUBLISHED = (
+    SDXL,
+    "@cf/bytedance/stable-diffusion-xl-lightning",
+    "@cf/lykon/dreamshaper-8-lcm",
+    "@cf/runwayml/stable-diffusion-v1-5-img2img",
+)
+
+
+def test_no_image_model_is_ever_free(catalog: Catalog) -> None:
+    for spec in catalog.enabled_image_models():
+        assert spec.default_cost().micro_usd > 0, spec.id
+        assert spec.image_cost(spec.min_side, spec.min_side, spec.min_steps).micro_usd > 0
+
+
+def test_unpublished_prices_are_the_operators_default_and_say_so(catalog: Catalog) -> None:
+    assert {m.id for m in catalog if not m.price_published} == set(UNPUBLISHED)
+    for model in UNPUBLISHED:
+        spec = catalog.get(model)
+        assert spec.price_source == "default"
+        # $0.002 = 2,000,000 nano per image, whatever the size and steps; / 11 = 181,818.1… mN.
+        assert spec.image_cost(256, 256, 1) == spec.default_cost() == Cost(2_000, 181_819)
+        assert spec.price_note == (
+            "Price not published by Cloudflare; charged at the operator's default price per image"
+        )
+    published = catalog.get(SCHNELL)
+    assert (published.price_published, published.price_source, published.price_note) == (
+        True, "cloudflare", ""
+    )  # fmt: skip
+
+
+def test_the_default_for_unpublished_prices_is_the_operators(tmp_path: Path) -> None:
+    catalog = load_catalog(None, unpublished_nano_usd=usd_to_micro("0.0125") * 1000)
+    assert catalog.get(SDXL).default_cost().micro_usd == 12_500
+    assert catalog.get(SCHNELL).default_cost() == Cost(634, 57_600)  # published: untouched
+
+
+def test_an_operator_price_wins_and_is_shown_as_the_operators(tmp_path: Path) -> None:
+    path = write_models(
+        tmp_path,
+        f'[[model]]\nid = "{SDXL}"\nprice = {{ per_image_usd = 0.004 }}\n'
+        f'[[model]]\nid = "{PHOENIX}"\nprice = {{ per_step_usd = 0.0002 }}\n',
+    )
+    catalog = load_catalog(path, unpublished_nano_usd=None)
+    sdxl = catalog.get(SDXL)
+    assert (sdxl.price_source, sdxl.default_cost().micro_usd) == ("operator", 4_000)
+    assert sdxl.price_note == "Price not published by Cloudflare; price set by the operator"
+    phoenix = catalog.get(PHOENIX)
+    assert phoenix.price_note == "Price set by the operator"
+    # 4 × $0.005830 + 25 × $0.0002 = $0.02832
+    assert phoenix.default_cost().micro_usd == 28_320
+
+
+def test_with_the_default_off_unpriced_models_are_hidden_until_priced(tmp_path: Path) -> None:
+    catalog = load_catalog(None, unpublished_nano_usd=None)
+    for model in UNPUBLISHED:
+        with pytest.raises(InvalidModel):
+            catalog.get(model)
+        assert catalog.find(model) is not None  # still known, for history
+    assert SCHNELL in {m.id for m in catalog.enabled_image_models()}
+    priced = load_catalog(
+        write_models(tmp_path, f'[[model]]\nid = "{SDXL}"\nprice = {{ per_step_neurons = 1 }}\n'),
+        unpublished_nano_usd=None,
+    )
+    assert priced.get(SDXL).default_cost().milli_neurons == 20_000  # 20 steps × 1 Neuron
+
+
+def test_an_added_model_without_a_price_is_not_free(tmp_path: Path) -> None:
+    path = write_models(tmp_path, '[[model]]\nid = "@cf/vendor/unpriced"\n')
+    spec = load_catalog(path).get("@cf/vendor/unpriced")
+    assert not spec.price_published and spec.price_source == "default"
+    assert spec.default_cost().micro_usd == 2_000
+    with pytest.raises(ConfigError, match="unknown keys"):
+        load_catalog(
+            write_models(tmp_path, f'[[model]]\nid = "{SDXL}"\nprice_source = "cloudflare"\n')
+        )

@@ -297,7 +297,11 @@ async def test_delete_checks_ownership_and_keeps_bytes_a_cache_hit_still_uses(lo
     with pytest.raises(Forbidden):
         await service.delete_image(original.id, requester_id="u2")
     await service.delete_image(original.id, requester_id="u1")
-    assert await local_runtime.store.get(hit.storage_key)  # still used by u2's record
+    with pytest.raises(NotFound):  # the original's bytes are gone from their key...
+        await local_runtime.store.get(original.storage_key)
+    hit = await local_runtime.ledger.get_image(hit.id)  # ...u2 keeps a copy of their own
+    assert hit.storage_key != original.storage_key
+    assert await local_runtime.store.get(hit.storage_key)
     await service.delete_image(hit.id, requester_id="admin", is_admin=True)
     with pytest.raises(NotFound):
         await local_runtime.store.get(hit.storage_key)
@@ -351,10 +355,11 @@ async def test_usage_report_matches_the_images(local_runtime):
     await service.generate(ask("third picture", user_id="b", model=SDXL, fresh=True))
     report = await service.usage_report(local_runtime.ledger.today())
     assert report.total_images == 3
-    assert report.total_micro_usd == 2 * 634
-    assert report.average_micro_usd == (2 * 634) // 3
-    assert [(u.user_id, u.images, u.micro_usd) for u in report.users] == [("a", 2, 1268),
-                                                                          ("b", 1, 0)]  # fmt: skip
+    # SDXL's price is not published: the operator's default, $0.002, is charged.
+    assert report.total_micro_usd == 2 * 634 + 2_000
+    assert report.average_micro_usd == (2 * 634 + 2_000) // 3
+    by_user = [(u.user_id, u.images, u.micro_usd) for u in report.users]
+    assert by_user == [("b", 1, 2000), ("a", 2, 1268)]
 
 
 def test_replace_keeps_records_frozen():

@@ -15,6 +15,7 @@ from PIL import Image
 from bot.config import Settings
 from bot.runtime import Runtime, open_runtime
 from bot.web.app import build_web_app
+from bot.web.server import GuardedAppRunner
 from tests.conftest import FAKE_CF_TOKEN, png
 from tests.fakes.cloudflare import FakeCloudflare
 
@@ -32,7 +33,7 @@ def decode(data: bytes) -> Image.Image:
 
 
 async def serve(runtime: Runtime) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(build_web_app(runtime), access_log=None)
+    runner = GuardedAppRunner(build_web_app(runtime), runtime.settings)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

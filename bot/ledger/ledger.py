@@ -41,7 +41,9 @@ from bot.ledger.records import (
     next_utc_midnight,
     utc_day,
 )
+from bot.logs import quiet_chatty_libraries, register_secret
 from bot.money import format_usd
+from bot.validation import format_megabytes
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,13 @@ def user_scope(guild_id: str, user_id: str) -> str:
     return f"{guild_id}:{user_id}"
 
 
+def _api_key(row: Any) -> ApiKey:
+    """An API key row; its webhook secret is masked in every log from now on."""
+    key = ApiKey.from_row(row)
+    register_secret(key.webhook_secret)
+    return key
+
+
 class DuplicateRequest(Exception):
     """The idempotency key was seen before; ``job`` is the first request's job."""
 
@@ -96,23 +105,40 @@ class NewJob:
     model: str | None = None
     idempotency_key: str | None = None
     params: dict[str, Any] | None = None
+    fingerprint: str | None = None
+    bytes: int = 0
 
 
 _RESERVE_SQL = """
 INSERT INTO jobs (id, idempotency_key, kind, user_id, guild_id, day, model, state,
-                  images, micro_usd, milli_neurons, params, created_at, updated_at)
+                  images, micro_usd, milli_neurons, params, request_fingerprint, bytes,
+                  hold_id, created_at, updated_at)
 SELECT :id, :key, :kind, :user, :guild, :day, :model, 'reserved',
-       :images, :usd, :mn, :params, :now, :now
+       :images, :usd, :mn, :params, :fingerprint, :bytes, :hold, :now, :now
 FROM (SELECT 1) AS one
 LEFT JOIN usage_counters u ON u.day = :day AND u.scope = 'user' AND u.scope_id = :user_scope
 LEFT JOIN quota_resets r ON r.day = :day AND r.user_scope = :user_scope
 LEFT JOIN usage_counters g ON g.day = :day AND g.scope = 'guild' AND g.scope_id = :guild
 LEFT JOIN usage_counters a ON a.day = :day AND a.scope = 'all' AND a.scope_id = ''
-WHERE COALESCE(u.images, 0) - COALESCE(r.images, 0) + :images <= :user_images
+WHERE COALESCE(u.images, 0) - COALESCE(r.images, 0) + :images
+        <= :user_images + COALESCE((SELECT h.images FROM jobs h
+                                    WHERE h.id = :hold AND h.state = 'reserved'
+                                      AND h.day = :day), 0)
   AND COALESCE(u.micro_usd, 0) - COALESCE(r.micro_usd, 0) + :usd <= :user_usd
   AND (:guild = '' OR COALESCE(g.micro_usd, 0) + :usd <= :guild_usd)
   AND COALESCE(a.milli_neurons, 0) + :mn <= :neurons
 """
+
+# An upload also fits the user's daily upload allowance (all servers together), in the same
+# statement, so concurrent uploads can never pass it.
+_RESERVE_UPLOAD_SQL = (
+    _RESERVE_SQL  # noqa: S608 (constant text, no input)
+    + """  AND (SELECT COUNT(*) + 1 <= :uploads
+                 AND COALESCE(SUM(bytes), 0) + :bytes <= :upload_bytes
+       FROM jobs WHERE user_id = :user AND day = :day AND kind = 'upload'
+                   AND state != 'refunded')
+"""
+)
 
 
 class Ledger:
@@ -133,6 +159,7 @@ class Ledger:
         cls, path: Path, defaults: QuotaDefaults | None = None, clock: Clock = utc_now
     ) -> Ledger:
         path.parent.mkdir(parents=True, exist_ok=True)
+        quiet_chatty_libraries()  # the driver logs statement parameters (secrets, prompts)
         db = await aiosqlite.connect(path, isolation_level=None)
         db.row_factory = aiosqlite.Row
         try:
@@ -281,6 +308,8 @@ class Ledger:
             user_micro_usd=pick(user_usd, guild_user_usd, d.user_daily_micro_usd),
             guild_micro_usd=pick(guild_usd, d.guild_daily_micro_usd),
             milli_neurons=d.daily_milli_neurons,
+            user_uploads=d.user_daily_uploads,
+            user_upload_bytes=d.user_daily_upload_bytes,
         )
         usage = Usage(row[5] or 0, row[6] or 0, row[7] or 0)
         return Policy(limits, usage, json.loads(row[8]) if row[8] else [])
@@ -354,9 +383,13 @@ class Ledger:
 
     # -- reservations ---------------------------------------------------------------------
 
-    async def reserve(self, new: NewJob, limits: Limits) -> Job:
+    async def reserve(self, new: NewJob, limits: Limits, hold: str | None = None) -> Job:
         """Atomically check every limit and reserve the estimate. QuotaExceeded if any fails;
-        DuplicateRequest if the idempotency key was used before."""
+        DuplicateRequest if the idempotency key was used before.
+
+        ``hold`` is a job that reserved images ahead (a batch's allowance): its images count
+        as available to this reservation, which takes them from it in the same statement
+        (trigger ``jobs_draw_from_hold``)."""
         now = self.clock()
         job_id = new_id("job")
         day = utc_day(now)
@@ -374,14 +407,20 @@ class Ledger:
             "usd": new.cost.micro_usd,
             "mn": new.cost.milli_neurons,
             "params": json.dumps(new.params or {}, sort_keys=True),
+            "fingerprint": new.fingerprint,
+            "bytes": new.bytes,
             "now": created_at,
             "user_images": limits.user_images,
             "user_usd": limits.user_micro_usd,
             "guild_usd": limits.guild_micro_usd,
             "neurons": limits.milli_neurons,
+            "uploads": limits.user_uploads,
+            "upload_bytes": limits.user_upload_bytes,
+            "hold": hold,
         }
+        sql = _RESERVE_UPLOAD_SQL if new.kind == "upload" else _RESERVE_SQL
         try:
-            inserted = await self._write(_RESERVE_SQL, params)
+            inserted = await self._write(sql, params)
         except sqlite3.IntegrityError:
             existing = await self.job_by_key(new.idempotency_key or "")
             if existing is None:
@@ -413,11 +452,51 @@ class Ledger:
             error_code=None,
             error_message=None,
             created_at=created_at,
+            fingerprint=new.fingerprint,
+            bytes=new.bytes,
         )
+
+    async def uploads_today(self, user_id: str, day: str | None = None) -> tuple[int, int]:
+        """How many uploads the user made today (all servers together), and their bytes."""
+        row = await self._one(
+            "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM jobs WHERE user_id = ? AND day = ? "
+            "AND kind = 'upload' AND state != 'refunded'",
+            (user_id, day or self.today()),
+        )
+        return int(row[0]), int(row[1])
+
+    async def upload_refusal(
+        self, user_id: str, limits: Limits, size: int, now: datetime | None = None
+    ) -> QuotaExceeded | None:
+        """Why an upload of ``size`` bytes would not fit the user's allowance today, if not."""
+        now = now or self.clock()
+        resets = next_utc_midnight(now)
+        count, used = await self.uploads_today(user_id, utc_day(now))
+        if count + 1 > limits.user_uploads:
+            if limits.user_uploads == 0:
+                return QuotaExceeded("user_daily_uploads", "Uploads are turned off here.", resets)
+            return QuotaExceeded(
+                "user_daily_uploads",
+                f"You have made {count} of your {limits.user_uploads} uploads for today.",
+                resets,
+            )
+        if used + size > limits.user_upload_bytes:
+            return QuotaExceeded(
+                "user_daily_upload_bytes",
+                f"This upload is {format_megabytes(size)}; you have "
+                f"{format_megabytes(max(0, limits.user_upload_bytes - used))} of your "
+                f"{format_megabytes(limits.user_upload_bytes)} daily upload allowance left.",
+                resets,
+            )
+        return None
 
     async def _explain_refusal(self, new: NewJob, limits: Limits, now: datetime) -> QuotaExceeded:
         day = utc_day(now)
         resets = next_utc_midnight(now)
+        if new.kind == "upload":
+            refusal = await self.upload_refusal(new.user_id, limits, new.bytes, now)
+            if refusal is not None:
+                return refusal
         user = await self.user_usage(new.user_id, new.guild_id, day)
         if user.images + new.images > limits.user_images:
             return QuotaExceeded(
@@ -491,12 +570,12 @@ class Ledger:
         image_ids = [image.id for image in images]
         job_insert = self._write(
             "INSERT INTO jobs (id, idempotency_key, kind, user_id, guild_id, day, model, "
-            "state, planned_image_ids, params, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, 'settled', ?, ?, ?, ?)",
+            "state, planned_image_ids, params, request_fingerprint, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, 'settled', ?, ?, ?, ?, ?)",
             (
                 job_id, new.idempotency_key, new.kind, new.user_id, new.guild_id,
                 day, new.model, json.dumps(image_ids),
-                json.dumps(new.params or {}, sort_keys=True), now, now,
+                json.dumps(new.params or {}, sort_keys=True), new.fingerprint, now, now,
             ),
         )  # fmt: skip
         outcomes = await asyncio.gather(
@@ -606,14 +685,32 @@ class Ledger:
         )
         return changed == 1
 
-    async def storage_key_shared(self, storage_key: str, excluding_id: str) -> bool:
-        """True while another live record (an original or a cache hit) uses these bytes."""
-        return bool(
-            await self._scalar(
-                "SELECT EXISTS (SELECT 1 FROM images WHERE storage_key = ? AND id != ? "
-                "AND is_deleted = 0)",
-                (storage_key, excluding_id),
-            )
+    async def live_images_stored_at(self, storage_key: str) -> list[ImageRecord]:
+        """The live records (an original and its cache hits) whose bytes are at this key."""
+        rows = await self._all(
+            "SELECT * FROM images WHERE storage_key = ? AND is_deleted = 0 "
+            "ORDER BY created_at, id",
+            (storage_key,),
+        )
+        return [ImageRecord.from_row(r) for r in rows]
+
+    async def move_storage(
+        self, old_key: str, new_key: str, new_url: str, *, except_id: str
+    ) -> int:
+        """Point every live record at ``old_key`` but one to a copy of its bytes at
+        ``new_key``."""
+        return await self._write(
+            "UPDATE images SET storage_key = ?, url = ? WHERE storage_key = ? AND is_deleted = 0 "
+            "AND id != ?",
+            (new_key, new_url, old_key, except_id),
+        )
+
+    async def mark_deleted_stored_at(self, storage_key: str) -> int:
+        """Mark every live record at this key deleted (a moderator's delete)."""
+        return await self._write(
+            "UPDATE images SET is_deleted = 1, deleted_at = ? WHERE storage_key = ? "
+            "AND is_deleted = 0",
+            (self.now_iso(), storage_key),
         )
 
     # -- templates ------------------------------------------------------------------------
@@ -658,17 +755,17 @@ class Ledger:
 
     async def api_key_by_hash(self, key_hash: str) -> ApiKey | None:
         row = await self._one("SELECT * FROM api_keys WHERE key_hash = ?", (key_hash,))
-        return ApiKey.from_row(row) if row else None
+        return _api_key(row) if row else None
 
     async def get_api_key(self, key_id: str) -> ApiKey | None:
         row = await self._one("SELECT * FROM api_keys WHERE id = ?", (key_id,))
-        return ApiKey.from_row(row) if row else None
+        return _api_key(row) if row else None
 
     async def api_keys_of(self, user_id: str) -> list[ApiKey]:
         rows = await self._all(
             "SELECT * FROM api_keys WHERE user_id = ? ORDER BY created_at", (user_id,)
         )
-        return [ApiKey.from_row(r) for r in rows]
+        return [_api_key(r) for r in rows]
 
     async def revoke_api_key(self, key_id: str) -> bool:
         changed = await self._write(

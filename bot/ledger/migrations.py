@@ -240,7 +240,25 @@ MIGRATIONS: tuple[str, ...] = (
         created_at TEXT NOT NULL
     ) WITHOUT ROWID;
     """,
-    # 3: how each job's result reached its user; NULL for jobs from before it was recorded.
+    # 3: idempotency keys bound to their request; uploads metered by count and size; batches
+    # hold their allowance.
+    """
+    ALTER TABLE jobs ADD COLUMN request_fingerprint TEXT;
+    ALTER TABLE jobs ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX jobs_uploads ON jobs (user_id, day) WHERE kind = 'upload';
+
+    -- A batch reserves its images ahead in a "hold" job; a job reserved against the hold takes
+    -- its images from it in the same statement (the reservation's INSERT), so they are never
+    -- counted twice and never free for anyone else in between.
+    ALTER TABLE jobs ADD COLUMN hold_id TEXT;
+    CREATE TRIGGER jobs_draw_from_hold AFTER INSERT ON jobs
+    WHEN NEW.hold_id IS NOT NULL AND NEW.images > 0
+    BEGIN
+        UPDATE jobs SET images = MAX(0, images - NEW.images), updated_at = NEW.created_at
+        WHERE id = NEW.hold_id AND state = 'reserved' AND day = NEW.day;
+    END;
+    """,
+    # 4: how each job's result reached its user; NULL for jobs from before it was recorded.
     # 'undelivered' goes with state 'refunded': shown nowhere, so not charged.
     """
     ALTER TABLE jobs ADD COLUMN delivery TEXT

@@ -35,6 +35,8 @@ class Limits:
     user_micro_usd: int
     guild_micro_usd: int
     milli_neurons: int
+    user_uploads: int = 2**62  # uploads per user per day, all servers together
+    user_upload_bytes: int = 2**62
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,8 @@ class Job:
     error_code: str | None
     error_message: str | None
     created_at: str
+    fingerprint: str | None = None  # of the normalised request, to spot a reused key
+    bytes: int = 0  # an upload's size
     delivery: str | None = None  # how the result reached its user (see DELIVERY_WAYS)
 
     @classmethod
@@ -83,6 +87,8 @@ class Job:
             error_code=row["error_code"],
             error_message=row["error_message"],
             created_at=row["created_at"],
+            fingerprint=row["request_fingerprint"],
+            bytes=row["bytes"],
             delivery=row["delivery"],
         )
 

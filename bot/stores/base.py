@@ -6,6 +6,7 @@ Two implementations: Cloudflare Images (``cloudflare.py``) and the embedded loca
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -40,9 +41,23 @@ class ImageStore(Protocol):
         ...
 
     def url(self, key: str, variant: str = "public") -> str:
-        """The delivery URL of a variant ('public' or 'w=…,h=…,fit=…')."""
+        """The delivery URL of a variant ('public' or 'w=…,h=…,fit=…'), computed now from the key:
+        a signed URL is valid from this call, so call it whenever a URL is shown, never store it
+        for later."""
         ...
 
     async def check(self) -> None:
         """Cheap reachability check; raises ``bot.errors.StoreError`` if down."""
         ...
+
+
+def store_metadata(
+    image_id: str, user_id: str, guild_id: str, model: str | None, prompt: str | None
+) -> dict[str, str]:
+    """What a store keeps next to the bytes: whose image it is, never the prompt itself."""
+    metadata = {"image_id": image_id, "user": user_id, "guild": guild_id}
+    if model:
+        metadata["model"] = model
+    if prompt:
+        metadata["prompt_sha256"] = hashlib.sha256(prompt.encode()).hexdigest()[:32]
+    return metadata

@@ -6,6 +6,7 @@ Thin handlers: parse and check the request, call the same service methods the Di
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from collections import OrderedDict, deque
@@ -19,7 +20,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from bot.api_keys import ApiKeys
 from bot.batches import MAX_PROMPTS, BatchService
-from bot.errors import Forbidden, InvalidRequest, Unauthorized
+from bot.errors import Forbidden, IdempotencyKeyReused, InvalidRequest, Unauthorized
 from bot.ledger import Template
 from bot.ledger.records import ApiKey, ImageRecord
 from bot.outbound import fetch_bytes
@@ -28,6 +29,7 @@ from bot.public import image_to_public, model_json, report_json
 from bot.requests import GenerateRequest
 from bot.runtime import Runtime
 from bot.server_admin import template_scope
+from bot.web.app import check_anonymous_rate
 from bot.web.http import (
     Field,
     Handler,
@@ -35,6 +37,7 @@ from bot.web.http import (
     RateLimited,
     bot_error_response,
     check_fields,
+    error_response,
     json_response,
     read_json,
 )
@@ -137,10 +140,26 @@ GENERATE = {
 }
 
 
+def idempotency_key(request: web.Request, key: ApiKey) -> str:
+    """The client's Idempotency-Key, scoped to its API key and hashed whole (any length
+    counts, every character of it); a fresh one when none was sent."""
+    sent = request.headers.get("Idempotency-Key", "")
+    if not sent:
+        return f"api:{key.id}:{uuid.uuid4().hex}"
+    return f"api:{key.id}:sha256:{hashlib.sha256(sent.encode('utf-8', 'replace')).hexdigest()}"
+
+
 async def generate(request: web.Request) -> web.Response:
     body = check_fields(await read_json(request), GENERATE)
     key = key_of(request)
-    idempotency = request.headers.get("Idempotency-Key", "")[:200] or uuid.uuid4().hex
+    try:
+        return await _generate(request, key, body)
+    except IdempotencyKeyReused as exc:
+        return error_response(409, "Idempotency-Key reused",
+                              {"code": exc.code, "message": exc.user_message})  # fmt: skip
+
+
+async def _generate(request: web.Request, key: ApiKey, body: dict[str, Any]) -> web.Response:
     result = await api_of(request).runtime.service.generate(
         GenerateRequest(
             prompt=body["prompt"],
@@ -156,7 +175,7 @@ async def generate(request: web.Request) -> web.Response:
             image_id=body.get("image_id"),
             enhance=body.get("enhance", False),
             fresh=body.get("fresh", False),
-            idempotency_key=f"api:{key.id}:{idempotency}",
+            idempotency_key=idempotency_key(request, key),
             metadata=body.get("metadata", {}),
         )
     )
@@ -200,6 +219,7 @@ async def delete_image(request: web.Request) -> web.Response:
 async def upload(request: web.Request) -> web.Response:
     api = api_of(request)
     key = key_of(request)
+    await api.runtime.service.check_upload_allowance(key.user_id, key.guild_id)  # before reading
     if request.content_type == "multipart/form-data":
         data = await _multipart_file(request)
     else:
@@ -304,8 +324,8 @@ async def costs(request: web.Request) -> web.Response:
     """Own usage by default; ``scope=server`` gives the key's server (its admins only)."""
     key = key_of(request)
     today = date.fromisoformat(api_of(request).runtime.service.today())
-    end = _date_param(request, "to", today)
-    start = _date_param(request, "from", end - timedelta(days=29))
+    end = _date_param(request, "to") or today
+    start = _date_param(request, "from") or max(end - timedelta(days=29), EARLIEST)
     if start > end or (end - start).days > 366:
         raise InvalidRequest("from", "'from' must be on or before 'to', at most 366 days apart.")
     scope = request.query.get("scope", "user")
@@ -369,9 +389,11 @@ def placeholder_help(message: str) -> web.Response:
 
 async def placeholder(request: web.Request) -> web.StreamResponse:
     api = api_of(request)
+    if "redo" not in request.query:
+        check_anonymous_rate(request)
     try:
         width, height, prompt = parse_placeholder(
-            request.match_info["size"], request.match_info["slug"]
+            request.match_info["size"], request.match_info["slug"], api.runtime.variants.bounds
         )
     except InvalidRequest as exc:
         return placeholder_help(exc.user_message)
@@ -406,14 +428,22 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
     return int(raw)
 
 
-def _date_param(request: web.Request, name: str, default: date) -> date:
+EARLIEST, LATEST = date(2000, 1, 1), date(9998, 12, 31)  # day arithmetic never overflows
+
+
+def _date_param(request: web.Request, name: str) -> date | None:
     raw = request.query.get(name)
     if not raw:
-        return default
+        return None
     try:
-        return date.fromisoformat(raw)
+        day = date.fromisoformat(raw)
     except ValueError:
         raise InvalidRequest(name, f"{name!r} must be a date like 2026-01-31.") from None
+    if not EARLIEST <= day <= LATEST:
+        raise InvalidRequest(
+            name, f"{name!r} must be a date from {EARLIEST.isoformat()} to {LATEST.isoformat()}."
+        )
+    return day
 
 
 def add_api_routes(app: web.Application) -> None:

@@ -36,12 +36,16 @@ class RateLimited(BotError):
     code = "rate_limited"
     http_status = 429
 
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(
-            f"Too many requests for this key; try again in {retry_after} s.",
-            retry_after=retry_after,
-        )
+    def __init__(self, retry_after: int, what: str = "Too many requests for this key") -> None:
+        super().__init__(f"{what}; try again in {retry_after} s.", retry_after=retry_after)
         self.retry_after = retry_after
+
+
+class RequestTimeout(BotError):
+    """The client did not send its request (headers or body) within the allowed time."""
+
+    code = "request_timeout"
+    http_status = 408
 
 
 class UnsupportedMediaType(BotError):
@@ -77,6 +81,9 @@ def bot_error_response(exc: BotError) -> web.Response:
     headers: dict[str, str] = {}
     if isinstance(exc, InvalidRequest):
         details["field"] = exc.field
+        details.update(
+            (k, v) for k, v in exc.details.items() if isinstance(v, int | str) and k not in details
+        )
         if isinstance(exc, InvalidModel) or exc.field == "model":
             details["model"] = exc.details.get("model")
             return error_response(400, "Invalid model", details)
@@ -95,8 +102,8 @@ def bot_error_response(exc: BotError) -> web.Response:
         return error_response(502, "Image generation failed", details)
     if isinstance(exc, StoreError):
         return error_response(502, "Image storage failed", details)
-    titles = {401: "Unauthorized", 403: "Forbidden", 404: "Not found", 409: "Conflict",
-              413: "Payload too large", 415: "Unsupported media type",
+    titles = {401: "Unauthorized", 403: "Forbidden", 404: "Not found", 408: "Request timeout",
+              409: "Conflict", 413: "Payload too large", 415: "Unsupported media type",
               503: "Service unavailable"}  # fmt: skip
     status = exc.http_status if exc.http_status in titles else 500
     return error_response(status, titles.get(status, "Internal error"), details)
@@ -116,6 +123,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(
             exc.status, exc.reason, {"message": message or exc.reason}, headers or None
         )
+    except ConnectionResetError:  # the client went away mid-request: nobody to answer
+        log.info("client %s disconnected during %s %s", request.remote, request.method,
+                 request.path)  # fmt: skip
+        return error_response(400, "Client disconnected", {"message": "Disconnected."})
     except Exception:
         reference = secrets.token_hex(4)
         log.exception("unexpected error in %s %s (reference %s)", request.method,

@@ -23,9 +23,9 @@ def _errors(*statuses: int) -> dict[str, Any]:
         403: "Forbidden or over quota",
         404: "Not found",
         409: "Conflict",
-        413: "Body too large",
+        413: "Body too large (every multipart part counts)",
         415: "Wrong content type",
-        429: "Rate limited or busy",
+        429: "Rate limited (per key, or per address when anonymous) or busy",
         502: "Image generation or storage failed",
         503: "The database is locked or full: nothing was charged",
     }
@@ -88,6 +88,12 @@ SCHEMAS: dict[str, Any] = {
             "name": {"type": "string"},
             "cost_per_image": {"type": "number"},
             "neurons_per_image": {"type": "number"},
+            "price_published": {
+                "type": "boolean",
+                "description": "false: Cloudflare's pricing page lists no price for this model",
+            },
+            "price_source": {"type": "string", "enum": ["cloudflare", "operator", "default"]},
+            "price_note": NULLABLE_STR,
             "default_width": {"type": "integer"},
             "default_height": {"type": "integer"},
             "speed_seconds": {"type": "number"},
@@ -215,8 +221,9 @@ def openapi_document() -> dict[str, Any]:
                             "name": "Idempotency-Key",
                             "in": "header",
                             "required": False,
-                            "description": "Retries with the same key get the same image; "
-                            "only its first 200 characters count.",
+                            "description": "Retries with the same key and body get the same "
+                            "image; the whole key counts. The same key with a different body "
+                            "is a 409 (Idempotency-Key reused).",
                             "schema": {"type": "string"},
                         },
                     ],
@@ -226,7 +233,7 @@ def openapi_document() -> dict[str, Any]:
                     },
                     "responses": {
                         "201": _json(_ref("Image"), "Created"),
-                        **_errors(*AUTH_ERRORS, 404, 413, 415, 502),
+                        **_errors(*AUTH_ERRORS, 404, 409, 413, 415, 502),
                     },
                 }
             },
@@ -530,7 +537,7 @@ def openapi_document() -> dict[str, Any]:
                             },
                         },
                         "304": {"description": "Not modified"},
-                        **_errors(400, 404),
+                        **_errors(400, 404, 429),
                     },
                 }
             },

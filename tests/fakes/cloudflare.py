@@ -4,6 +4,11 @@ The real httpx client talks to it over TCP, so request encoding (JSON vs multipa
 ``@`` and slashes, headers) is exercised for real. Each model answers in the shape the reference
 describes; faults can be scripted (``inject``) or random (``fault_rate``). Every request is
 recorded in ``calls``; for GET requests the recorded body is the query string.
+
+Like Cloudflare, it holds the token to ``account_limit`` API requests per ``account_window``
+seconds across every route (1,200 per 5 minutes; tests shrink the window): the request over it
+is answered 429 with Retry-After, and so is every call for ``account_block_seconds`` after.
+``api_requests`` counts the authenticated API requests, ``account_429s`` those refused so.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import json
 import random
 import time
 import uuid
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -35,6 +42,8 @@ _ENVELOPE_FAULTS: dict[str, tuple[int, int, str]] = {
     "3030": (400, 3030, "AiError: Input prompt contains NSFW content."),
     "401": (401, 10000, "Authentication error"),
     "403": (403, 10000, "Authentication error"),
+    "5035": (403, 5035, "This model requires the Workers Paid plan"),
+    "5016": (403, 5016, "Workers Paid plan required to use this model"),
     "400": (400, 3003, "Bad input: incomplete request"),
     "413": (413, 3006, "Request is too large"),
 }
@@ -101,7 +110,8 @@ class FakeImage(NamedTuple):
 class Fault:
     kind: str
     path_contains: str
-    retry_after: float
+    retry_after: float | None
+    retry_after_on_any_status: bool = False
 
 
 class _BadJSON:
@@ -158,6 +168,7 @@ class FakeCloudflare:
         self.api_token = api_token
         self.account_hash = account_hash
         self.signing_key = signing_key
+        self.clock: Callable[[], float] = time.time  # what signed delivery URLs' exp is checked at
         self.latency = 0.0  # added to every /ai/run call
         self.store_latency = 0.0  # added to every /images call
         self.upload_reply_latency = 0.0  # after an upload is stored, before the answer
@@ -169,6 +180,13 @@ class FakeCloudflare:
         self.meta_key = "meta"  # Images answers carry metadata under this key
         self.text_usage = True  # include result.usage in text-model answers
         self.calls: list[Call] = []
+        self.account_limit = 1200
+        self.account_window = 300.0
+        self.account_block_seconds = 300.0
+        self.api_requests = 0
+        self.account_429s = 0
+        self._arrivals: deque[float] = deque()
+        self._blocked_until = 0.0
         self.ai_calls = 0  # every request to /ai/run, faulted ones included
         self.uploads = 0  # every POST to /images/v1, faulted or rejected ones included
         self.images: dict[str, FakeImage] = {}
@@ -187,12 +205,23 @@ class FakeCloudflare:
         return f"http://127.0.0.1:{self.port}/delivery"
 
     def inject(
-        self, kind: str, times: int = 1, path_contains: str = "/ai/run", retry_after: float = 1.0
+        self,
+        kind: str,
+        times: int = 1,
+        path_contains: str = "/ai/run",
+        retry_after: float | None = 1.0,
+        *,
+        retry_after_on_any_status: bool = False,
     ) -> None:
-        """Queue ``times`` faults of ``kind`` for the next requests whose path matches."""
+        """Queue ``times`` faults of ``kind`` for the next requests whose path matches.
+
+        A '429' carries ``Retry-After: retry_after`` (none when it is None); other kinds carry
+        it only with ``retry_after_on_any_status``."""
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}")
-        self._faults.extend(Fault(kind, path_contains, retry_after) for _ in range(times))
+        self._faults.extend(
+            Fault(kind, path_contains, retry_after, retry_after_on_any_status) for _ in range(times)
+        )
 
     def ai_requests(self) -> list[Call]:
         return [c for c in self.calls if "/ai/run/" in c.path]
@@ -249,6 +278,8 @@ class FakeCloudflare:
             return envelope_error(401, 10000, "Authentication error")
         if request.match_info.get("acct", self.account_id) != self.account_id:
             return envelope_error(404, 7003, "Could not route to this account")
+        if refused := self._over_account_limit():
+            return refused
         fault = self._take_fault(path)
         if fault is not None:
             if fault.kind.startswith("wrong_type_"):
@@ -276,6 +307,22 @@ class FakeCloudflare:
                 return _BadJSON()
         return raw
 
+    def _over_account_limit(self) -> web.Response | None:
+        """Count one API request; past the limit, 429 for it and for the whole block period."""
+        self.api_requests += 1
+        now = time.monotonic()
+        if now >= self._blocked_until:
+            while self._arrivals and self._arrivals[0] <= now - self.account_window:
+                self._arrivals.popleft()
+            if len(self._arrivals) < self.account_limit:
+                self._arrivals.append(now)
+                return None
+            self._blocked_until = now + self.account_block_seconds
+        self.account_429s += 1
+        wait = f"{max(self._blocked_until - now, 0.001):.6g}"
+        message = "Please wait and consider throttling your request speed"
+        return envelope_error(429, 971, message, **{"Retry-After": wait})
+
     def _take_fault(self, path: str) -> Fault | None:
         for index, fault in enumerate(self._faults):
             if fault.path_contains in path:
@@ -286,13 +333,15 @@ class FakeCloudflare:
 
     async def _fault_response(self, fault: Fault) -> web.Response:
         kind = fault.kind
+        headers: dict[str, str] = {}
+        if fault.retry_after is not None and (kind == "429" or fault.retry_after_on_any_status):
+            headers["Retry-After"] = f"{fault.retry_after:g}"
         if kind in _ENVELOPE_FAULTS:
             status, code, message = _ENVELOPE_FAULTS[kind]
-            headers = {"Retry-After": f"{fault.retry_after:g}"} if kind == "429" else {}
             return envelope_error(status, code, message, **headers)
         if kind == "500":
             html = "<html>500 Internal Server Error</html>"
-            return web.Response(status=500, text=html, content_type="text/html")
+            return web.Response(status=500, text=html, content_type="text/html", headers=headers)
         if kind == "timeout":
             await self._pause(self.hang_seconds)
             return web.Response(status=504, text="gateway timeout")
@@ -464,6 +513,6 @@ class FakeCloudflare:
                 self.signing_key.encode(), f"{path}?exp={exp}".encode(), hashlib.sha256
             ).hexdigest()
             valid = hmac.compare_digest(expected, request.query.get("sig", ""))
-            if not valid or not exp.isdigit() or int(exp) < time.time():
+            if not valid or not exp.isdigit() or int(exp) < self.clock():
                 return web.Response(status=403, text="invalid or expired signature")
         return web.Response(body=image.data, content_type=sniff(image.data) or "image/png")

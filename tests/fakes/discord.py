@@ -19,7 +19,8 @@ Copied from real Discord at its edges (see /work/shared/reference/discord-protoc
   Reset/Reset-After/Bucket/Scope``, ``Via``; 429 bodies with ``retry_after`` and ``global:
   false``): ``webhook_rate`` per interaction token over its followups/edits/fetches/deletes
   (default 5 per 2 s), ``channel_rate`` over message creates and edits in one channel, webhook
-  and bot routes together (default 50 per 10 s; Discord does not document it). ``None`` disables
+  and bot routes and ephemeral messages together (default 50 per 10 s; Discord does not
+  document it). ``None`` disables
   either. ``force_429(count, retry_after)`` answers the next ``count`` webhook/channel requests
   429. Interaction callbacks are not limited.
 - Message limits: content 2,000; 10 embeds; title 256, description 4,096, 25 fields of name 256
