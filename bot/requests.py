@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from bot.catalog import Cost
-from bot.ledger.records import ImageRecord
+from bot.ledger.records import ImageRecord, Limits, Usage, next_utc_midnight
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,15 @@ class Remaining:
     images: int
     micro_usd: int
     resets_at: datetime
+
+    @classmethod
+    def of(cls, limits: Limits, used: Usage, now: datetime) -> Remaining:
+        """What ``limits`` leave after ``used``, resetting at the next UTC midnight."""
+        return cls(
+            images=max(0, limits.user_images - used.images),
+            micro_usd=max(0, limits.user_micro_usd - used.micro_usd),
+            resets_at=next_utc_midnight(now),
+        )
 
 
 @dataclass(frozen=True)

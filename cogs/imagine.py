@@ -56,7 +56,7 @@ async def result_message(runtime: Runtime, result: GenerationResult) -> ResultMe
         notes.append("♻️ Found in the cache: this one was free.")
     if result.failed:
         notes.append(f"⚠️ {result.failed} image(s) failed and were not charged.")
-    if runtime.settings.image_provider == "local":
+    if runtime.service.renders_previews:
         notes.append("🧪 Local preview renderer (no Cloudflare account configured).")
     return ResultMessage(notes, parts)
 

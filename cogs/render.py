@@ -58,9 +58,9 @@ def image_embed(
 
 async def attachable(runtime: Runtime, image: ImageRecord) -> discord.File | None:
     """The image as a file when Discord cannot fetch the store's URL itself."""
-    if runtime.store.public:
+    data = await runtime.service.bytes_to_attach(image)
+    if data is None:
         return None
-    data = await runtime.store.get(image.storage_key)
     name = f"{image.id}.{EXTENSIONS.get(image.content_type, 'png')}"
     return discord.File(io.BytesIO(data), filename=name)
 

@@ -76,6 +76,8 @@ class CloudflareProvider:
     """ImageProvider over Workers AI ``/ai/run/{model}``."""
 
     name = "cloudflare"
+    previews_only = False
+    honours_every_seed = False
 
     def __init__(self, api: CloudflareAPI) -> None:
         self._api = api

@@ -23,7 +23,7 @@ from bot.batches import MAX_PROMPTS, BatchService
 from bot.errors import Forbidden, IdempotencyKeyReused, InvalidRequest, Unauthorized
 from bot.ledger import Template
 from bot.ledger.records import ApiKey, ImageRecord
-from bot.outbound import fetch_bytes
+from bot.library import UPLOAD_LIMIT
 from bot.placeholders import PlaceholderService, parse_placeholder
 from bot.public import image_to_public, model_json, report_json
 from bot.requests import GenerateRequest
@@ -41,8 +41,6 @@ from bot.web.http import (
     json_response,
     read_json,
 )
-
-UPLOAD_LIMIT = 10 * 1024 * 1024
 
 
 @dataclass
@@ -220,17 +218,15 @@ async def upload(request: web.Request) -> web.Response:
     api = api_of(request)
     key = key_of(request)
     await api.runtime.service.check_upload_allowance(key.user_id, key.guild_id)  # before reading
+    service = api.runtime.service
     if request.content_type == "multipart/form-data":
         data = await _multipart_file(request)
+        record = await service.upload(data, user_id=key.user_id, guild_id=key.guild_id)
     else:
         body = check_fields(await read_json(request), {"url": Field("str", True, max_length=2048)})
-        data, _ = await fetch_bytes(
-            api.runtime.http,
-            body["url"],
-            max_bytes=UPLOAD_LIMIT,
-            allow_private=api.runtime.settings.allow_private_urls,
+        record = await service.upload_from_url(
+            body["url"], user_id=key.user_id, guild_id=key.guild_id
         )
-    record = await api.runtime.service.upload(data, user_id=key.user_id, guild_id=key.guild_id)
     return json_response({"id": record.id, "url": record.url, "image": image_json(record)}, 201)
 
 

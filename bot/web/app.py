@@ -16,7 +16,6 @@ from aiohttp import web
 from bot import imaging
 from bot.errors import BotError, NotFound
 from bot.runtime import Runtime
-from bot.stores.local import LocalImageStore
 from bot.web.limits import AddressRateLimiter, client_address
 
 log = logging.getLogger(__name__)
@@ -35,8 +34,8 @@ def check_anonymous_rate(request: web.Request) -> None:
 async def serve_image(request: web.Request) -> web.StreamResponse:
     check_anonymous_rate(request)
     runtime = request.app[RUNTIME_KEY]
-    store = runtime.store
-    if not isinstance(store, LocalImageStore):
+    library = runtime.service.library
+    if not library.hosted_here:
         raise web.HTTPNotFound(text="Images are hosted on Cloudflare Images.")
     image_id = request.match_info["image_id"]
     variant = imaging.parse_variant(
@@ -48,14 +47,14 @@ async def serve_image(request: web.Request) -> web.StreamResponse:
     item = variants.cached(key)
     if item is None:
         try:
-            original = await store.get(image_id)
+            original = await library.hosted_original(image_id)
         except NotFound:
             variants.cache.drop(image_id)
             raise web.HTTPNotFound(text="No such image.") from None
         if request.headers.get("If-None-Match") == etag:
             return web.Response(status=304, headers={"ETag": etag, "Cache-Control": IMMUTABLE})
         item = await variants.render(key, original, variant)
-    elif await store.find(image_id) is None:  # deleted since it was cached
+    elif not await library.still_hosted(image_id):  # deleted since it was cached
         variants.cache.drop(image_id)
         raise web.HTTPNotFound(text="No such image.")
     elif request.headers.get("If-None-Match") == etag:
@@ -72,11 +71,7 @@ async def healthz(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME_KEY]
     checks: dict[str, str] = {}
     healthy = True
-    for name, check in (
-        ("database", runtime.ledger.ping),
-        ("provider", runtime.provider.check),
-        ("store", runtime.store.check),
-    ):
+    for name, check in runtime.service.health_checks():
         try:
             await check()
             checks[name] = "ok"
