@@ -138,7 +138,7 @@ class ImageLibrary:
         *,
         user_id: str,
         guild_id: str = "",
-        metadata: dict[str, str] | None = None,
+        idempotency_key: str | None = None,
     ) -> ImageRecord:
         """Fetch an image from an address a user gave (public addresses only unless
         ALLOW_PRIVATE_URLS, bounded in size) and upload it; refused early when the user's
@@ -149,7 +149,9 @@ class ImageLibrary:
         data, _ = await fetch_bytes(
             self.http, url, max_bytes=UPLOAD_LIMIT, allow_private=self.allow_private_urls
         )
-        return await self.upload(data, user_id=user_id, guild_id=guild_id, metadata=metadata)
+        return await self.upload(
+            data, user_id=user_id, guild_id=guild_id, idempotency_key=idempotency_key
+        )
 
     @shows_fresh_urls
     async def upload(

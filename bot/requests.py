@@ -1,4 +1,8 @@
-"""What fronts hand the service, and what they get back."""
+"""What fronts hand the service, and what they get back.
+
+The ledger's records fronts show (images, templates, keys, reports) are re-exported here, so
+no front imports the ledger itself.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from bot.catalog import Cost
-from bot.ledger.records import ImageRecord, Limits, Usage, next_utc_midnight
+from bot.ledger.records import ApiKey as ApiKey
+from bot.ledger.records import ImageRecord as ImageRecord
+from bot.ledger.records import Limits, Usage, next_utc_midnight
+from bot.ledger.records import Template as Template
+from bot.ledger.records import UsageReport as UsageReport
 
 
 @dataclass(frozen=True)

@@ -164,8 +164,12 @@ class ImageService:
             metadata=metadata,
         )  # fmt: skip
 
-    async def upload_from_url(self, url: str, *, user_id: str, guild_id: str = "") -> ImageRecord:
-        return await self.library.upload_from_url(url, user_id=user_id, guild_id=guild_id)
+    async def upload_from_url(
+        self, url: str, *, user_id: str, guild_id: str = "", idempotency_key: str | None = None
+    ) -> ImageRecord:
+        return await self.library.upload_from_url(
+            url, user_id=user_id, guild_id=guild_id, idempotency_key=idempotency_key
+        )
 
     async def check_upload_allowance(self, user_id: str, guild_id: str = "") -> None:
         await self.library.check_upload_allowance(user_id, guild_id)

@@ -14,9 +14,8 @@ from typing import Any
 import discord
 
 from bot.catalog import Catalog
-from bot.ledger import ImageRecord
 from bot.money import format_neurons, format_usd
-from bot.requests import GenerationResult, Progress
+from bot.requests import GenerationResult, ImageRecord, Progress
 from bot.runtime import Runtime
 from cogs.limits import FIELD_VALUE, FILE_BYTES, TITLE, clip, file_groups, fit_embeds, shown
 

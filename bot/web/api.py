@@ -21,15 +21,12 @@ from aiohttp.http_exceptions import HttpProcessingError
 from bot.api_keys import ApiKeys
 from bot.batches import MAX_PROMPTS, BatchService
 from bot.errors import Forbidden, IdempotencyKeyReused, InvalidRequest, Unauthorized
-from bot.ledger import Template
-from bot.ledger.records import ApiKey, ImageRecord
 from bot.library import UPLOAD_LIMIT
 from bot.placeholders import PlaceholderService, parse_placeholder
 from bot.public import image_to_public, model_json, report_json
-from bot.requests import GenerateRequest
+from bot.requests import ApiKey, GenerateRequest, ImageRecord, Template
 from bot.runtime import Runtime
 from bot.server_admin import template_scope
-from bot.web.app import check_anonymous_rate
 from bot.web.http import (
     Field,
     Handler,
@@ -41,6 +38,7 @@ from bot.web.http import (
     json_response,
     read_json,
 )
+from bot.web.limits import check_anonymous_rate
 
 
 @dataclass

@@ -16,19 +16,19 @@ from aiohttp import web
 from bot import imaging
 from bot.errors import BotError, NotFound
 from bot.runtime import Runtime
-from bot.web.limits import AddressRateLimiter, client_address
+from bot.web.api import API, Api, KeyRateLimiter, add_api_routes, auth_middleware
+from bot.web.http import errors_middleware
+from bot.web.limits import (
+    ANONYMOUS_LIMITER,
+    RUNTIME_KEY,
+    AddressRateLimiter,
+    check_anonymous_rate,
+)
+from bot.web.server import GuardedAppRunner, name_the_server, warn_if_exposed
 
 log = logging.getLogger(__name__)
 
-RUNTIME_KEY = web.AppKey("runtime", Runtime)
-ANONYMOUS_LIMITER = web.AppKey("anonymous_limiter", AddressRateLimiter)
 IMMUTABLE = "public, max-age=31536000, immutable"
-
-
-def check_anonymous_rate(request: web.Request) -> None:
-    """Anonymous image and placeholder requests: a rate limit per client address (429)."""
-    trusted = request.app[RUNTIME_KEY].settings.web_trusted_proxies
-    request.app[ANONYMOUS_LIMITER].check(client_address(request, trusted))
 
 
 async def serve_image(request: web.Request) -> web.StreamResponse:
@@ -87,10 +87,6 @@ async def healthz(request: web.Request) -> web.Response:
 
 def build_web_app(runtime: Runtime) -> web.Application:
     """Image hosting, health, the JSON API and placeholders, in one aiohttp app."""
-    from bot.web.api import API, Api, KeyRateLimiter, add_api_routes, auth_middleware
-    from bot.web.http import errors_middleware
-    from bot.web.server import name_the_server
-
     settings = runtime.settings
     app = web.Application(
         client_max_size=settings.web_max_request_mb * 1024 * 1024,
@@ -115,8 +111,6 @@ def build_web_app(runtime: Runtime) -> web.Application:
 
 async def start_web_server(runtime: Runtime) -> web.AppRunner:
     """Start listening on WEB_HOST:WEB_PORT, with the server's limits; the caller cleans up."""
-    from bot.web.server import GuardedAppRunner, warn_if_exposed
-
     settings = runtime.settings
     runner = GuardedAppRunner(build_web_app(runtime), settings)
     await runner.setup()

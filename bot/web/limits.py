@@ -17,7 +17,10 @@ from collections import OrderedDict
 
 from aiohttp import web
 
+from bot.runtime import Runtime
 from bot.web.http import RateLimited
+
+RUNTIME_KEY = web.AppKey("runtime", Runtime)
 
 
 def client_address(request: web.Request, trusted_proxies: frozenset[str]) -> str:
@@ -54,3 +57,12 @@ class AddressRateLimiter:
         self._buckets[address] = (tokens - 1.0, now)
         if len(self._buckets) > self.max_addresses:
             self._buckets.popitem(last=False)
+
+
+ANONYMOUS_LIMITER = web.AppKey("anonymous_limiter", AddressRateLimiter)
+
+
+def check_anonymous_rate(request: web.Request) -> None:
+    """Anonymous image and placeholder requests: a rate limit per client address (429)."""
+    trusted = request.app[RUNTIME_KEY].settings.web_trusted_proxies
+    request.app[ANONYMOUS_LIMITER].check(client_address(request, trusted))
