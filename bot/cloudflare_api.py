@@ -23,11 +23,11 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import httpx
 
+from bot.days import next_utc_midnight
 from bot.errors import (
     BotError,
     Conflict,
@@ -42,7 +42,7 @@ from bot.errors import (
     ProviderUnavailable,
     StoreError,
 )
-from bot.http_headers import retry_after_seconds
+from bot.http_headers import full_jitter, is_json, retry_after_seconds
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +108,6 @@ class Failure:
 
 
 ErrorMapper = Callable[[Failure], BotError]
-
-
-def next_utc_midnight(now: datetime | None = None) -> datetime:
-    """When Cloudflare's free daily allocation resets."""
-    now = now or datetime.now(UTC)
-    return datetime(now.year, now.month, now.day, tzinfo=UTC) + timedelta(days=1)
 
 
 def _model_in_path(path: str) -> str | None:
@@ -287,8 +281,7 @@ class AccountLimiter(_Window):
 
 
 def _is_json(response: httpx.Response) -> bool:
-    ctype = str(response.headers.get("content-type", "")).split(";", 1)[0].strip().lower()
-    return ctype == "application/json" or ctype.endswith("+json")
+    return is_json(str(response.headers.get("content-type", "")))
 
 
 class CloudflareAPI:
@@ -341,8 +334,7 @@ class CloudflareAPI:
 
     def backoff(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(max, base·2^(attempt-1))]."""
-        ceiling = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
-        return self._random.uniform(0.0, ceiling)
+        return full_jitter(attempt, self.backoff_base, self.backoff_max, self._random)
 
     async def request(
         self,

@@ -22,6 +22,7 @@ from bot.catalog import Cost
 from bot.deletion import ImageDeletion
 from bot.errors import BotError, NotFound
 from bot.idempotency import check_same_request, upload_fingerprint
+from bot.image_records import StoredBytes, image_record
 from bot.ledger import ImageRecord, Ledger, Limits
 from bot.ledger.ledger import DuplicateRequest, NewJob
 from bot.ledger.records import new_id
@@ -191,22 +192,10 @@ class ImageLibrary:
                 image_id, data, info.content_type,
                 store_metadata(image_id, user_id, guild_id, None, None),
             )  # fmt: skip
-            record = ImageRecord(
-                id=image_id,
-                kind="upload",
-                job_id=job.id,
-                user_id=user_id,
-                guild_id=guild_id,
-                width=info.width,
-                height=info.height,
-                store=self.store.name,
-                storage_key=stored.key,
-                url=stored.url,
-                content_type=info.content_type,
-                bytes=len(data),
-                cost_micro_usd=price.micro_usd,
-                metadata=dict(metadata or {}),
-                created_at=self.ledger.now_iso(),
+            held = StoredBytes(stored, self.store.name, info.content_type, info.width,
+                               info.height, len(data))  # fmt: skip
+            record = image_record(
+                job, image_id, held, cost=price, seed_shown=False, created_at=self.ledger.now_iso()
             )
             await self.record_or_unstore(record)
         except BaseException as exc:

@@ -13,7 +13,7 @@ from datetime import datetime
 from bot.catalog import Cost
 from bot.ledger.records import ApiKey as ApiKey
 from bot.ledger.records import ImageRecord as ImageRecord
-from bot.ledger.records import Limits, Usage, next_utc_midnight
+from bot.ledger.records import Limits, Usage
 from bot.ledger.records import Template as Template
 from bot.ledger.records import UsageReport as UsageReport
 
@@ -69,12 +69,12 @@ class Remaining:
     resets_at: datetime
 
     @classmethod
-    def of(cls, limits: Limits, used: Usage, now: datetime) -> Remaining:
-        """What ``limits`` leave after ``used``, resetting at the next UTC midnight."""
+    def of(cls, limits: Limits, used: Usage, resets_at: datetime) -> Remaining:
+        """What the user's ``limits`` leave after ``used`` (the one place this is counted)."""
         return cls(
             images=max(0, limits.user_images - used.images),
             micro_usd=max(0, limits.user_micro_usd - used.micro_usd),
-            resets_at=next_utc_midnight(now),
+            resets_at=resets_at,
         )
 
 

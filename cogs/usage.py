@@ -44,8 +44,8 @@ async def personal_embed(
     )
     embed.add_field(
         name="Left today",
-        value=f"{status.images_left} of {status.limits.user_images} images, "
-        f"{format_usd(status.micro_usd_left)} "
+        value=f"{status.left.images} of {status.limits.user_images} images, "
+        f"{format_usd(status.left.micro_usd)} "
         f"of {format_usd(status.limits.user_micro_usd)}; resets "
         f"{discord.utils.format_dt(status.resets_at, 'R')}",
         inline=False,

@@ -12,15 +12,18 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from bot import imaging
 from bot.backends import Backends
 from bot.catalog import ZERO_COST, Cost
+from bot.days import next_utc_midnight
 from bot.errors import BotError, Busy
 from bot.generation.enhancement import PromptEnhancer
 from bot.generation.plan import Plan, Planner, Slot, slot_of
 from bot.generation.progress import position_reporter, report
-from bot.generation.records import generated_record, hit_records, new_job, total_cost
+from bot.generation.records import hit_records, new_job, total_cost
 from bot.generation.single_flight import Flights, SingleFlight
 from bot.idempotency import check_same_request, request_fingerprint
+from bot.image_records import StoredBytes, image_record
 from bot.ledger import ImageRecord, Job, Ledger
 from bot.ledger.ledger import DuplicateRequest
 from bot.ledger.records import new_id
@@ -83,7 +86,7 @@ class GenerationPipeline:
 
     async def remaining(self, user_id: str, guild_id: str) -> Remaining:
         limits, used = await self.ledger.limits_and_usage(user_id, guild_id)
-        return Remaining.of(limits, used, self.ledger.clock())
+        return Remaining.of(limits, used, next_utc_midnight(self.ledger.clock()))
 
     async def _generate(self, request: GenerateRequest) -> GenerationResult:
         if request.idempotency_key:
@@ -261,10 +264,11 @@ class GenerationPipeline:
             generated.content_type,
             store_metadata(image_id, request.user_id, request.guild_id, plan.spec.id, plan.prompt),
         )
-        record = generated_record(
-            request, plan, job, slot, (image_id, stored, generated.content_type, generated.data),
-            prompt_used=prompt_used,
-            store=store.name,
+        width, height = imaging.image_size(generated.data)  # header only: microseconds
+        held = StoredBytes(stored, store.name, generated.content_type, width, height,
+                           len(generated.data))  # fmt: skip
+        record = image_record(
+            job, image_id, held, cost=plan.unit_cost,
             seed_shown=plan.spec.supports_seed or provider.honours_every_seed,
             created_at=self.ledger.now_iso(),
         )  # fmt: skip
@@ -295,7 +299,7 @@ class GenerationPipeline:
             enhanced=False,
             cost=ZERO_COST,
             # a free hit changes nothing since the policy was read
-            remaining=Remaining.of(plan.limits, plan.usage, self.ledger.clock()),
+            remaining=Remaining.of(plan.limits, plan.usage, next_utc_midnight(self.ledger.clock())),
             job_id=job.id,
         )
 

@@ -1,20 +1,19 @@
-"""The records a generation writes: the job it reserves, the image each slot makes, and the
-free copies cache hits become. Pure functions of the plan, so the pipeline stays a sequence."""
+"""The records a generation writes besides each image's own (``bot.image_records``): the job it
+reserves and the free copies cache hits become. Pure functions of the plan, so the pipeline
+stays a sequence."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from typing import Any
 
-from bot import imaging
 from bot.catalog import ZERO_COST, Cost
 from bot.generation.plan import Plan, Slot
 from bot.idempotency import request_fingerprint
-from bot.ledger import ImageRecord, Job
+from bot.ledger import ImageRecord
 from bot.ledger.ledger import NewJob
 from bot.ledger.records import new_id
 from bot.requests import GenerateRequest
-from bot.stores.base import StoredImage
 
 
 def new_job(
@@ -48,52 +47,6 @@ def new_job(
                 {"id": new_id("img"), "seed": s.seed, "cache_key": s.cache_key} for s in own
             ],
         },
-    )
-
-
-def generated_record(
-    request: GenerateRequest,
-    plan: Plan,
-    job: Job,
-    slot: Slot,
-    image: tuple[str, StoredImage, str, bytes],
-    *,
-    prompt_used: str,
-    store: str,
-    seed_shown: bool,
-    created_at: str,
-) -> ImageRecord:
-    """The record of one generated image (id, where it is stored, its type and bytes)."""
-    image_id, stored, content_type, data = image
-    width, height = imaging.image_size(data)  # header only: microseconds
-    return ImageRecord(
-        id=image_id,
-        kind="generated",
-        job_id=job.id,
-        user_id=request.user_id,
-        guild_id=request.guild_id,
-        prompt=plan.prompt,
-        prompt_used=prompt_used,
-        negative_prompt=plan.negative_prompt,
-        model=plan.spec.id,
-        width=width,
-        height=height,
-        steps=plan.steps,
-        seed=slot.seed if seed_shown else None,
-        guidance=plan.guidance,
-        strength=plan.strength,
-        source_image_id=plan.source_image_id,
-        store=store,
-        storage_key=stored.key,
-        url=stored.url,
-        content_type=content_type,
-        bytes=len(data),
-        cost_micro_usd=plan.unit_cost.micro_usd,
-        cost_milli_neurons=plan.unit_cost.milli_neurons,
-        cache_key=slot.cache_key if plan.cache_scope else None,
-        cache_scope=plan.cache_scope,
-        metadata=dict(request.metadata),
-        created_at=created_at,
     )
 
 
