@@ -43,6 +43,7 @@ from bot.errors import (
     StoreError,
 )
 from bot.http_headers import full_jitter, is_json, retry_after_seconds
+from bot.rate_window import SlidingWindow
 
 log = logging.getLogger(__name__)
 
@@ -180,12 +181,12 @@ class _Window:
         self.window = window
         self._clock = clock
         self._sleep = sleep
-        self._times: deque[float] = deque(maxlen=limit)
+        self.recent = SlidingWindow(limit, window)
         self._lock = asyncio.Lock()
 
-    def _drop_expired(self, now: float) -> None:
-        while self._times and self._times[0] <= now - self.window:
-            self._times.popleft()
+    @property
+    def _times(self) -> deque[float]:
+        return self.recent.times
 
 
 class SlidingWindowLimiter(_Window):
@@ -205,11 +206,10 @@ class SlidingWindowLimiter(_Window):
         async with self._lock:
             while True:
                 now = self._clock()
-                self._drop_expired(now)
-                if len(self._times) < self.limit:
-                    self._times.append(now)
+                if self.recent.count(now) < self.limit:
+                    self.recent.add(now)
                     return
-                await self._sleep(self._times[0] + self.window - now)
+                await self._sleep((self.recent.next_free() or now) - now)
 
 
 class AccountLimiter(_Window):
@@ -257,7 +257,7 @@ class AccountLimiter(_Window):
             yield
         finally:
             self._in_flight -= 1
-            self._times.append(self._clock())
+            self.recent.add(self._clock())
             self._released.set()
 
     async def _acquire(self, kind: CallKind) -> None:
@@ -269,12 +269,12 @@ class AccountLimiter(_Window):
                     waited_until = self._paused_until  # once per pause, whatever the clock says
                     await self._sleep(waited_until - now)
                     continue
-                self._drop_expired(now)
-                if self._in_flight + len(self._times) < self.limit:
+                if self._in_flight + self.recent.count(now) < self.limit:
                     self._in_flight += 1
                     return
-                if self._times:
-                    await self._sleep(self._times[0] + self.window - now)
+                free = self.recent.next_free()
+                if free is not None:
+                    await self._sleep(free - now)
                 else:  # every slot is a request still in flight: wait for one to answer
                     self._released.clear()
                     await self._released.wait()

@@ -7,9 +7,7 @@ Thin handlers: parse and check the request, call the same service methods the Di
 from __future__ import annotations
 
 import hashlib
-import time
 import uuid
-from collections import OrderedDict, deque
 from dataclasses import dataclass
 from datetime import date, timedelta
 from html import escape
@@ -31,14 +29,13 @@ from bot.web.http import (
     Field,
     Handler,
     PayloadTooLarge,
-    RateLimited,
     bot_error_response,
     check_fields,
     error_response,
     json_response,
     read_json,
 )
-from bot.web.limits import check_anonymous_rate
+from bot.web.limits import KeyRateLimiter, check_anonymous_rate
 
 
 @dataclass
@@ -63,27 +60,6 @@ class Api:
 
 API = web.AppKey("api", Api)
 KEY = web.RequestKey("api_key", ApiKey)
-
-
-class KeyRateLimiter:
-    """At most N requests per key per minute (sliding window); bounded to 10,000 keys."""
-
-    def __init__(self, per_minute: int, max_keys: int = 10_000) -> None:
-        self.per_minute = per_minute
-        self.max_keys = max_keys
-        self._starts: OrderedDict[str, deque[float]] = OrderedDict()
-
-    def check(self, key_id: str) -> None:
-        now = time.monotonic()
-        starts = self._starts.pop(key_id, None) or deque()
-        while starts and starts[0] <= now - 60:
-            starts.popleft()
-        self._starts[key_id] = starts
-        if len(self._starts) > self.max_keys:
-            self._starts.popitem(last=False)
-        if len(starts) >= self.per_minute:
-            raise RateLimited(max(1, int(starts[0] + 60 - now) + 1))
-        starts.append(now)
 
 
 def api_of(request: web.Request) -> Api:

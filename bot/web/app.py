@@ -16,12 +16,13 @@ from aiohttp import web
 from bot import imaging
 from bot.errors import BotError, NotFound
 from bot.runtime import Runtime
-from bot.web.api import API, Api, KeyRateLimiter, add_api_routes, auth_middleware
+from bot.web.api import API, Api, add_api_routes, auth_middleware
 from bot.web.http import errors_middleware
 from bot.web.limits import (
     ANONYMOUS_LIMITER,
     RUNTIME_KEY,
     AddressRateLimiter,
+    KeyRateLimiter,
     check_anonymous_rate,
 )
 from bot.web.server import GuardedAppRunner, name_the_server, warn_if_exposed
