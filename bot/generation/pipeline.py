@@ -198,8 +198,8 @@ class GenerationPipeline:
                 report(request, "storing", plan.spec)
                 stored = await asyncio.gather(
                     *(
-                        self._store_one(request, plan, job, slot, image_id, result, prompt_used)
-                        for slot, image_id, result in zip(own, image_ids, generated, strict=True)
+                        self._store_one(request, plan, job, image_id, result)
+                        for image_id, result in zip(image_ids, generated, strict=True)
                     ),
                     return_exceptions=True,
                 )
@@ -250,13 +250,12 @@ class GenerationPipeline:
         request: GenerateRequest,
         plan: Plan,
         job: Job,
-        slot: Slot,
         image_id: str,
         generated: GeneratedImage | BaseException,
-        prompt_used: str,
     ) -> ImageRecord:
         if isinstance(generated, BaseException):
             raise generated
+        width, height = imaging.image_size(generated.data)  # header only: microseconds
         store, provider = self.backends.store, self.backends.provider
         stored = await store.put(
             image_id,
@@ -264,7 +263,6 @@ class GenerationPipeline:
             generated.content_type,
             store_metadata(image_id, request.user_id, request.guild_id, plan.spec.id, plan.prompt),
         )
-        width, height = imaging.image_size(generated.data)  # header only: microseconds
         held = StoredBytes(stored, store.name, generated.content_type, width, height,
                            len(generated.data))  # fmt: skip
         record = image_record(
