@@ -26,7 +26,7 @@ from bot.money import format_neurons, format_usd
 from bot.public import image_to_public, model_json, report_json, usd
 from bot.requests import GenerateRequest, GenerationResult, Progress
 from bot.runtime import Runtime, catalog_of, open_runtime
-from bot.stores.local import LocalImageStore
+from bot.service import ImageService
 
 log = logging.getLogger("bot")
 
@@ -163,14 +163,14 @@ async def _imagine(runtime: Runtime, args: argparse.Namespace) -> int:
         )
     )
     await runtime.service.record_delivery(result.job_id, "cli")
-    store = runtime.store
     if args.json:
-        print(json.dumps(_result_json(result, store), indent=2))
+        print(json.dumps(_result_json(result, runtime.service), indent=2))
         return 0
     for image in result.images:
         print(image.url)
-        if isinstance(store, LocalImageStore):
-            print(f"  file: {store.path_for(image.storage_key).resolve()}")
+        path = runtime.service.local_file(image)
+        if path is not None:
+            print(f"  file: {path}")
         seed = image.seed if image.seed is not None else "n/a"
         print(f"  {image.model} · {image.width}×{image.height} · seed {seed} · id {image.id}")
     if result.enhanced:
@@ -182,17 +182,18 @@ async def _imagine(runtime: Runtime, args: argparse.Namespace) -> int:
     )
     if result.failed:
         print(f"{result.failed} image(s) failed and were not charged", file=sys.stderr)
-    if runtime.settings.image_provider == "local":
+    if runtime.service.renders_previews:
         print("(local preview renderer: set Cloudflare credentials for AI images)")
     return 0
 
 
-def _result_json(result: GenerationResult, store: object) -> dict[str, Any]:
+def _result_json(result: GenerationResult, service: ImageService) -> dict[str, Any]:
     images = []
     for image in result.images:
         item = image_to_public(image)
-        if isinstance(store, LocalImageStore):
-            item["file"] = str(store.path_for(image.storage_key).resolve())
+        path = service.local_file(image)
+        if path is not None:
+            item["file"] = str(path)
         images.append(item)
     return {
         "job_id": result.job_id,

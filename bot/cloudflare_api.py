@@ -23,11 +23,11 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import httpx
 
+from bot.days import next_utc_midnight
 from bot.errors import (
     BotError,
     Conflict,
@@ -42,7 +42,8 @@ from bot.errors import (
     ProviderUnavailable,
     StoreError,
 )
-from bot.http_headers import retry_after_seconds
+from bot.http_headers import full_jitter, is_json, retry_after_seconds
+from bot.rate_window import SlidingWindow
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +109,6 @@ class Failure:
 
 
 ErrorMapper = Callable[[Failure], BotError]
-
-
-def next_utc_midnight(now: datetime | None = None) -> datetime:
-    """When Cloudflare's free daily allocation resets."""
-    now = now or datetime.now(UTC)
-    return datetime(now.year, now.month, now.day, tzinfo=UTC) + timedelta(days=1)
 
 
 def _model_in_path(path: str) -> str | None:
@@ -186,12 +181,12 @@ class _Window:
         self.window = window
         self._clock = clock
         self._sleep = sleep
-        self._times: deque[float] = deque(maxlen=limit)
+        self.recent = SlidingWindow(limit, window)
         self._lock = asyncio.Lock()
 
-    def _drop_expired(self, now: float) -> None:
-        while self._times and self._times[0] <= now - self.window:
-            self._times.popleft()
+    @property
+    def _times(self) -> deque[float]:
+        return self.recent.times
 
 
 class SlidingWindowLimiter(_Window):
@@ -211,11 +206,10 @@ class SlidingWindowLimiter(_Window):
         async with self._lock:
             while True:
                 now = self._clock()
-                self._drop_expired(now)
-                if len(self._times) < self.limit:
-                    self._times.append(now)
+                if self.recent.count(now) < self.limit:
+                    self.recent.add(now)
                     return
-                await self._sleep(self._times[0] + self.window - now)
+                await self._sleep((self.recent.next_free() or now) - now)
 
 
 class AccountLimiter(_Window):
@@ -263,7 +257,7 @@ class AccountLimiter(_Window):
             yield
         finally:
             self._in_flight -= 1
-            self._times.append(self._clock())
+            self.recent.add(self._clock())
             self._released.set()
 
     async def _acquire(self, kind: CallKind) -> None:
@@ -275,20 +269,19 @@ class AccountLimiter(_Window):
                     waited_until = self._paused_until  # once per pause, whatever the clock says
                     await self._sleep(waited_until - now)
                     continue
-                self._drop_expired(now)
-                if self._in_flight + len(self._times) < self.limit:
+                if self._in_flight + self.recent.count(now) < self.limit:
                     self._in_flight += 1
                     return
-                if self._times:
-                    await self._sleep(self._times[0] + self.window - now)
+                free = self.recent.next_free()
+                if free is not None:
+                    await self._sleep(free - now)
                 else:  # every slot is a request still in flight: wait for one to answer
                     self._released.clear()
                     await self._released.wait()
 
 
 def _is_json(response: httpx.Response) -> bool:
-    ctype = str(response.headers.get("content-type", "")).split(";", 1)[0].strip().lower()
-    return ctype == "application/json" or ctype.endswith("+json")
+    return is_json(str(response.headers.get("content-type", "")))
 
 
 class CloudflareAPI:
@@ -341,8 +334,7 @@ class CloudflareAPI:
 
     def backoff(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(max, base·2^(attempt-1))]."""
-        ceiling = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
-        return self._random.uniform(0.0, ceiling)
+        return full_jitter(attempt, self.backoff_base, self.backoff_max, self._random)
 
     async def request(
         self,

@@ -23,6 +23,7 @@ import asyncio
 import logging
 from dataclasses import replace
 
+from bot.backends import Backends
 from bot.errors import Forbidden, NotFound
 from bot.ledger import ImageRecord, Ledger
 from bot.ledger.records import new_id
@@ -32,10 +33,14 @@ log = logging.getLogger(__name__)
 
 
 class ImageDeletion:
-    def __init__(self, ledger: Ledger, store: ImageStore) -> None:
+    def __init__(self, ledger: Ledger, backends: Backends) -> None:
         self.ledger = ledger
-        self.store = store
+        self.backends = backends  # read at each use: the store may be swapped (tests)
         self._one_at_a_time = asyncio.Lock()
+
+    @property
+    def store(self) -> ImageStore:
+        return self.backends.store
 
     async def delete(self, image_id: str, *, requester_id: str, is_admin: bool) -> ImageRecord:
         async with self._one_at_a_time:

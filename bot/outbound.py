@@ -16,7 +16,6 @@ import hmac
 import ipaddress
 import json
 import logging
-import random
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from bot.errors import InvalidRequest
-from bot.http_headers import retry_after_seconds
+from bot.http_headers import full_jitter, media_type, retry_after_seconds
 from bot.validation import format_megabytes
 
 log = logging.getLogger(__name__)
@@ -201,8 +200,7 @@ async def _fetch(
                 body += chunk
                 if len(body) > max_bytes:
                     raise _too_large(max_bytes)
-            media_type = resp.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-            return bytes(body), media_type
+            return bytes(body), media_type(resp.headers.get("content-type", ""))
 
 
 # --------------------------------------------------------------------------- webhooks
@@ -302,7 +300,7 @@ async def deliver_webhook(
             if retry_after is not None:
                 delay = min(retry_after, backoff_max)
             else:
-                delay = random.uniform(0.0, min(backoff_max, backoff_base * 2 ** (attempt - 1)))
+                delay = full_jitter(attempt, backoff_base, backoff_max)
             await sleep(delay)
     return Delivery(False, sent, status, f"Gave up after {sent} attempts. {error or ''}".strip())
 

@@ -14,8 +14,9 @@ from typing import Any
 
 from bot import imaging
 from bot.catalog import ZERO_COST, Cost
+from bot.image_records import StoredBytes, image_record
 from bot.ledger import ImageRecord, Job, Ledger
-from bot.stores.base import ImageStore
+from bot.stores.base import ImageStore, StoredImage
 
 log = logging.getLogger(__name__)
 
@@ -76,37 +77,13 @@ class CrashRecovery:
         data = await self.store.get(key)
         info = await asyncio.to_thread(imaging.probe, data)
         params: dict[str, Any] = job.params
-        slots: list[dict[str, Any]] = params.get("slots", [])
-        slot = next((s for s in slots if s.get("id") == image_id), {})
         generated = job.kind == "generate"
-        record = ImageRecord(
-            id=image_id,
-            kind="generated" if generated else "upload",
-            job_id=job.id,
-            user_id=job.user_id,
-            guild_id=job.guild_id,
-            prompt=params.get("prompt"),
-            prompt_used=params.get("prompt_used"),
-            negative_prompt=params.get("negative_prompt"),
-            model=job.model,
-            width=info.width,
-            height=info.height,
-            steps=params.get("steps"),
-            seed=slot.get("seed"),
-            guidance=params.get("guidance"),
-            strength=params.get("strength"),
-            source_image_id=params.get("source_image_id"),
-            store=self.store.name,
-            storage_key=key,
-            url=self.store.url(key),
-            content_type=info.content_type,
-            bytes=len(data),
-            cost_micro_usd=params.get("unit_micro_usd", 0) if generated else 0,
-            cost_milli_neurons=params.get("unit_milli_neurons", 0) if generated else 0,
-            cache_key=slot.get("cache_key") if params.get("cache_scope") else None,
-            cache_scope=params.get("cache_scope"),
-            metadata={**params.get("metadata", {}), "recovered": "true"},
-            created_at=self.ledger.now_iso(),
-        )
+        unit = Cost(params.get("unit_micro_usd", 0), params.get("unit_milli_neurons", 0))
+        held = StoredBytes(StoredImage(key, self.store.url(key)), self.store.name,
+                           info.content_type, info.width, info.height, len(data))  # fmt: skip
+        record = image_record(
+            job, image_id, held, cost=unit if generated else ZERO_COST, seed_shown=True,
+            created_at=self.ledger.now_iso(), extra_metadata={"recovered": "true"},
+        )  # fmt: skip
         await self.ledger.add_image(record)
         return record

@@ -1,4 +1,8 @@
-"""What fronts hand the service, and what they get back."""
+"""What fronts hand the service, and what they get back.
+
+The ledger's records fronts show (images, templates, keys, reports) are re-exported here, so
+no front imports the ledger itself.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from bot.catalog import Cost
-from bot.ledger.records import ImageRecord
+from bot.ledger.records import ApiKey as ApiKey
+from bot.ledger.records import ImageRecord as ImageRecord
+from bot.ledger.records import Limits, Usage
+from bot.ledger.records import Template as Template
+from bot.ledger.records import UsageReport as UsageReport
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,15 @@ class Remaining:
     images: int
     micro_usd: int
     resets_at: datetime
+
+    @classmethod
+    def of(cls, limits: Limits, used: Usage, resets_at: datetime) -> Remaining:
+        """What the user's ``limits`` leave after ``used`` (the one place this is counted)."""
+        return cls(
+            images=max(0, limits.user_images - used.images),
+            micro_usd=max(0, limits.user_micro_usd - used.micro_usd),
+            resets_at=resets_at,
+        )
 
 
 @dataclass(frozen=True)

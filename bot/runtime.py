@@ -108,6 +108,9 @@ async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIter
             store = LocalImageStore(settings.data_dir / "images", settings.public_base_url)
         ledger = await Ledger.open(settings.database_path, settings.quotas)
         stack.push_async_callback(ledger.close)
+        outbound = await stack.enter_async_context(
+            httpx.AsyncClient(timeout=OUTBOUND_TIMEOUT, follow_redirects=False)
+        )
         service = ImageService(
             ledger=ledger,
             provider=provider,
@@ -122,13 +125,12 @@ async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIter
             enhance_model=settings.enhance_model,
             cache_scope=settings.cache_scope,
             upload_micro_usd=upload_micro_usd,
+            http=outbound,
+            allow_private_urls=settings.allow_private_urls,
         )
         if recover:
             await service.recover()
         admin = ServerAdmin(ledger, catalog, settings.default_model)
-        outbound = await stack.enter_async_context(
-            httpx.AsyncClient(timeout=OUTBOUND_TIMEOUT, follow_redirects=False)
-        )
         batches = BatchService(
             service, ledger, outbound, allow_private_urls=settings.allow_private_urls
         )

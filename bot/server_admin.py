@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from bot.catalog import Catalog
+from bot.days import next_utc_midnight
 from bot.errors import Forbidden, InvalidRequest
 from bot.ledger import Ledger, Limits, Template, Usage
-from bot.ledger.records import new_id, next_utc_midnight
+from bot.ledger.records import new_id
+from bot.requests import Remaining
 from bot.validation import ASPECT_RATIOS, clean_prompt, clean_text, resolve_steps
 
 MAX_TEMPLATE_NAME = 32
@@ -36,12 +38,8 @@ class QuotaStatus:
     resets_at: datetime
 
     @property
-    def images_left(self) -> int:
-        return max(0, self.limits.user_images - self.used.images)
-
-    @property
-    def micro_usd_left(self) -> int:
-        return max(0, self.limits.user_micro_usd - self.used.micro_usd)
+    def left(self) -> Remaining:
+        return Remaining.of(self.limits, self.used, self.resets_at)
 
 
 def template_scope(guild_id: str, user_id: str) -> str:

@@ -6,21 +6,22 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from cogs.common import guild_key, is_admin, runtime_of
+from bot.runtime import Runtime
+from cogs.common import bot_runtime, guild_key, is_admin
 from cogs.limits import CONTENT, TITLE, cut_lines, escape, fit_choices, fit_embeds, shown
 from cogs.render import ACCENT
 
 
 class ApiKeysCog(commands.GroupCog, group_name="apikey", group_description="HTTP API keys"):
-    def __init__(self, bot: commands.Bot) -> None:
-        self.bot = bot
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
         super().__init__()
 
     @app_commands.command(name="create", description="Make an API key (shown once, only to you)")
     async def create(
         self, interaction: discord.Interaction, name: app_commands.Range[str, 1, 50] = "API key"
     ) -> None:
-        runtime = runtime_of(interaction)
+        runtime = self.runtime
         key, plaintext = await runtime.keys.create(
             user_id=str(interaction.user.id), guild_id=guild_key(interaction), name=name
         )
@@ -40,7 +41,7 @@ class ApiKeysCog(commands.GroupCog, group_name="apikey", group_description="HTTP
 
     @app_commands.command(name="list", description="Your API keys")
     async def list_(self, interaction: discord.Interaction) -> None:
-        keys = await runtime_of(interaction).keys.list(str(interaction.user.id))
+        keys = await self.runtime.keys.list(str(interaction.user.id))
         if not keys:
             await interaction.response.send_message("You have no API keys.", ephemeral=True)
             return
@@ -53,7 +54,7 @@ class ApiKeysCog(commands.GroupCog, group_name="apikey", group_description="HTTP
 
     @app_commands.command(name="revoke", description="Revoke one of your API keys")
     async def revoke(self, interaction: discord.Interaction, key_id: str) -> None:
-        key = await runtime_of(interaction).keys.revoke(
+        key = await self.runtime.keys.revoke(
             key_id, requester_id=str(interaction.user.id), is_admin=is_admin(interaction)
         )
         await interaction.response.send_message(
@@ -64,7 +65,7 @@ class ApiKeysCog(commands.GroupCog, group_name="apikey", group_description="HTTP
     async def key_choices(
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        keys = await runtime_of(interaction).keys.list(str(interaction.user.id))
+        keys = await self.runtime.keys.list(str(interaction.user.id))
         return fit_choices([
             app_commands.Choice(name=f"{k.name} · {k.hint}", value=k.id)
             for k in keys
@@ -73,4 +74,5 @@ class ApiKeysCog(commands.GroupCog, group_name="apikey", group_description="HTTP
 
 
 async def setup(bot: commands.Bot) -> None:
-    await bot.add_cog(ApiKeysCog(bot))
+    runtime = bot_runtime(bot)
+    await bot.add_cog(ApiKeysCog(runtime))

@@ -7,7 +7,9 @@ from typing import TypeVar
 
 import discord
 from discord import app_commands
+from discord.ext import commands
 
+from bot.discord_bot import ImageBot
 from bot.runtime import Runtime
 from cogs.limits import clip as clip  # re-exported: the cogs' one way to shorten text
 
@@ -15,9 +17,20 @@ T = TypeVar("T")
 ADMIN_REFUSAL = "Only server admins (Manage Server) can do this."
 
 
+def bot_runtime(bot: commands.Bot) -> Runtime:
+    """The runtime an extension's cogs are built with (``setup(bot)`` gets only the bot)."""
+    if not isinstance(bot, ImageBot):
+        raise TypeError("the cogs run only in an ImageBot")
+    return bot.runtime
+
+
 def runtime_of(interaction: discord.Interaction) -> Runtime:
-    runtime: Runtime = interaction.client.runtime  # type: ignore[attr-defined]
-    return runtime
+    """The runtime of the bot that received this interaction: for buttons and checks, which
+    discord.py builds from the interaction alone (cogs hold their own ``self.runtime``)."""
+    client = interaction.client
+    if not isinstance(client, commands.Bot):
+        raise TypeError("the cogs run only in an ImageBot")
+    return bot_runtime(client)
 
 
 def guild_key(interaction: discord.Interaction) -> str:

@@ -1,4 +1,6 @@
-"""/upload (host an image, usable as a starting image) and /models (the catalog)."""
+"""/upload (host an image, attached or from a URL, usable as a starting image) and /models
+(the catalog). An upload by URL takes the same path as ``POST /api/upload`` with a URL
+(``ImageLibrary.upload_from_url``: public addresses only, bounded size)."""
 
 from __future__ import annotations
 
@@ -6,33 +8,49 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.errors import InvalidRequest
 from bot.money import format_neurons, format_usd
-from cogs.common import guild_key, runtime_of
-from cogs.imagine import image_buttons, read_attachment
+from bot.runtime import Runtime
+from cogs.buttons import image_buttons
+from cogs.common import bot_runtime, guild_key
 from cogs.limits import FIELDS, fit_embeds
 from cogs.render import ACCENT, attachable, image_embed
+from cogs.replies import read_attachment
 
 
 class Library(commands.Cog):
-    def __init__(self, bot: commands.Bot) -> None:
-        self.bot = bot
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
 
     @app_commands.command(name="upload", description="Host an image permanently")
     @app_commands.describe(
-        image="PNG, JPEG, WebP or GIF, up to 10 MB", private="Only you see the reply"
+        image="PNG, JPEG, WebP or GIF, up to 10 MB",
+        url="Or the address of an image on the web (up to 10 MB)",
+        private="Only you see the reply",
     )
     async def upload(
-        self, interaction: discord.Interaction, image: discord.Attachment, private: bool = False
+        self,
+        interaction: discord.Interaction,
+        image: discord.Attachment | None = None,
+        url: app_commands.Range[str, 1, 2048] | None = None,
+        private: bool = False,
     ) -> None:
+        if (image is None) == (url is None):
+            raise InvalidRequest("image", "Give either an image or a url.")
         await interaction.response.defer(thinking=True, ephemeral=private)
-        runtime = runtime_of(interaction)
-        record = await runtime.service.upload(
-            await read_attachment(image),
-            user_id=str(interaction.user.id),
-            guild_id=guild_key(interaction),
-            idempotency_key=f"discord:{interaction.id}",
-            metadata={"filename": image.filename[:100]},
-        )
+        runtime = self.runtime
+        user_id, guild_id = str(interaction.user.id), guild_key(interaction)
+        key = f"discord:{interaction.id}"
+        if image is not None:
+            record = await runtime.service.upload(
+                await read_attachment(image), user_id=user_id, guild_id=guild_id,
+                idempotency_key=key, metadata={"filename": image.filename[:100]},
+            )  # fmt: skip
+        else:
+            assert url is not None
+            record = await runtime.service.upload_from_url(
+                url, user_id=user_id, guild_id=guild_id, idempotency_key=key
+            )
         file = await attachable(runtime, record)
         embed = image_embed(runtime, record, None, file.filename if file else None)
         embed.description = (
@@ -50,7 +68,7 @@ class Library(commands.Cog):
 
     @app_commands.command(name="models", description="The models you can use and their prices")
     async def models(self, interaction: discord.Interaction) -> None:
-        runtime = runtime_of(interaction)
+        runtime = self.runtime
         embed = discord.Embed(
             title="Models",
             description=f"Default: `{runtime.settings.default_model}`. Prices at each model's "
@@ -78,4 +96,5 @@ class Library(commands.Cog):
 
 
 async def setup(bot: commands.Bot) -> None:
-    await bot.add_cog(Library(bot))
+    runtime = bot_runtime(bot)
+    await bot.add_cog(Library(runtime))

@@ -15,7 +15,8 @@ from discord.ext import commands
 
 from bot.errors import InvalidRequest
 from bot.money import format_usd, usd_to_micro
-from cogs.common import admin_commands, admin_only, guild_key, runtime_of, server_only
+from bot.runtime import Runtime
+from cogs.common import admin_commands, admin_only, bot_runtime, guild_key, server_only
 from cogs.limits import CONTENT, TITLE, cut_lines, escape, fit_embeds, shown
 from cogs.render import ACCENT
 
@@ -30,9 +31,11 @@ def micro(field: str, amount: float | None) -> int | None:
         raise InvalidRequest(field, "Give an amount in dollars such as 0.05.") from None
 
 
-async def quota_embed(interaction: discord.Interaction, member: discord.abc.User) -> discord.Embed:
+async def quota_embed(
+    runtime: Runtime, interaction: discord.Interaction, member: discord.abc.User
+) -> discord.Embed:
     """A member's daily limits and what they and the server used today."""
-    status = await runtime_of(interaction).admin.quota_status(
+    status = await runtime.admin.quota_status(
         guild_key(interaction), str(member.id)
     )
     limits, used = status.limits, status.used
@@ -53,13 +56,13 @@ async def quota_embed(interaction: discord.Interaction, member: discord.abc.User
 
 
 class Quota(commands.Cog):
-    def __init__(self, bot: commands.Bot) -> None:
-        self.bot = bot
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
 
     @app_commands.command(name="quota", description="Your daily limits and what is used today")
     @server_only()
     async def quota(self, interaction: discord.Interaction) -> None:
-        embed = await quota_embed(interaction, interaction.user)
+        embed = await quota_embed(self.runtime, interaction, interaction.user)
         await interaction.response.send_message(embed=embed, ephemeral=True)
 
 
@@ -67,14 +70,14 @@ class Quota(commands.Cog):
 class QuotaAdmin(
     commands.GroupCog, group_name="quota-admin", group_description="Daily limits (admins)"
 ):
-    def __init__(self, bot: commands.Bot) -> None:
-        self.bot = bot
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
         super().__init__()
 
     @app_commands.command(name="show", description="A member's daily limits and use today")
     @admin_only()
     async def show(self, interaction: discord.Interaction, member: discord.Member) -> None:
-        embed = await quota_embed(interaction, member)
+        embed = await quota_embed(self.runtime, interaction, member)
         await interaction.response.send_message(embed=embed, ephemeral=True)
 
     @app_commands.command(name="set-user", description="Set a member's daily limits (admins)")
@@ -87,7 +90,7 @@ class QuotaAdmin(
         daily_images: app_commands.Range[int, 0, 100_000] | None = None,
         daily_usd: app_commands.Range[float, 0.0, 10_000.0] | None = None,
     ) -> None:
-        await runtime_of(interaction).admin.set_user_quota(
+        await self.runtime.admin.set_user_quota(
             guild_id=guild_key(interaction),
             user_id=str(member.id),
             daily_images=daily_images,
@@ -111,7 +114,7 @@ class QuotaAdmin(
         user_daily_images: app_commands.Range[int, 0, 100_000] | None = None,
         user_daily_usd: app_commands.Range[float, 0.0, 10_000.0] | None = None,
     ) -> None:
-        await runtime_of(interaction).admin.set_guild_quota(
+        await self.runtime.admin.set_guild_quota(
             guild_id=guild_key(interaction),
             daily_micro_usd=micro("daily_usd", daily_usd),
             user_daily_images=user_daily_images,
@@ -124,7 +127,7 @@ class QuotaAdmin(
     )
     @admin_only()
     async def reset_user(self, interaction: discord.Interaction, member: discord.Member) -> None:
-        await runtime_of(interaction).admin.reset_user(
+        await self.runtime.admin.reset_user(
             guild_id=guild_key(interaction),
             user_id=str(member.id),
             reset_by=str(interaction.user.id),
@@ -139,8 +142,8 @@ class QuotaAdmin(
 class Blocklist(
     commands.GroupCog, group_name="blocklist", group_description="Prompts this server refuses"
 ):
-    def __init__(self, bot: commands.Bot) -> None:
-        self.bot = bot
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
         super().__init__()
 
     @app_commands.command(name="add", description="Refuse prompts containing this word or phrase")
@@ -148,7 +151,7 @@ class Blocklist(
     async def add(
         self, interaction: discord.Interaction, term: app_commands.Range[str, 1, 100]
     ) -> None:
-        terms = await runtime_of(interaction).admin.block(guild_key(interaction), term)
+        terms = await self.runtime.admin.block(guild_key(interaction), term)
         await interaction.response.send_message(
             f"Blocked. The list has {len(terms)} term(s).", ephemeral=True
         )
@@ -156,7 +159,7 @@ class Blocklist(
     @app_commands.command(name="remove", description="Allow a blocked term again")
     @admin_only()
     async def remove(self, interaction: discord.Interaction, term: str) -> None:
-        terms = await runtime_of(interaction).admin.unblock(guild_key(interaction), term)
+        terms = await self.runtime.admin.unblock(guild_key(interaction), term)
         await interaction.response.send_message(
             f"Removed. The list has {len(terms)} term(s).", ephemeral=True
         )
@@ -164,12 +167,13 @@ class Blocklist(
     @app_commands.command(name="list", description="The blocked terms")
     @admin_only()
     async def list_(self, interaction: discord.Interaction) -> None:
-        terms = await runtime_of(interaction).admin.blocklist(guild_key(interaction))
+        terms = await self.runtime.admin.blocklist(guild_key(interaction))
         text = cut_lines([escape(t) for t in terms], CONTENT, ", ") or "Nothing is blocked."
         await interaction.response.send_message(text, ephemeral=True)
 
 
 async def setup(bot: commands.Bot) -> None:
-    await bot.add_cog(Quota(bot))
-    await bot.add_cog(QuotaAdmin(bot))
-    await bot.add_cog(Blocklist(bot))
+    runtime = bot_runtime(bot)
+    await bot.add_cog(Quota(runtime))
+    await bot.add_cog(QuotaAdmin(runtime))
+    await bot.add_cog(Blocklist(runtime))

@@ -14,9 +14,8 @@ from typing import Any
 import discord
 
 from bot.catalog import Catalog
-from bot.ledger import ImageRecord
 from bot.money import format_neurons, format_usd
-from bot.requests import GenerationResult, Progress
+from bot.requests import GenerationResult, ImageRecord, Progress
 from bot.runtime import Runtime
 from cogs.limits import FIELD_VALUE, FILE_BYTES, TITLE, clip, file_groups, fit_embeds, shown
 
@@ -58,9 +57,9 @@ def image_embed(
 
 async def attachable(runtime: Runtime, image: ImageRecord) -> discord.File | None:
     """The image as a file when Discord cannot fetch the store's URL itself."""
-    if runtime.store.public:
+    data = await runtime.service.bytes_to_attach(image)
+    if data is None:
         return None
-    data = await runtime.store.get(image.storage_key)
     name = f"{image.id}.{EXTENSIONS.get(image.content_type, 'png')}"
     return discord.File(io.BytesIO(data), filename=name)
 

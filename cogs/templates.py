@@ -6,9 +6,10 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.ledger import Template
+from bot.requests import Template
+from bot.runtime import Runtime
 from bot.validation import ASPECT_RATIOS
-from cogs.common import guild_key, is_admin, runtime_of, server_only
+from cogs.common import bot_runtime, guild_key, is_admin, server_only
 from cogs.limits import DESCRIPTION, FIELD_VALUE, TITLE, cut_lines, escape, fit_choices, fit_embeds
 from cogs.limits import shown as shown_text
 from cogs.render import ACCENT
@@ -31,8 +32,8 @@ def template_embed(template: Template) -> discord.Embed:
 
 @server_only()
 class Templates(commands.GroupCog, group_name="templates", group_description="Saved styles"):
-    def __init__(self, bot: commands.Bot) -> None:
-        self.bot = bot
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
         super().__init__()
 
     @app_commands.command(name="create", description="Save a style for this server")
@@ -53,7 +54,7 @@ class Templates(commands.GroupCog, group_name="templates", group_description="Sa
         aspect_ratio: str | None = None,
         steps: app_commands.Range[int, 1, 100] | None = None,
     ) -> None:
-        template = await runtime_of(interaction).admin.create_template(
+        template = await self.runtime.admin.create_template(
             guild_id=guild_key(interaction),
             user_id=str(interaction.user.id),
             name=name,
@@ -71,7 +72,7 @@ class Templates(commands.GroupCog, group_name="templates", group_description="Sa
 
     @app_commands.command(name="list", description="This server's templates")
     async def list_(self, interaction: discord.Interaction) -> None:
-        templates = await runtime_of(interaction).admin.templates(guild_key(interaction))
+        templates = await self.runtime.admin.templates(guild_key(interaction))
         if not templates:
             await interaction.response.send_message(
                 "No templates yet: an admin or anyone can add one with /templates create.",
@@ -86,12 +87,12 @@ class Templates(commands.GroupCog, group_name="templates", group_description="Sa
 
     @app_commands.command(name="show", description="Show one template")
     async def show(self, interaction: discord.Interaction, name: str) -> None:
-        template = await runtime_of(interaction).admin.template(guild_key(interaction), name)
+        template = await self.runtime.admin.template(guild_key(interaction), name)
         await interaction.response.send_message(embed=template_embed(template), ephemeral=True)
 
     @app_commands.command(name="delete", description="Delete a template (its creator or an admin)")
     async def delete(self, interaction: discord.Interaction, name: str) -> None:
-        template = await runtime_of(interaction).admin.delete_template(
+        template = await self.runtime.admin.delete_template(
             guild_id=guild_key(interaction),
             name=name,
             user_id=str(interaction.user.id),
@@ -106,9 +107,10 @@ class Templates(commands.GroupCog, group_name="templates", group_description="Sa
     async def name_choices(
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        templates = await runtime_of(interaction).admin.templates(guild_key(interaction), current)
+        templates = await self.runtime.admin.templates(guild_key(interaction), current)
         return fit_choices([app_commands.Choice(name=t.name, value=t.name) for t in templates])
 
 
 async def setup(bot: commands.Bot) -> None:
-    await bot.add_cog(Templates(bot))
+    runtime = bot_runtime(bot)
+    await bot.add_cog(Templates(runtime))

@@ -10,15 +10,16 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.ledger import UsageReport
+from bot.catalog import Catalog
 from bot.money import format_usd
-from cogs.common import admin_commands, admin_only, guild_key, runtime_of
+from bot.requests import UsageReport
+from bot.runtime import Runtime
+from cogs.common import admin_commands, admin_only, bot_runtime, guild_key
 from cogs.limits import FIELD_VALUE, FILE_BYTES, TITLE, cut_lines, fit_embeds, shown
 from cogs.render import ACCENT, model_name
 
 
-def _by_model(interaction: discord.Interaction, report: UsageReport) -> str:
-    catalog = runtime_of(interaction).catalog
+def _by_model(catalog: Catalog, report: UsageReport) -> str:
     lines = [
         f"{model_name(catalog, model)}: {images} images, {format_usd(cost)}"
         for model, (images, cost) in report.by_model.items()
@@ -27,9 +28,8 @@ def _by_model(interaction: discord.Interaction, report: UsageReport) -> str:
 
 
 async def personal_embed(
-    interaction: discord.Interaction, member: discord.abc.User
+    runtime: Runtime, interaction: discord.Interaction, member: discord.abc.User
 ) -> discord.Embed:
-    runtime = runtime_of(interaction)
     guild, user = guild_key(interaction), str(member.id)
     usage = await runtime.service.personal_usage(guild, user)
     status = await runtime.admin.quota_status(guild, user)
@@ -44,24 +44,24 @@ async def personal_embed(
     )
     embed.add_field(
         name="Left today",
-        value=f"{status.images_left} of {status.limits.user_images} images, "
-        f"{format_usd(status.micro_usd_left)} "
+        value=f"{status.left.images} of {status.limits.user_images} images, "
+        f"{format_usd(status.left.micro_usd)} "
         f"of {format_usd(status.limits.user_micro_usd)}; resets "
         f"{discord.utils.format_dt(status.resets_at, 'R')}",
         inline=False,
     )
-    embed.add_field(name="This month by model", value=_by_model(interaction, usage.month),
+    embed.add_field(name="This month by model", value=_by_model(runtime.catalog, usage.month),
                     inline=False)  # fmt: skip
     return fit_embeds([embed])[0]
 
 
 class Usage(commands.Cog):
-    def __init__(self, bot: commands.Bot) -> None:
-        self.bot = bot
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
 
     @app_commands.command(name="usage", description="Your images and spending")
     async def usage(self, interaction: discord.Interaction) -> None:
-        embed = await personal_embed(interaction, interaction.user)
+        embed = await personal_embed(self.runtime, interaction, interaction.user)
         await interaction.response.send_message(embed=embed, ephemeral=True)
 
 
@@ -69,21 +69,21 @@ class Usage(commands.Cog):
 class UsageAdmin(
     commands.GroupCog, group_name="usage-admin", group_description="Spending (admins)"
 ):
-    def __init__(self, bot: commands.Bot) -> None:
-        self.bot = bot
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
         super().__init__()
 
     @app_commands.command(name="user", description="A member's images and spending")
     @admin_only()
     async def user(self, interaction: discord.Interaction, member: discord.Member) -> None:
-        embed = await personal_embed(interaction, member)
+        embed = await personal_embed(self.runtime, interaction, member)
         await interaction.response.send_message(embed=embed, ephemeral=True)
 
     @app_commands.command(name="server", description="The server's spending, chart and CSV")
     @admin_only()
     async def server(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(thinking=True, ephemeral=True)
-        usage = await runtime_of(interaction).service.server_usage(guild_key(interaction))
+        usage = await self.runtime.service.server_usage(guild_key(interaction))
         report = usage.report
         embed = discord.Embed(
             title=f"Server usage, {usage.days[0]} to {usage.days[-1]} (UTC)", colour=ACCENT
@@ -96,7 +96,8 @@ class UsageAdmin(
             for u in report.users[:10]
         ]
         embed.add_field(name="Top users", value=cut_lines(top, FIELD_VALUE) or "—", inline=False)
-        embed.add_field(name="By model", value=_by_model(interaction, report), inline=False)
+        by_model = _by_model(self.runtime.catalog, report)
+        embed.add_field(name="By model", value=by_model, inline=False)
         embed.set_image(url="attachment://usage.png")
         files = [discord.File(io.BytesIO(usage.chart_png), filename="usage.png")]
         if len(usage.csv_bytes) <= FILE_BYTES:
@@ -107,5 +108,6 @@ class UsageAdmin(
 
 
 async def setup(bot: commands.Bot) -> None:
-    await bot.add_cog(Usage(bot))
-    await bot.add_cog(UsageAdmin(bot))
+    runtime = bot_runtime(bot)
+    await bot.add_cog(Usage(runtime))
+    await bot.add_cog(UsageAdmin(runtime))

@@ -5,7 +5,6 @@ does, and results the interaction cannot carry are delivered another way or refu
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -130,9 +129,9 @@ async def test_a_result_that_cannot_be_attached_is_refunded_and_the_user_told(
 ):
     store = local_runtime.store
     assert isinstance(store, LocalImageStore)
-    # The Discord front reads the bytes back to attach them (the local store is private).
-    front = replace(local_runtime, store=UnreadableStore(store.root, store.base_url))
-    await bot_harness.start(ImageBot(front))
+    # The Discord front has the bytes read back to attach them (the local store is private).
+    local_runtime.service.store = UnreadableStore(store.root, store.base_url)
+    await bot_harness.start(ImageBot(local_runtime))
     made = await imagine(fake_discord, {"prompt": "a lost postcard"})
     reply = await made.wait_for_message(lambda m: "could not be read" in m.content)
     assert reply.ephemeral

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import secrets
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, time, timedelta
 from typing import Any
+
+from bot.days import next_utc_midnight as next_utc_midnight  # re-exported for the ledger
+from bot.days import utc_day as utc_day
 
 OPEN_STATES = ("reserved", "generating", "storing")
 # How a result reached its user: through the interaction that asked, another Discord way, the
@@ -16,15 +18,6 @@ DELIVERY_WAYS = ("interaction", "channel", "dm", "undelivered", "api", "cli")
 
 def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(10)}"
-
-
-def utc_day(moment: datetime) -> str:
-    return moment.astimezone(UTC).date().isoformat()
-
-
-def next_utc_midnight(moment: datetime) -> datetime:
-    tomorrow = moment.astimezone(UTC).date() + timedelta(days=1)
-    return datetime.combine(tomorrow, time(0, 0), tzinfo=UTC)
 
 
 @dataclass(frozen=True)

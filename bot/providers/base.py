@@ -48,6 +48,11 @@ class TextCompletion:
 
 class ImageProvider(Protocol):
     name: str
+    # True for a renderer that draws previews, not AI images (fronts say so to the user).
+    previews_only: bool
+    # True when every model honours the seed (so a record may show it); otherwise only models
+    # whose catalog entry says ``supports_seed``.
+    honours_every_seed: bool
 
     async def generate(self, request: ImageRequest) -> GeneratedImage:
         """Generate one image. Raises a ``bot.errors.ProviderError`` subclass on failure."""

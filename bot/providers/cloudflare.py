@@ -22,29 +22,14 @@ from typing import Any
 from bot.catalog import ModelSpec
 from bot.cloudflare_api import CloudflareAPI
 from bot.errors import InvalidRequest, ProviderError
+from bot.http_headers import is_json, media_type
+from bot.imaging import sniff_format
 from bot.providers.base import GeneratedImage, ImageRequest, TextCompletion
 
 log = logging.getLogger(__name__)
 
 MALFORMED = "The image service returned a malformed response."
 NOT_AN_IMAGE = "The image service returned something that is not an image."
-
-
-def _sniff(data: bytes) -> str | None:
-    """The image format from magic bytes: png, jpeg, webp, gif, or None."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        return "gif"
-    return None
-
-
-def _media_type(response_content_type: str) -> str:
-    return response_content_type.split(";", 1)[0].strip().lower()
 
 
 def build_fields(request: ImageRequest) -> dict[str, Any]:
@@ -76,6 +61,8 @@ class CloudflareProvider:
     """ImageProvider over Workers AI ``/ai/run/{model}``."""
 
     name = "cloudflare"
+    previews_only = False
+    honours_every_seed = False
 
     def __init__(self, api: CloudflareAPI) -> None:
         self._api = api
@@ -90,7 +77,7 @@ class CloudflareProvider:
         if spec.request_format == "multipart":
             files: dict[str, Any] = {key: (None, str(value)) for key, value in fields.items()}
             if init is not None and spec.image_param:
-                init_format = _sniff(init) or "png"
+                init_format = sniff_format(init) or "png"
                 files[spec.image_param] = (f"image.{init_format}", init, f"image/{init_format}")
             response = await self._api.request("POST", path, files=files, rate_limited=True)
         else:
@@ -98,15 +85,15 @@ class CloudflareProvider:
                 fields[spec.image_param] = base64.b64encode(init).decode("ascii")
             response = await self._api.request("POST", path, json=fields, rate_limited=True)
 
-        media_type = _media_type(response.headers.get("content-type", ""))
-        if media_type.startswith("image/"):
+        kind = media_type(response.headers.get("content-type", ""))
+        if kind.startswith("image/"):
             data = response.content
-        elif media_type == "application/json" or media_type.endswith("+json"):
+        elif is_json(kind):
             data = self._decode_envelope(response.json())
         else:
-            log.warning("Workers AI %s answered with content type %r", spec.id, media_type)
+            log.warning("Workers AI %s answered with content type %r", spec.id, kind)
             raise ProviderError(MALFORMED)
-        fmt = _sniff(data)
+        fmt = sniff_format(data)
         if fmt is None:
             log.warning("Workers AI %s returned %d bytes that are not an image", spec.id, len(data))
             raise ProviderError(NOT_AN_IMAGE)

@@ -16,6 +16,8 @@ from bot.providers.base import GeneratedImage, ImageRequest, TextCompletion
 
 class LocalProvider:
     name = "local"
+    previews_only = True
+    honours_every_seed = True  # the same (prompt, seed, size) always draws the same picture
 
     async def generate(self, request: ImageRequest) -> GeneratedImage:
         seed = request.seed if request.seed is not None else 0

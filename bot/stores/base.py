@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 
@@ -21,6 +22,8 @@ class ImageStore(Protocol):
     name: str
     # True when the URLs it hands out can be fetched from the internet (Discord can embed them).
     public: bool
+    # True when the built-in web server serves its bytes (``GET /images/…``).
+    hosted_here: bool
 
     async def put(
         self, image_id: str, data: bytes, content_type: str, metadata: dict[str, str]
@@ -48,6 +51,11 @@ class ImageStore(Protocol):
 
     async def check(self) -> None:
         """Cheap reachability check; raises ``bot.errors.StoreError`` if down."""
+        ...
+
+    def local_path(self, key: str) -> Path | None:
+        """The file on this machine holding the bytes, or None for a store that keeps them
+        elsewhere (the CLI prints it so an offline user can open the image)."""
         ...
 
 

@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Collection, Mapping
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -74,6 +75,10 @@ class CloudflareImagesStore:
 
     name = "cloudflare"
     public = True
+    hosted_here = False
+
+    def local_path(self, key: str) -> Path | None:
+        return None  # the bytes live at Cloudflare
 
     def __init__(
         self,

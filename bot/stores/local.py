@@ -32,6 +32,7 @@ def is_public_url(url: str) -> bool:
 
 class LocalImageStore:
     name = "local"
+    hosted_here = True
 
     def __init__(self, root: Path, public_base_url: str) -> None:
         self.root = root
@@ -42,6 +43,9 @@ class LocalImageStore:
         if not KEY_PATTERN.match(key):
             raise NotFound("No such image.")
         return self.root / key[4:6] / key
+
+    def local_path(self, key: str) -> Path | None:
+        return self.path_for(key).resolve()
 
     async def put(
         self, image_id: str, data: bytes, content_type: str, metadata: dict[str, str]

@@ -7,9 +7,7 @@ Thin handlers: parse and check the request, call the same service methods the Di
 from __future__ import annotations
 
 import hashlib
-import time
 import uuid
-from collections import OrderedDict, deque
 from dataclasses import dataclass
 from datetime import date, timedelta
 from html import escape
@@ -21,28 +19,23 @@ from aiohttp.http_exceptions import HttpProcessingError
 from bot.api_keys import ApiKeys
 from bot.batches import MAX_PROMPTS, BatchService
 from bot.errors import Forbidden, IdempotencyKeyReused, InvalidRequest, Unauthorized
-from bot.ledger import Template
-from bot.ledger.records import ApiKey, ImageRecord
-from bot.outbound import fetch_bytes
+from bot.library import UPLOAD_LIMIT
 from bot.placeholders import PlaceholderService, parse_placeholder
 from bot.public import image_to_public, model_json, report_json
-from bot.requests import GenerateRequest
+from bot.requests import ApiKey, GenerateRequest, ImageRecord, Template
 from bot.runtime import Runtime
 from bot.server_admin import template_scope
-from bot.web.app import check_anonymous_rate
 from bot.web.http import (
     Field,
     Handler,
     PayloadTooLarge,
-    RateLimited,
     bot_error_response,
     check_fields,
     error_response,
     json_response,
     read_json,
 )
-
-UPLOAD_LIMIT = 10 * 1024 * 1024
+from bot.web.limits import KeyRateLimiter, check_anonymous_rate
 
 
 @dataclass
@@ -67,27 +60,6 @@ class Api:
 
 API = web.AppKey("api", Api)
 KEY = web.RequestKey("api_key", ApiKey)
-
-
-class KeyRateLimiter:
-    """At most N requests per key per minute (sliding window); bounded to 10,000 keys."""
-
-    def __init__(self, per_minute: int, max_keys: int = 10_000) -> None:
-        self.per_minute = per_minute
-        self.max_keys = max_keys
-        self._starts: OrderedDict[str, deque[float]] = OrderedDict()
-
-    def check(self, key_id: str) -> None:
-        now = time.monotonic()
-        starts = self._starts.pop(key_id, None) or deque()
-        while starts and starts[0] <= now - 60:
-            starts.popleft()
-        self._starts[key_id] = starts
-        if len(self._starts) > self.max_keys:
-            self._starts.popitem(last=False)
-        if len(starts) >= self.per_minute:
-            raise RateLimited(max(1, int(starts[0] + 60 - now) + 1))
-        starts.append(now)
 
 
 def api_of(request: web.Request) -> Api:
@@ -220,17 +192,15 @@ async def upload(request: web.Request) -> web.Response:
     api = api_of(request)
     key = key_of(request)
     await api.runtime.service.check_upload_allowance(key.user_id, key.guild_id)  # before reading
+    service = api.runtime.service
     if request.content_type == "multipart/form-data":
         data = await _multipart_file(request)
+        record = await service.upload(data, user_id=key.user_id, guild_id=key.guild_id)
     else:
         body = check_fields(await read_json(request), {"url": Field("str", True, max_length=2048)})
-        data, _ = await fetch_bytes(
-            api.runtime.http,
-            body["url"],
-            max_bytes=UPLOAD_LIMIT,
-            allow_private=api.runtime.settings.allow_private_urls,
+        record = await service.upload_from_url(
+            body["url"], user_id=key.user_id, guild_id=key.guild_id
         )
-    record = await api.runtime.service.upload(data, user_id=key.user_id, guild_id=key.guild_id)
     return json_response({"id": record.id, "url": record.url, "image": image_json(record)}, 201)
 
 

@@ -16,27 +16,27 @@ from aiohttp import web
 from bot import imaging
 from bot.errors import BotError, NotFound
 from bot.runtime import Runtime
-from bot.stores.local import LocalImageStore
-from bot.web.limits import AddressRateLimiter, client_address
+from bot.web.api import API, Api, add_api_routes, auth_middleware
+from bot.web.http import errors_middleware
+from bot.web.limits import (
+    ANONYMOUS_LIMITER,
+    RUNTIME_KEY,
+    AddressRateLimiter,
+    KeyRateLimiter,
+    check_anonymous_rate,
+)
+from bot.web.server import GuardedAppRunner, name_the_server, warn_if_exposed
 
 log = logging.getLogger(__name__)
 
-RUNTIME_KEY = web.AppKey("runtime", Runtime)
-ANONYMOUS_LIMITER = web.AppKey("anonymous_limiter", AddressRateLimiter)
 IMMUTABLE = "public, max-age=31536000, immutable"
-
-
-def check_anonymous_rate(request: web.Request) -> None:
-    """Anonymous image and placeholder requests: a rate limit per client address (429)."""
-    trusted = request.app[RUNTIME_KEY].settings.web_trusted_proxies
-    request.app[ANONYMOUS_LIMITER].check(client_address(request, trusted))
 
 
 async def serve_image(request: web.Request) -> web.StreamResponse:
     check_anonymous_rate(request)
     runtime = request.app[RUNTIME_KEY]
-    store = runtime.store
-    if not isinstance(store, LocalImageStore):
+    library = runtime.service.library
+    if not library.hosted_here:
         raise web.HTTPNotFound(text="Images are hosted on Cloudflare Images.")
     image_id = request.match_info["image_id"]
     variant = imaging.parse_variant(
@@ -48,14 +48,14 @@ async def serve_image(request: web.Request) -> web.StreamResponse:
     item = variants.cached(key)
     if item is None:
         try:
-            original = await store.get(image_id)
+            original = await library.hosted_original(image_id)
         except NotFound:
             variants.cache.drop(image_id)
             raise web.HTTPNotFound(text="No such image.") from None
         if request.headers.get("If-None-Match") == etag:
             return web.Response(status=304, headers={"ETag": etag, "Cache-Control": IMMUTABLE})
         item = await variants.render(key, original, variant)
-    elif await store.find(image_id) is None:  # deleted since it was cached
+    elif not await library.still_hosted(image_id):  # deleted since it was cached
         variants.cache.drop(image_id)
         raise web.HTTPNotFound(text="No such image.")
     elif request.headers.get("If-None-Match") == etag:
@@ -72,11 +72,7 @@ async def healthz(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME_KEY]
     checks: dict[str, str] = {}
     healthy = True
-    for name, check in (
-        ("database", runtime.ledger.ping),
-        ("provider", runtime.provider.check),
-        ("store", runtime.store.check),
-    ):
+    for name, check in runtime.service.health_checks():
         try:
             await check()
             checks[name] = "ok"
@@ -92,10 +88,6 @@ async def healthz(request: web.Request) -> web.Response:
 
 def build_web_app(runtime: Runtime) -> web.Application:
     """Image hosting, health, the JSON API and placeholders, in one aiohttp app."""
-    from bot.web.api import API, Api, KeyRateLimiter, add_api_routes, auth_middleware
-    from bot.web.http import errors_middleware
-    from bot.web.server import name_the_server
-
     settings = runtime.settings
     app = web.Application(
         client_max_size=settings.web_max_request_mb * 1024 * 1024,
@@ -120,8 +112,6 @@ def build_web_app(runtime: Runtime) -> web.Application:
 
 async def start_web_server(runtime: Runtime) -> web.AppRunner:
     """Start listening on WEB_HOST:WEB_PORT, with the server's limits; the caller cleans up."""
-    from bot.web.server import GuardedAppRunner, warn_if_exposed
-
     settings = runtime.settings
     runner = GuardedAppRunner(build_web_app(runtime), settings)
     await runner.setup()

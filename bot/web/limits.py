@@ -17,7 +17,11 @@ from collections import OrderedDict
 
 from aiohttp import web
 
+from bot.rate_window import SlidingWindow
+from bot.runtime import Runtime
 from bot.web.http import RateLimited
+
+RUNTIME_KEY = web.AppKey("runtime", Runtime)
 
 
 def client_address(request: web.Request, trusted_proxies: frozenset[str]) -> str:
@@ -54,3 +58,31 @@ class AddressRateLimiter:
         self._buckets[address] = (tokens - 1.0, now)
         if len(self._buckets) > self.max_addresses:
             self._buckets.popitem(last=False)
+
+
+ANONYMOUS_LIMITER = web.AppKey("anonymous_limiter", AddressRateLimiter)
+
+
+def check_anonymous_rate(request: web.Request) -> None:
+    """Anonymous image and placeholder requests: a rate limit per client address (429)."""
+    trusted = request.app[RUNTIME_KEY].settings.web_trusted_proxies
+    request.app[ANONYMOUS_LIMITER].check(client_address(request, trusted))
+
+
+class KeyRateLimiter:
+    """At most N requests per API key per minute (sliding window); bounded to 10,000 keys."""
+
+    def __init__(self, per_minute: int, max_keys: int = 10_000) -> None:
+        self.per_minute = per_minute
+        self.max_keys = max_keys
+        self._windows: OrderedDict[str, SlidingWindow] = OrderedDict()
+
+    def check(self, key_id: str) -> None:
+        now = time.monotonic()
+        window = self._windows.pop(key_id, None) or SlidingWindow(self.per_minute, 60.0)
+        self._windows[key_id] = window
+        if len(self._windows) > self.max_keys:
+            self._windows.popitem(last=False)
+        if window.count(now) >= self.per_minute:
+            raise RateLimited(max(1, int((window.next_free() or now + 60) - now) + 1))
+        window.add(now)

@@ -1,0 +1,342 @@
+"""The generation pipeline, in the order it runs.
+
+``generate`` reads top to bottom: replay a known request → plan (validate, template, model,
+price) → look in the cache → join an identical request in flight (single-flight) → enhance →
+reserve → wait for a slot → generate → store → record and settle (or refund).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from bot import imaging
+from bot.backends import Backends
+from bot.catalog import ZERO_COST, Cost
+from bot.days import next_utc_midnight
+from bot.errors import BotError, Busy
+from bot.generation.enhancement import PromptEnhancer
+from bot.generation.plan import Plan, Planner, Slot, slot_of
+from bot.generation.progress import position_reporter, report
+from bot.generation.records import hit_records, new_job, total_cost
+from bot.generation.single_flight import Flights, SingleFlight
+from bot.idempotency import check_same_request, request_fingerprint
+from bot.image_records import StoredBytes, image_record
+from bot.ledger import ImageRecord, Job, Ledger
+from bot.ledger.ledger import DuplicateRequest
+from bot.ledger.records import new_id
+from bot.providers.base import GeneratedImage, ImageRequest
+from bot.requests import GenerateRequest, GenerationResult, Remaining
+from bot.scheduler import JobScheduler
+from bot.stores.base import store_metadata
+
+log = logging.getLogger(__name__)
+
+RecordOrUnstore = Callable[[ImageRecord], Awaitable[None]]
+
+
+class GenerationPipeline:
+    def __init__(
+        self,
+        *,
+        ledger: Ledger,
+        backends: Backends,
+        scheduler: JobScheduler,
+        planner: Planner,
+        enhancer: PromptEnhancer,
+        record_or_unstore: RecordOrUnstore,
+    ) -> None:
+        self.ledger = ledger
+        self.backends = backends
+        self.scheduler = scheduler
+        self.planner = planner
+        self.enhancer = enhancer
+        self._record_or_unstore = record_or_unstore
+        self._flights = SingleFlight()
+        self._by_key: dict[str, asyncio.Future[None]] = {}
+        self._active: set[asyncio.Task[Any]] = set()
+        self.closing = False
+
+    async def generate(self, request: GenerateRequest) -> GenerationResult:
+        if self.closing:
+            raise Busy("The bot is restarting; try again in a moment.")
+        task = asyncio.current_task()
+        if task is not None:
+            self._active.add(task)
+        try:
+            return await self._generate(request)
+        finally:
+            if task is not None:
+                self._active.discard(task)
+
+    async def drain(self, grace_seconds: float) -> int:
+        """Refuse new work, let running jobs finish for up to ``grace_seconds``, then cancel
+        the rest (each cancelled job refunds itself). Returns how many were cancelled."""
+        self.closing = True
+        active = {t for t in self._active if t is not asyncio.current_task()}
+        if not active:
+            return 0
+        _, pending = await asyncio.wait(active, timeout=grace_seconds)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        return len(pending)
+
+    async def remaining(self, user_id: str, guild_id: str) -> Remaining:
+        limits, used = await self.ledger.limits_and_usage(user_id, guild_id)
+        return Remaining.of(limits, used, next_utc_midnight(self.ledger.clock()))
+
+    async def _generate(self, request: GenerateRequest) -> GenerationResult:
+        if request.idempotency_key:
+            replayed = await self._replay(request)
+            if replayed is not None:
+                return replayed
+        plan = await self.planner.plan(request)
+        slots = [slot_of(plan, i) for i in range(plan.count)]
+        hits = await self._cached(plan, slots, request.fresh)
+        joined = self._flights.joinable(plan, [s for s in slots if s.index not in hits])
+        own = [s for s in slots if s.index not in hits and s.index not in joined]
+        if not own:
+            for index, future in joined.items():
+                hits[index] = await future
+            return await self._free_result(request, plan, slots, hits)
+        # Claimed with no await since the cache check, so an identical request arriving now
+        # joins this one instead of generating again.
+        futures = self._flights.claim(plan, own)
+        try:
+            return await self._paid_result(request, plan, own, hits, joined, futures)
+        except BaseException as exc:
+            self._flights.fail(futures, exc)
+            raise
+        finally:
+            self._flights.release(plan, own, futures)
+
+    async def _cached(self, plan: Plan, slots: list[Slot], fresh: bool) -> dict[int, ImageRecord]:
+        if fresh or plan.cache_scope is None:
+            return {}
+        found = {}
+        for slot in slots:
+            hit = await self.ledger.find_cached(slot.cache_key, plan.cache_scope)
+            if hit is not None:
+                found[slot.index] = hit
+        return found
+
+    async def _paid_result(
+        self,
+        request: GenerateRequest,
+        plan: Plan,
+        own: list[Slot],
+        hits: dict[int, ImageRecord],
+        joined: Flights,
+        futures: Flights,
+    ) -> GenerationResult:
+        prompt_used, enhance_cost, enhance_job = plan.prompt, ZERO_COST, None
+        if request.enhance:
+            prompt_used, enhance_cost, enhance_job = await self.enhancer.enhance(request, plan)
+        try:
+            job = await self.ledger.reserve(
+                new_job(request, plan, own, prompt_used, images=len(own)),
+                plan.limits,
+                hold=request.allowance_hold,
+            )
+        except DuplicateRequest:
+            replayed = await self._replay(request)
+            assert replayed is not None
+            return replayed
+        except BaseException:
+            if enhance_job is not None:  # no image, so the enhancement is not charged either
+                await self.ledger.refund(enhance_job, "not_used")
+            raise
+        done = asyncio.get_running_loop().create_future()
+        if request.idempotency_key:
+            self._by_key[request.idempotency_key] = done
+        try:
+            produced, failures = await self._run_job(request, plan, job, own, prompt_used)
+            for slot in own:
+                if slot.index in produced:
+                    futures[slot.index].set_result(produced[slot.index])
+            for index, future in joined.items():
+                try:
+                    hits[index] = await future
+                except BotError as exc:
+                    failures.append(exc)
+        finally:
+            done.set_result(None)
+            if request.idempotency_key:
+                self._by_key.pop(request.idempotency_key, None)
+        copies = hit_records(request, hits, job.id, self.ledger.now_iso())
+        await asyncio.gather(*(self.ledger.add_image(r) for r in copies.values()))
+        merged = {**produced, **copies}
+        return GenerationResult(
+            images=[merged[index] for index in sorted(merged)],
+            prompt=plan.prompt,
+            prompt_used=prompt_used,
+            enhanced=request.enhance,
+            cost=total_cost(produced.values()) + enhance_cost,
+            remaining=await self.remaining(request.user_id, request.guild_id),
+            job_id=job.id,
+            failed=len(failures),
+        )
+
+    async def _run_job(
+        self, request: GenerateRequest, plan: Plan, job: Job, own: list[Slot], prompt_used: str
+    ) -> tuple[dict[int, ImageRecord], list[BotError]]:
+        """Generate, store and record each own image; settle for what was made, else refund."""
+        produced: dict[int, ImageRecord] = {}
+        failures: list[BotError] = []
+        try:
+            async with self.scheduler.slot(request.user_id, position_reporter(request)):
+                report(request, "generating", plan.spec)
+                generated = await asyncio.gather(
+                    *(self._generate_one(plan, slot, prompt_used) for slot in own),
+                    return_exceptions=True,
+                )
+                image_ids = [entry["id"] for entry in job.params["slots"]]
+                await self.ledger.set_state(job.id, "storing", image_ids)
+                report(request, "storing", plan.spec)
+                stored = await asyncio.gather(
+                    *(
+                        self._store_one(request, plan, job, image_id, result)
+                        for image_id, result in zip(image_ids, generated, strict=True)
+                    ),
+                    return_exceptions=True,
+                )
+            for slot, outcome in zip(own, stored, strict=True):
+                if isinstance(outcome, ImageRecord):
+                    produced[slot.index] = outcome
+                elif isinstance(outcome, BotError):
+                    failures.append(outcome)
+                elif isinstance(outcome, BaseException):
+                    raise outcome
+        except BaseException as exc:
+            if not produced:
+                error = exc if isinstance(exc, BotError) else None
+                await self.ledger.refund(
+                    job.id,
+                    error.code if error else "internal",
+                    error.user_message if error else None,
+                )
+            else:
+                await self.ledger.settle(job.id, len(produced), plan.cost_of(len(produced)))
+            raise
+        if not produced:
+            first = failures[0]
+            await self.ledger.refund(job.id, first.code, first.user_message)
+            raise first
+        await self.ledger.settle(job.id, len(produced), plan.cost_of(len(produced)))
+        report(request, "done", plan.spec)
+        return produced, failures
+
+    async def _generate_one(self, plan: Plan, slot: Slot, prompt_used: str) -> GeneratedImage:
+        return await self.backends.provider.generate(
+            ImageRequest(
+                model=plan.spec,
+                prompt=prompt_used,
+                width=plan.width,
+                height=plan.height,
+                steps=plan.steps,
+                seed=slot.seed,
+                negative_prompt=plan.negative_prompt,
+                guidance=plan.guidance,
+                strength=plan.strength,
+                init_image=plan.init_image,
+            )
+        )
+
+    async def _store_one(
+        self,
+        request: GenerateRequest,
+        plan: Plan,
+        job: Job,
+        image_id: str,
+        generated: GeneratedImage | BaseException,
+    ) -> ImageRecord:
+        if isinstance(generated, BaseException):
+            raise generated
+        width, height = imaging.image_size(generated.data)  # header only: microseconds
+        store, provider = self.backends.store, self.backends.provider
+        stored = await store.put(
+            image_id,
+            generated.data,
+            generated.content_type,
+            store_metadata(image_id, request.user_id, request.guild_id, plan.spec.id, plan.prompt),
+        )
+        held = StoredBytes(stored, store.name, generated.content_type, width, height,
+                           len(generated.data))  # fmt: skip
+        record = image_record(
+            job, image_id, held, cost=plan.unit_cost,
+            seed_shown=plan.spec.supports_seed or provider.honours_every_seed,
+            created_at=self.ledger.now_iso(),
+        )  # fmt: skip
+        await self._record_or_unstore(record)
+        return record
+
+    async def _free_result(
+        self, request: GenerateRequest, plan: Plan, slots: list[Slot], hits: dict[int, ImageRecord]
+    ) -> GenerationResult:
+        ids = {slot.index: new_id("img") for slot in slots}
+        job_id = new_id("job")
+        records = hit_records(request, hits, job_id, self.ledger.now_iso(), ids)
+        try:
+            job = await self.ledger.record_free_job(
+                new_job(request, plan, [], plan.prompt, images=0),
+                job_id,
+                [records[s.index] for s in slots],
+            )
+        except DuplicateRequest as duplicate:
+            check_same_request(duplicate.job, request_fingerprint(request))
+            return await self.result_of(duplicate.job, request.guild_id, replayed=True)
+        report(request, "done", plan.spec)
+        images = [records[index] for index in sorted(records)]
+        return GenerationResult(
+            images=images,
+            prompt=plan.prompt,
+            prompt_used=images[0].prompt_used or plan.prompt,
+            enhanced=False,
+            cost=ZERO_COST,
+            # a free hit changes nothing since the policy was read
+            remaining=Remaining.of(plan.limits, plan.usage, next_utc_midnight(self.ledger.clock())),
+            job_id=job.id,
+        )
+
+    async def _replay(self, request: GenerateRequest) -> GenerationResult | None:
+        """The first result of a request seen before; waits if it is still running.
+        IdempotencyKeyReused if the key was first used for a different request."""
+        key = request.idempotency_key
+        assert key is not None
+        job = await self.ledger.job_by_key(key)
+        if job is not None:
+            check_same_request(job, request_fingerprint(request))
+        waiting = self._by_key.get(key)
+        if waiting is not None:
+            await asyncio.shield(waiting)
+            job = await self.ledger.job_by_key(key)
+        for _ in range(600):
+            if job is None or not job.is_open:
+                break
+            await asyncio.sleep(0.5)  # running in another process: poll, bounded
+            job = await self.ledger.job_by_key(key)
+        if job is None:
+            return None
+        return await self.result_of(job, request.guild_id, replayed=True)
+
+    async def result_of(self, job: Job, guild_id: str, *, replayed: bool) -> GenerationResult:
+        """The result a finished job gave; its refusal again if it was refunded."""
+        if job.state == "refunded":
+            error = BotError(job.error_message or "That request failed.")
+            error.code = job.error_code or "error"
+            raise error
+        records = await self.ledger.images_for_job(job.id)
+        params = job.params
+        return GenerationResult(
+            images=records,
+            prompt=str(params.get("prompt", "")),
+            prompt_used=str(params.get("prompt_used", params.get("prompt", ""))),
+            enhanced=params.get("prompt_used") != params.get("prompt"),
+            cost=Cost(job.micro_usd, job.milli_neurons),
+            remaining=await self.remaining(job.user_id, guild_id),
+            job_id=job.id,
+            replayed=replayed,
+        )

@@ -1,0 +1,198 @@
+"""The buttons on every result: re-roll, variations, details, delete.
+
+Buttons acknowledge before any work and are DynamicItems whose custom_id carries the image id,
+so they keep working after a restart; on a private result they answer privately. They reach
+the runtime through the bot that received the click (``cogs.common.runtime_of``, typed).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import discord
+
+from bot.catalog import IMAGE_TO_IMAGE
+from bot.discord_bot import report_error
+from bot.requests import GenerateRequest, ImageRecord
+from bot.runtime import Runtime
+from cogs.common import guild_key, is_admin, runtime_of
+from cogs.delivery import InteractionLink
+from cogs.render import details_embed, model_name
+from cogs.replies import generate_and_reply
+
+IMAGE_ID = r"(?P<id>img_[0-9a-f]{20})"
+
+
+def image_view(runtime: Runtime, images: list[ImageRecord]) -> discord.ui.View:
+    """The buttons of each image, one row per image."""
+    view = discord.ui.View(timeout=None)
+    for row, image in enumerate(images):
+        for item in image_buttons(runtime, image):
+            item.item.row = row
+            view.add_item(item)
+    return view
+
+
+def image_buttons(runtime: Runtime, image: ImageRecord) -> list[discord.ui.DynamicItem[Any]]:
+    buttons: list[discord.ui.DynamicItem[Any]] = [RerollButton(image.id)]
+    if any(IMAGE_TO_IMAGE in m.capabilities for m in runtime.catalog.enabled_image_models()):
+        buttons.append(VariationsButton(image.id))
+    buttons += [DetailsButton(image.id), DeleteButton(image.id)]
+    return buttons
+
+
+ButtonCallback = Callable[[Any, discord.Interaction], Coroutine[Any, Any, None]]
+
+
+def guarded(callback: ButtonCallback) -> ButtonCallback:
+    """Button callbacks are outside the command tree's on_error: report errors the same way."""
+
+    @functools.wraps(callback)
+    async def wrapper(self: Any, interaction: discord.Interaction) -> None:
+        try:
+            await callback(self, interaction)
+        except Exception as error:
+            await report_error(interaction, error)
+
+    return wrapper
+
+
+class _ImageButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"img:_:{IMAGE_ID}"):
+    """A persistent button carrying an image id; subclasses say what it does."""
+
+    action = ""
+    label = ""
+    emoji = ""
+    style = discord.ButtonStyle.secondary
+
+    def __init__(self, image_id: str) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=self.label,
+                emoji=self.emoji,
+                style=self.style,
+                custom_id=f"img:{self.action}:{image_id}",
+            )
+        )
+        self.image_id = image_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> _ImageButton:
+        return cls(match["id"])
+
+    async def image(self, interaction: discord.Interaction) -> ImageRecord:
+        return await runtime_of(interaction).service.get_image(self.image_id)
+
+
+def asks_privately(interaction: discord.Interaction) -> bool:
+    """A button on a private (ephemeral) result, or in a DM, answers privately."""
+    message = interaction.message
+    return interaction.guild_id is None or bool(message and message.flags.ephemeral)
+
+
+class RerollButton(_ImageButton, template=rf"img:reroll:{IMAGE_ID}"):
+    action, label, emoji = "reroll", "Re-roll", "🔄"
+
+    @guarded
+    async def callback(self, interaction: discord.Interaction) -> None:
+        private = asks_privately(interaction)
+        await interaction.response.defer(thinking=True, ephemeral=private)
+        image = await self.image(interaction)
+        runtime = runtime_of(interaction)
+        request = GenerateRequest(
+            prompt=image.prompt or "",
+            user_id=str(interaction.user.id),
+            guild_id=guild_key(interaction),
+            model=image.model,
+            negative_prompt=image.negative_prompt,
+            width=image.width,
+            height=image.height,
+            steps=image.steps,
+            guidance=image.guidance,
+            image_id=image.source_image_id,
+            strength=image.strength,
+            fresh=True,
+            private=private,
+            idempotency_key=f"discord:{interaction.id}",
+        )
+        label = model_name(runtime.catalog, image.model)
+        await generate_and_reply(interaction, request, label, image_view)
+
+
+class VariationsButton(_ImageButton, template=rf"img:vary:{IMAGE_ID}"):
+    action, label, emoji = "vary", "Variations", "🎨"
+
+    @guarded
+    async def callback(self, interaction: discord.Interaction) -> None:
+        private = asks_privately(interaction)
+        await interaction.response.defer(thinking=True, ephemeral=private)
+        image = await self.image(interaction)
+        request = GenerateRequest(
+            prompt=image.prompt or "a variation of this image",
+            user_id=str(interaction.user.id),
+            guild_id=guild_key(interaction),
+            image_id=image.id,
+            strength=0.6,
+            fresh=True,
+            private=private,
+            idempotency_key=f"discord:{interaction.id}",
+        )
+        await generate_and_reply(interaction, request, "image-to-image", image_view)
+
+
+class DetailsButton(_ImageButton, template=rf"img:info:{IMAGE_ID}"):
+    action, label, emoji = "info", "Details", "ℹ️"
+
+    @guarded
+    async def callback(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(thinking=True, ephemeral=True)
+        runtime = runtime_of(interaction)
+        image = await self.image(interaction)
+        delivery = await runtime.service.delivery_of(image.job_id)
+        await interaction.followup.send(
+            embed=details_embed(runtime, image, delivery), ephemeral=True
+        )
+
+
+class DeleteButton(_ImageButton, template=rf"img:delete:{IMAGE_ID}"):
+    action, label, emoji = "delete", "Delete", "🗑️"
+    style = discord.ButtonStyle.danger
+
+    @guarded
+    async def callback(self, interaction: discord.Interaction) -> None:
+        """Acknowledged first (a slow store must not make the click fail), then the image is
+        deleted and the message edited to show the outcome."""
+        await interaction.response.defer()
+        runtime = runtime_of(interaction)
+        await runtime.service.delete_image(
+            self.image_id, requester_id=str(interaction.user.id), is_admin=is_admin(interaction)
+        )
+        message = interaction.message
+        kept = [e for e in (message.embeds if message else []) if e.footer.text != self.image_id]
+        view = discord.ui.View(timeout=None)
+        for row, embed in enumerate(kept):
+            image_id = embed.footer.text or ""
+            if re.fullmatch(IMAGE_ID, image_id):
+                for item in image_buttons(runtime, await runtime.service.get_image(image_id)):
+                    item.item.row = row
+                    view.add_item(item)
+        kept_files = [
+            a for a in (message.attachments if message else [])
+            if not a.filename.startswith(self.image_id)
+        ]  # fmt: skip
+        await InteractionLink.of(interaction).edit(
+            content=f"🗑️ An image was deleted by {interaction.user.mention}.",
+            embeds=kept,
+            attachments=kept_files,
+            view=view if kept else None,
+        )
+
+
+
+
+BUTTONS = (RerollButton, VariationsButton, DetailsButton, DeleteButton)

@@ -1,0 +1,115 @@
+"""The reply to a generation, as /imagine and the buttons on every result make it.
+
+The interaction is already deferred; progress is reported by editing its message (paced:
+``cogs.progress``), and the result is delivered one embed per image (``cogs.delivery``: in the
+channel or by DM when the interaction cannot carry it, refunded when nothing can).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+
+import discord
+from discord.ext import commands
+
+from bot.errors import InvalidImage
+from bot.money import format_usd
+from bot.requests import GenerateRequest, GenerationResult, ImageRecord
+from bot.runtime import Runtime
+from cogs.common import runtime_of
+from cogs.delivery import InteractionLink, MessagePart, ResultMessage, deliver
+from cogs.progress import ProgressBoard
+from cogs.render import result_parts
+
+log = logging.getLogger(__name__)
+
+MAX_ATTACHMENT_BYTES = 10 * 1024 * 1024
+
+# The buttons under each image of a result (``cogs.buttons.image_view``), handed in so that the
+# buttons, which reply with this module, are not imported by it.
+ViewOf = Callable[[Runtime, list[ImageRecord]], discord.ui.View]
+
+
+def board_of(interaction: discord.Interaction) -> ProgressBoard:
+    """The progress board of the running Imagine cog (buttons reach it through the client)."""
+    client = interaction.client
+    cog = client.get_cog("Imagine") if isinstance(client, commands.Bot) else None
+    board = getattr(cog, "board", None)  # found by name: no cog imports another
+    if not isinstance(board, ProgressBoard):
+        raise RuntimeError("the Imagine cog is not loaded")
+    return board
+
+
+async def result_message(
+    runtime: Runtime, result: GenerationResult, view_of: ViewOf
+) -> ResultMessage:
+    """The images, their embeds and their buttons, as every way of delivery sends them: one
+    message, or several when the files exceed one request's 25 MiB."""
+    parts = [
+        MessagePart(
+            part.embeds,
+            [(file.filename, file.fp.read()) for file in part.files],
+            functools.partial(view_of, runtime, part.images),
+        )
+        for part in await result_parts(runtime, result)
+    ]
+    notes = []
+    if result.cached:
+        notes.append("♻️ Found in the cache: this one was free.")
+    if result.failed:
+        notes.append(f"⚠️ {result.failed} image(s) failed and were not charged.")
+    if runtime.service.renders_previews:
+        notes.append("🧪 Local preview renderer (no Cloudflare account configured).")
+    return ResultMessage(notes, parts)
+
+
+async def generate_and_reply(
+    interaction: discord.Interaction, request: GenerateRequest, model_label: str, view_of: ViewOf
+) -> None:
+    """Run one generation for an already-deferred interaction and deliver the result: through
+    the interaction, else another way; refunded if no way shows it."""
+    runtime = runtime_of(interaction)
+    link = InteractionLink.of(interaction)
+    board = board_of(interaction)
+    spec = runtime.catalog.find(request.model or runtime.settings.default_model)
+    progress = board.track(
+        link,
+        model_label,
+        typical_seconds=spec.typical_seconds if spec else 10.0,
+        parallel=runtime.settings.max_concurrent_jobs,
+        private=request.private or interaction.guild_id is None,  # then a late result goes by DM
+    )
+    try:
+        result = await runtime.service.generate(replace(request, progress=progress.update))
+    finally:
+        await progress.close()
+    try:
+        message = await result_message(runtime, result, view_of)
+    except Exception:
+        await runtime.service.refund_undelivered(result.job_id)  # nothing can show it
+        raise
+    way = await deliver(link, message, private=request.private,
+                        channel_turn=lambda: board.result_turn(interaction.channel_id))  # fmt: skip
+    if way != "undelivered":
+        await runtime.service.record_delivery(result.job_id, way)
+        if message.tried:
+            log.info("job %s delivered by %s (%s)", result.job_id, way, "; ".join(message.tried))
+        return
+    refunded = await runtime.service.refund_undelivered(result.job_id)
+    log.warning(
+        "job %s of user %s could not be shown anywhere (%s): refunded %s; the images stay "
+        "in their list",
+        result.job_id, request.user_id, "; ".join(message.tried), format_usd(refunded),
+    )  # fmt: skip
+
+
+async def read_attachment(attachment: discord.Attachment) -> bytes:
+    if attachment.size > MAX_ATTACHMENT_BYTES:
+        raise InvalidImage(
+            f"The attachment is {attachment.size / 1024 / 1024:.1f} MB; the limit is 10 MB.",
+            problem="too_large",
+        )
+    return await attachment.read()
