@@ -5,14 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.ledger.database import Database
+from bot.ledger.database import Database, insert_statement
 from bot.ledger.records import ApiKey
 from bot.logs import register_secret
 
-INSERT_KEY_SQL = (
-    f"INSERT INTO api_keys ({', '.join(ApiKey.COLUMNS)}) "  # noqa: S608 (constant text)
-    f"VALUES ({', '.join('?' for _ in ApiKey.COLUMNS)})"
-)
+INSERT_KEY_SQL = insert_statement("api_keys", ApiKey.COLUMNS)
 KEY_BY_HASH_SQL = "SELECT * FROM api_keys WHERE key_hash = ?"
 KEY_BY_ID_SQL = "SELECT * FROM api_keys WHERE id = ?"
 KEYS_OF_USER_SQL = "SELECT * FROM api_keys WHERE user_id = ? ORDER BY created_at"

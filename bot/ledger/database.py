@@ -7,7 +7,10 @@ as the schema version, ``BEGIN IMMEDIATE`` (in ``GroupCommit``), the WAL checkpo
 ``sqlite3`` error classes and the words "locked", "busy" and "full" in their messages. The
 concern modules never see a driver: a refused constraint reaches them as
 ``ConstraintViolation``. Their statements use qmark (``?``) or named (``:name``) parameters and
-read columns by name; a driver with ``$n`` placeholders translates them here, in one place.
+read columns by name; a driver with ``$n`` placeholders translates them here, in one place
+(``insert_statement`` writes the placeholders of the column-list inserts). The schema in
+``migrations`` is SQLite's spelling too (``WITHOUT ROWID``, triggers using the scalar
+``MAX()``, ``COLLATE NOCASE``); a second dialect keeps the same numbered migrations in its own.
 """
 
 from __future__ import annotations
@@ -42,6 +45,11 @@ def utc_now() -> datetime:
 
 class ConstraintViolation(Exception):
     """The database refused a write that breaks a constraint (unique, check, foreign key)."""
+
+
+def insert_statement(table: str, columns: Sequence[str]) -> str:
+    """``INSERT INTO table (columns) VALUES (?, …)`` in this driver's parameter style."""
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"  # noqa: S608
 
 
 def _unavailable(exc: sqlite3.OperationalError) -> LedgerUnavailable:

@@ -7,13 +7,10 @@ the same prefix search); booleans are stored as 0/1 (see ``ImageRecord.to_row``)
 from __future__ import annotations
 
 from bot.errors import NotFound
-from bot.ledger.database import Database
+from bot.ledger.database import Database, insert_statement
 from bot.ledger.records import ImageRecord
 
-INSERT_IMAGE_SQL = (
-    f"INSERT INTO images ({', '.join(ImageRecord.COLUMNS)}) "  # noqa: S608 (constant text)
-    f"VALUES ({', '.join('?' for _ in ImageRecord.COLUMNS)})"
-)
+INSERT_IMAGE_SQL = insert_statement("images", ImageRecord.COLUMNS)
 IMAGE_BY_ID_SQL = "SELECT * FROM images WHERE id = ?"
 IMAGES_OF_JOB_SQL = "SELECT * FROM images WHERE job_id = ? ORDER BY created_at, id"
 CACHED_SQL = (

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from bot.config import QuotaDefaults
 from bot.errors import Conflict, NotFound
-from bot.ledger.database import ConstraintViolation, Database
+from bot.ledger.database import ConstraintViolation, Database, insert_statement
 from bot.ledger.records import Limits, Template, Usage
 from bot.ledger.usage import user_scope
 
@@ -45,10 +45,7 @@ INSERT INTO guild_settings (guild_id, blocklist, updated_at) VALUES (?, ?, ?)
 ON CONFLICT (guild_id) DO UPDATE SET blocklist = excluded.blocklist,
     updated_at = excluded.updated_at
 """
-INSERT_TEMPLATE_SQL = (
-    f"INSERT INTO templates ({', '.join(Template.COLUMNS)}) "  # noqa: S608 (constant text)
-    f"VALUES ({', '.join('?' for _ in Template.COLUMNS)})"
-)
+INSERT_TEMPLATE_SQL = insert_statement("templates", Template.COLUMNS)
 TEMPLATE_SQL = "SELECT * FROM templates WHERE guild_id = ? AND (name = ? OR id = ?)"
 TEMPLATES_SQL = "SELECT * FROM templates WHERE guild_id = ? AND name LIKE ? ORDER BY name LIMIT 100"
 DELETE_TEMPLATE_SQL = "DELETE FROM templates WHERE id = ?"
