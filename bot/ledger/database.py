@@ -49,7 +49,8 @@ class ConstraintViolation(Exception):
 
 def insert_statement(table: str, columns: Sequence[str]) -> str:
     """``INSERT INTO table (columns) VALUES (?, …)`` in this driver's parameter style."""
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"  # noqa: S608
+    placeholders = ", ".join("?" for _ in columns)
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})"  # noqa: S608
 
 
 def _unavailable(exc: sqlite3.OperationalError) -> LedgerUnavailable:

@@ -64,8 +64,8 @@ SET_STATE_PLANNED_SQL = (
     f"WHERE id = ? AND {_OPEN}"
 )
 SETTLE_SQL = (
-    "UPDATE jobs SET state = 'settled', images = ?, micro_usd = ?, milli_neurons = ?, "  # noqa: S608
-    f"updated_at = ? WHERE id = ? AND {_OPEN}"
+    "UPDATE jobs SET state = 'settled', images = ?, micro_usd = ?, "  # noqa: S608
+    f"milli_neurons = ?, updated_at = ? WHERE id = ? AND {_OPEN}"
 )
 REFUND_SQL = (
     "UPDATE jobs SET state = 'refunded', error_code = ?, error_message = ?, "  # noqa: S608
