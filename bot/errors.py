@@ -103,16 +103,34 @@ class IdempotencyKeyReused(Conflict):
         )
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """Which daily limit a request would cross, in numbers (no words): the ledger's answer.
+
+    ``used`` and ``allowed`` are in the limit's own unit (images, micro-dollars, milli-Neurons,
+    uploads or bytes); ``requested`` is what the refused request would have added."""
+
+    limit: str
+    used: int
+    allowed: int
+    requested: int
+    resets_at: datetime
+
+
 class QuotaExceeded(BotError):
-    """A reservation would cross a limit. Says which limit and when it resets."""
+    """A reservation would cross a limit. Says which limit and when it resets; ``refusal``
+    holds the numbers when the ledger refused it (``bot.refusals`` words them)."""
 
     code = "quota_exceeded"
     http_status = 403
 
-    def __init__(self, limit: str, message: str, resets_at: datetime) -> None:
+    def __init__(
+        self, limit: str, message: str, resets_at: datetime, refusal: Refusal | None = None
+    ) -> None:
         super().__init__(message, limit=limit, resets_at=resets_at.isoformat())
         self.limit = limit
         self.resets_at = resets_at
+        self.refusal = refusal
 
 
 class Busy(BotError):

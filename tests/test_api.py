@@ -179,7 +179,7 @@ async def test_authentication_failures(api):
 async def test_keys_are_stored_only_as_hashes(api):
     [key] = await api.runtime.keys.list("42")
     assert key.key_hash == hashlib.sha256(api.key.encode()).hexdigest()
-    rows = await api.runtime.ledger._all("SELECT * FROM api_keys")
+    rows = await api.runtime.ledger.database.all("SELECT * FROM api_keys")
     assert api.key not in json.dumps([dict(r) for r in rows])
 
 

@@ -17,18 +17,19 @@ def ask(prompt: str) -> GenerateRequest:
 
 async def fill_the_disk(ledger) -> None:  # type: ignore[no-untyped-def]
     """Compact the file, then allow it not one more page: the next row needs one."""
-    await ledger._db.execute("VACUUM")
-    pages = (await ledger._all("PRAGMA page_count"))[0][0]
-    await ledger._db.execute(f"PRAGMA max_page_count = {pages}")
+    await ledger.database.connection.execute("VACUUM")
+    pages = (await ledger.database.all("PRAGMA page_count"))[0][0]
+    await ledger.database.connection.execute(f"PRAGMA max_page_count = {pages}")
 
 
 async def free_the_disk(ledger) -> None:  # type: ignore[no-untyped-def]
-    await ledger._db.execute("PRAGMA max_page_count = 1073741823")
+    await ledger.database.connection.execute("PRAGMA max_page_count = 1073741823")
 
 
 async def test_a_locked_database_is_a_clear_error_and_charges_nothing(local_runtime):
     ledger = local_runtime.ledger
-    await ledger._db.execute("PRAGMA busy_timeout = 100")  # don't wait 10 s in a test
+    db = ledger.database.connection
+    await db.execute("PRAGMA busy_timeout = 100")  # don't wait 10 s in a test
     blocker = sqlite3.connect(local_runtime.settings.database_path, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
     try:
@@ -73,7 +74,7 @@ async def test_a_full_disk_is_a_clear_error_and_charges_nothing(local_runtime):
 async def test_a_settlement_that_meets_a_lock_lands_once_the_lock_goes(local_runtime):
     """The image was made; its charge is recorded as soon as the database is free."""
     ledger = local_runtime.ledger
-    await ledger._db.execute("PRAGMA busy_timeout = 50")
+    await ledger.database.connection.execute("PRAGMA busy_timeout = 50")
     from bot.catalog import Cost
     from bot.ledger.ledger import NewJob
 

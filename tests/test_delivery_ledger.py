@@ -4,11 +4,11 @@ the real service on the embedded backends, a real SQLite file."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 
 import pytest
 
 from bot.catalog import ModelSpec
+from bot.ledger.database import ConstraintViolation
 from bot.ledger.ledger import UNDELIVERED_MESSAGE
 from bot.ledger.records import DELIVERY_WAYS
 from bot.providers.base import TextCompletion
@@ -115,6 +115,6 @@ async def test_delivery_is_recorded_and_only_known_ways_are_accepted(local_runti
     for way in DELIVERY_WAYS:
         await service.record_delivery(result.job_id, way)
         assert await service.delivery_of(result.job_id) == way
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(ConstraintViolation):  # the CHECK constraint
         await ledger.set_delivery(result.job_id, "carrier-pigeon")
     assert await service.delivery_of(None) is None

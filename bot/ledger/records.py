@@ -9,6 +9,7 @@ from typing import Any
 
 from bot.days import next_utc_midnight as next_utc_midnight  # re-exported for the ledger
 from bot.days import utc_day as utc_day
+from bot.catalog import Cost
 
 OPEN_STATES = ("reserved", "generating", "storing")
 # How a result reached its user: through the interaction that asked, another Discord way, the
@@ -37,6 +38,22 @@ class Usage:
     images: int = 0
     micro_usd: int = 0
     milli_neurons: int = 0
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A request that may cost money, as it asks to be reserved."""
+
+    kind: str
+    user_id: str
+    guild_id: str
+    cost: Cost
+    images: int
+    model: str | None = None
+    idempotency_key: str | None = None
+    params: dict[str, Any] | None = None
+    fingerprint: str | None = None
+    bytes: int = 0
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,203 @@
+"""The ledger's database core: one connection, group-committed writes, migrations, background
+checkpoints, and a busy or full database mapped to ``LedgerUnavailable``.
+
+Everything SQLite-specific about *running* statements lives here (a second dialect, such as
+PostgreSQL, replaces this module and keeps its interface): the PRAGMAs, ``PRAGMA user_version``
+as the schema version, ``BEGIN IMMEDIATE`` (in ``GroupCommit``), the WAL checkpointer, the
+``sqlite3`` error classes and the words "locked", "busy" and "full" in their messages. The
+concern modules never see a driver: a refused constraint reaches them as
+``ConstraintViolation``. Their statements use qmark (``?``) or named (``:name``) parameters and
+read columns by name; a driver with ``$n`` placeholders translates them here, in one place
+(``insert_statement`` writes the placeholders of the column-list inserts). The schema in
+``migrations`` is SQLite's spelling too (``WITHOUT ROWID``, triggers using the scalar
+``MAX()``, ``COLLATE NOCASE``); a second dialect keeps the same numbered migrations in its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from bot.errors import LedgerUnavailable
+from bot.ledger.group_commit import GroupCommit
+from bot.ledger.migrations import MIGRATIONS
+from bot.ledger.records import utc_day
+from bot.logs import quiet_chatty_libraries
+from bot.refusals import database_unavailable
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+Params = Sequence[Any] | dict[str, Any]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ConstraintViolation(Exception):
+    """The database refused a write that breaks a constraint (unique, check, foreign key)."""
+
+
+def insert_statement(table: str, columns: Sequence[str]) -> str:
+    """``INSERT INTO table (columns) VALUES (?, …)`` in this driver's parameter style."""
+    placeholders = ", ".join("?" for _ in columns)
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})"  # noqa: S608
+
+
+def _unavailable(exc: sqlite3.OperationalError) -> LedgerUnavailable:
+    """A database that is locked, full or failing, as a user-safe domain error."""
+    full = "full" in str(exc).lower()
+    if full:
+        log.error("the database is full: %s", exc)
+    else:
+        log.warning("database unavailable: %s", exc)
+    return database_unavailable(full=full)
+
+
+def _is_lock(exc: sqlite3.OperationalError) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+class Database:
+    """The connection every concern shares. Open with ``await Database.open(path, clock)``."""
+
+    CHECKPOINT_SECONDS = 1.0
+
+    def __init__(self, connection: aiosqlite.Connection, clock: Clock) -> None:
+        self.connection = connection
+        self.clock = clock
+        self._writes = GroupCommit(connection)
+        self._checkpointer: asyncio.Task[None] | None = None
+        self._retries: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    async def open(cls, path: Path, clock: Clock = utc_now) -> Database:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        quiet_chatty_libraries()  # the driver logs statement parameters (secrets, prompts)
+        connection = await aiosqlite.connect(path, isolation_level=None)
+        connection.row_factory = aiosqlite.Row
+        try:
+            await connection.execute("PRAGMA busy_timeout = 10000")
+            await connection.execute("PRAGMA journal_mode = WAL")
+            await connection.execute("PRAGMA synchronous = NORMAL")
+            await connection.execute("PRAGMA foreign_keys = ON")
+            # Checkpoints run in the background (below), not inside a writer's commit.
+            await connection.execute("PRAGMA wal_autocheckpoint = 0")
+            database = cls(connection, clock)
+            await database._migrate()
+        except BaseException:
+            await connection.close()
+            raise
+        database._checkpointer = asyncio.create_task(database._checkpoint_forever(path))
+        return database
+
+    async def close(self) -> None:
+        for task in list(self._retries):
+            task.cancel()
+        await asyncio.gather(*self._retries, return_exceptions=True)
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()
+            await asyncio.gather(self._checkpointer, return_exceptions=True)
+        with contextlib.suppress(sqlite3.Error):
+            await self.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        await self.connection.close()
+
+    async def _checkpoint_forever(self, path: Path) -> None:
+        """Copy the WAL back into the database from a connection of its own, so that no
+        request's commit pays for it (SQLite's automatic checkpoint runs inside a commit)."""
+        async with aiosqlite.connect(path, isolation_level=None) as checkpointer:
+            await checkpointer.execute("PRAGMA busy_timeout = 1000")
+            while True:
+                await asyncio.sleep(self.CHECKPOINT_SECONDS)
+                try:
+                    await checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as exc:
+                    log.warning("WAL checkpoint failed: %s", exc)
+
+    async def _migrate(self) -> None:
+        version = await self.schema_version()
+        for number, script in enumerate(MIGRATIONS, start=1):
+            if number <= version:
+                continue
+            await self.connection.executescript(
+                f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;"
+            )
+            log.info("database migrated to schema version %d", number)
+
+    async def schema_version(self) -> int:
+        return await self.scalar("PRAGMA user_version")
+
+    async def ping(self) -> None:
+        await self.scalar("SELECT 1")
+
+    # -- statements ------------------------------------------------------------------------
+
+    async def scalar(self, sql: str, params: Params = ()) -> int:
+        row = await self.one(sql, params)
+        return int(row[0]) if row is not None and row[0] is not None else 0
+
+    async def one(self, sql: str, params: Params = ()) -> Any:
+        rows = await self.all(sql, params)
+        return rows[0] if rows else None
+
+    async def all(self, sql: str, params: Params = ()) -> list[Any]:
+        try:
+            return list(await self.connection.execute_fetchall(sql, params))
+        except sqlite3.OperationalError as exc:
+            raise _unavailable(exc) from None
+
+    async def write(self, sql: str, params: Params = ()) -> int:
+        """One atomic statement (group-committed), its changed row count; retried briefly if
+        another process holds the database, then LedgerUnavailable."""
+        for attempt in range(3):
+            try:
+                return await self._writes.write(sql, params)
+            except sqlite3.IntegrityError as exc:
+                raise ConstraintViolation(str(exc)) from None
+            except sqlite3.OperationalError as exc:
+                if not _is_lock(exc) or attempt == 2:
+                    raise _unavailable(exc) from None
+                await asyncio.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    async def write_eventually(self, sql: str, params: Params, what: str) -> int | None:
+        """A write that must land (a settlement, a refund). Never raises for a locked or full
+        database: it is retried in the background until it lands (crash recovery covers a stop
+        meanwhile), and None says it was deferred."""
+        try:
+            return await self.write(sql, params)
+        except LedgerUnavailable as exc:
+            log.warning("could not close %s now (%s); retrying in the background",
+                        what, exc.code)  # fmt: skip
+            task = asyncio.create_task(self._write_later(sql, params, what))
+            self._retries.add(task)
+            task.add_done_callback(self._retries.discard)
+            return None
+
+    async def _write_later(self, sql: str, params: Params, what: str) -> None:
+        delay = 0.5
+        for _ in range(40):  # about 10 minutes in all
+            await asyncio.sleep(delay)
+            try:
+                await self.write(sql, params)
+                return
+            except LedgerUnavailable:
+                delay = min(delay * 2, 30.0)
+        log.error("%s is still open; the next start's recovery will close it", what)
+
+    # -- time ------------------------------------------------------------------------------
+
+    def now_iso(self) -> str:
+        return self.clock().astimezone(UTC).isoformat(timespec="milliseconds")
+
+    def today(self) -> str:
+        return utc_day(self.clock())

@@ -1,0 +1,93 @@
+"""Image records: generated and uploaded images, their cache keys and where their bytes are.
+
+SQLite-specific: ``LIKE`` is case-insensitive for ASCII here (PostgreSQL needs ``ILIKE`` for
+the same prefix search); booleans are stored as 0/1 (see ``ImageRecord.to_row``).
+"""
+
+from __future__ import annotations
+
+from bot.errors import NotFound
+from bot.ledger.database import Database, insert_statement
+from bot.ledger.records import ImageRecord
+
+INSERT_IMAGE_SQL = insert_statement("images", ImageRecord.COLUMNS)
+IMAGE_BY_ID_SQL = "SELECT * FROM images WHERE id = ?"
+IMAGES_OF_JOB_SQL = "SELECT * FROM images WHERE job_id = ? ORDER BY created_at, id"
+CACHED_SQL = (
+    "SELECT * FROM images WHERE cache_key = ? AND cache_scope = ? AND is_deleted = 0 "
+    "ORDER BY cached, created_at LIMIT 1"
+)
+USER_IMAGES_SQL = (
+    "SELECT * FROM images WHERE user_id = ? AND is_deleted = 0 "
+    "AND (? IS NULL OR created_at < ?) "
+    "AND (id LIKE ? OR prompt LIKE ?) ORDER BY created_at DESC LIMIT ?"
+)
+MARK_DELETED_SQL = (
+    "UPDATE images SET is_deleted = 1, deleted_at = ? WHERE id = ? AND is_deleted = 0"
+)
+LIVE_AT_SQL = (
+    "SELECT * FROM images WHERE storage_key = ? AND is_deleted = 0 ORDER BY created_at, id"
+)
+MOVE_STORAGE_SQL = (
+    "UPDATE images SET storage_key = ?, url = ? WHERE storage_key = ? AND is_deleted = 0 "
+    "AND id != ?"
+)
+MARK_DELETED_AT_SQL = (
+    "UPDATE images SET is_deleted = 1, deleted_at = ? WHERE storage_key = ? AND is_deleted = 0"
+)
+
+
+class ImageTable:
+    """Every read and write of image records."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def add(self, image: ImageRecord) -> None:
+        await self._db.write(INSERT_IMAGE_SQL, image.to_row())
+
+    async def get(self, image_id: str) -> ImageRecord:
+        row = await self._db.one(IMAGE_BY_ID_SQL, (image_id,))
+        if row is None:
+            raise NotFound(f"No image with id {image_id}.")
+        return ImageRecord.from_row(row)
+
+    async def of_job(self, job_id: str) -> list[ImageRecord]:
+        return [ImageRecord.from_row(r) for r in await self._db.all(IMAGES_OF_JOB_SQL, (job_id,))]
+
+    async def by_ids(self, image_ids: list[str]) -> list[ImageRecord]:
+        found = {}
+        for image_id in image_ids:
+            row = await self._db.one(IMAGE_BY_ID_SQL, (image_id,))
+            if row is not None:
+                found[image_id] = ImageRecord.from_row(row)
+        return [found[i] for i in image_ids if i in found]
+
+    async def find_cached(self, cache_key: str, cache_scope: str) -> ImageRecord | None:
+        row = await self._db.one(CACHED_SQL, (cache_key, cache_scope))
+        return ImageRecord.from_row(row) if row else None
+
+    async def of_user(
+        self, user_id: str, *, limit: int, before: str | None, prefix: str
+    ) -> list[ImageRecord]:
+        """A user's live images, newest first; ``prefix`` filters ids or prompts."""
+        rows = await self._db.all(
+            USER_IMAGES_SQL, (user_id, before, before, f"{prefix}%", f"%{prefix}%", limit)
+        )
+        return [ImageRecord.from_row(r) for r in rows]
+
+    async def mark_deleted(self, image_id: str) -> bool:
+        return await self._db.write(MARK_DELETED_SQL, (self._db.now_iso(), image_id)) == 1
+
+    async def live_at(self, storage_key: str) -> list[ImageRecord]:
+        """The live records (an original and its cache hits) whose bytes are at this key."""
+        return [ImageRecord.from_row(r) for r in await self._db.all(LIVE_AT_SQL, (storage_key,))]
+
+    async def move_storage(self, old_key: str, new_key: str, new_url: str, except_id: str) -> int:
+        """Point every live record at ``old_key`` but one to a copy of its bytes at
+        ``new_key``."""
+        return await self._db.write(MOVE_STORAGE_SQL, (new_key, new_url, old_key, except_id))
+
+    async def mark_deleted_at(self, storage_key: str) -> int:
+        """Mark every live record at this key deleted (a moderator's delete)."""
+        return await self._db.write(MARK_DELETED_AT_SQL, (self._db.now_iso(), storage_key))

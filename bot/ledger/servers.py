@@ -1,0 +1,141 @@
+"""Templates and server policy: per-server and per-user quota overrides, the blocklist, and
+the limits they resolve to.
+
+SQLite-specific: ``LIKE`` is case-insensitive for ASCII and template names are
+``COLLATE NOCASE`` (PostgreSQL: ``ILIKE`` and a ``lower(name)`` unique index); the blocklist is
+a JSON array in a TEXT column.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from bot.config import QuotaDefaults
+from bot.errors import Conflict, NotFound
+from bot.ledger.database import ConstraintViolation, Database, insert_statement
+from bot.ledger.records import Limits, Template, Usage
+from bot.ledger.usage import user_scope
+
+POLICY_SQL = """
+SELECT u.daily_images, u.daily_micro_usd, g.user_daily_images, g.user_daily_micro_usd,
+       g.daily_micro_usd, c.images - COALESCE(r.images, 0),
+       c.micro_usd - COALESCE(r.micro_usd, 0), c.milli_neurons, g.blocklist
+FROM (SELECT 1) AS one LEFT JOIN user_quotas u ON u.guild_id = ? AND u.user_id = ?
+LEFT JOIN guild_settings g ON g.guild_id = ?
+LEFT JOIN usage_counters c ON c.day = ? AND c.scope = 'user' AND c.scope_id = ?
+LEFT JOIN quota_resets r ON r.day = c.day AND r.user_scope = c.scope_id
+"""
+SET_USER_QUOTA_SQL = """
+INSERT INTO user_quotas (guild_id, user_id, daily_images, daily_micro_usd, updated_at)
+VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (guild_id, user_id) DO UPDATE SET daily_images = excluded.daily_images,
+    daily_micro_usd = excluded.daily_micro_usd, updated_at = excluded.updated_at
+"""
+SET_GUILD_QUOTA_SQL = """
+INSERT INTO guild_settings (guild_id, daily_micro_usd, user_daily_images, user_daily_micro_usd,
+                            updated_at) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (guild_id) DO UPDATE SET daily_micro_usd = excluded.daily_micro_usd,
+    user_daily_images = excluded.user_daily_images,
+    user_daily_micro_usd = excluded.user_daily_micro_usd, updated_at = excluded.updated_at
+"""
+BLOCKLIST_SQL = "SELECT blocklist FROM guild_settings WHERE guild_id = ?"
+SET_BLOCKLIST_SQL = """
+INSERT INTO guild_settings (guild_id, blocklist, updated_at) VALUES (?, ?, ?)
+ON CONFLICT (guild_id) DO UPDATE SET blocklist = excluded.blocklist,
+    updated_at = excluded.updated_at
+"""
+INSERT_TEMPLATE_SQL = insert_statement("templates", Template.COLUMNS)
+TEMPLATE_SQL = "SELECT * FROM templates WHERE guild_id = ? AND (name = ? OR id = ?)"
+TEMPLATES_SQL = "SELECT * FROM templates WHERE guild_id = ? AND name LIKE ? ORDER BY name LIMIT 100"
+DELETE_TEMPLATE_SQL = "DELETE FROM templates WHERE id = ?"
+
+
+@dataclass(frozen=True)
+class Policy:
+    limits: Limits
+    usage: Usage
+    blocklist: list[str]
+
+
+def _first_set(*values: int | None) -> int:
+    return next(v for v in values if v is not None)
+
+
+class ServerPolicy:
+    """Quota overrides and the blocklist, and the limits a user has in a server."""
+
+    def __init__(self, db: Database, defaults: QuotaDefaults) -> None:
+        self._db = db
+        self.defaults = defaults
+
+    async def policy(self, user_id: str, guild_id: str) -> Policy:
+        """The user's limits, today's usage and the server's blocklist, in one query."""
+        d = self.defaults
+        row = await self._db.one(
+            POLICY_SQL,
+            (guild_id, user_id, guild_id, self._db.today(), user_scope(guild_id, user_id)),
+        )
+        user_images, user_usd, guild_user_images, guild_user_usd, guild_usd = row[:5]
+        limits = Limits(
+            user_images=_first_set(user_images, guild_user_images, d.user_daily_images),
+            user_micro_usd=_first_set(user_usd, guild_user_usd, d.user_daily_micro_usd),
+            guild_micro_usd=_first_set(guild_usd, d.guild_daily_micro_usd),
+            milli_neurons=d.daily_milli_neurons,
+            user_uploads=d.user_daily_uploads,
+            user_upload_bytes=d.user_daily_upload_bytes,
+        )
+        usage = Usage(row[5] or 0, row[6] or 0, row[7] or 0)
+        return Policy(limits, usage, json.loads(row[8]) if row[8] else [])
+
+    async def set_user_quota(
+        self, guild_id: str, user_id: str, daily_images: int | None, daily_micro_usd: int | None
+    ) -> None:
+        params = (guild_id, user_id, daily_images, daily_micro_usd, self._db.now_iso())
+        await self._db.write(SET_USER_QUOTA_SQL, params)
+
+    async def set_guild_quota(
+        self,
+        guild_id: str,
+        daily_micro_usd: int | None,
+        user_daily_images: int | None,
+        user_daily_micro_usd: int | None,
+    ) -> None:
+        params = (guild_id, daily_micro_usd, user_daily_images, user_daily_micro_usd,
+                  self._db.now_iso())  # fmt: skip
+        await self._db.write(SET_GUILD_QUOTA_SQL, params)
+
+    async def blocklist(self, guild_id: str) -> list[str]:
+        row = await self._db.one(BLOCKLIST_SQL, (guild_id,))
+        return list(json.loads(row[0])) if row else []
+
+    async def set_blocklist(self, guild_id: str, terms: list[str]) -> None:
+        await self._db.write(SET_BLOCKLIST_SQL, (guild_id, json.dumps(terms), self._db.now_iso()))
+
+
+class TemplateTable:
+    """A server's saved prompt templates."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def add(self, template: Template) -> None:
+        try:
+            await self._db.write(
+                INSERT_TEMPLATE_SQL, tuple(getattr(template, c) for c in Template.COLUMNS)
+            )
+        except ConstraintViolation:
+            raise Conflict(f"A template named {template.name!r} already exists here.") from None
+
+    async def get(self, guild_id: str, name_or_id: str) -> Template:
+        row = await self._db.one(TEMPLATE_SQL, (guild_id, name_or_id, name_or_id))
+        if row is None:
+            raise NotFound(f"No template named {name_or_id!r} in this server.")
+        return Template.from_row(row)
+
+    async def of_guild(self, guild_id: str, prefix: str) -> list[Template]:
+        rows = await self._db.all(TEMPLATES_SQL, (guild_id, f"{prefix}%"))
+        return [Template.from_row(r) for r in rows]
+
+    async def delete(self, template_id: str) -> bool:
+        return await self._db.write(DELETE_TEMPLATE_SQL, (template_id,)) == 1
