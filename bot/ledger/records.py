@@ -7,9 +7,9 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+from bot.catalog import Cost
 from bot.days import next_utc_midnight as next_utc_midnight  # re-exported for the ledger
 from bot.days import utc_day as utc_day
-from bot.catalog import Cost
 
 OPEN_STATES = ("reserved", "generating", "storing")
 # How a result reached its user: through the interaction that asked, another Discord way, the
