@@ -37,7 +37,8 @@ from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
 from bot.config import load_settings
 from bot.runtime import Runtime, open_runtime
 from bot.web.app import build_web_app
-from bot.web.openapi import openapi_document
+from bot.web.openapi import openapi_path
+from bot.web.routes import api_document as openapi_document
 from bot.web.server import GuardedAppRunner
 
 T = TypeVar("T")
@@ -202,26 +203,6 @@ def test_the_document_is_served_unchanged(live: LiveServer) -> None:
     assert response.json() == openapi_document()
 
 
-def _openapi_path(resource_path: str) -> str:
-    """aiohttp's ``{name}`` / ``{name:regex}`` (the regex may hold braces) → ``{name}``."""
-    out, depth, i = [], 0, 0
-    while i < len(resource_path):
-        char = resource_path[i]
-        if char == "{" and depth == 0:
-            end = re.match(r"\{(\w+)", resource_path[i:])
-            assert end is not None, resource_path
-            out.append("{" + end[1] + "}")
-            i += end.end()
-            depth = 1
-            continue
-        if depth:
-            depth += {"{": 1, "}": -1}.get(char, 0)
-        else:
-            out.append(char)
-        i += 1
-    return "".join(out)
-
-
 async def test_every_route_is_documented_and_every_documented_operation_is_routed(
     local_runtime: Runtime,
 ) -> None:
@@ -231,7 +212,7 @@ async def test_every_route_is_documented_and_every_documented_operation_is_route
         if route.method in ("HEAD", "OPTIONS"):
             continue
         assert route.resource is not None
-        path = _openapi_path(route.resource.canonical)
+        path = openapi_path(route.resource.canonical)
         routed.add((route.method, path))
     assert ("GET", "/{size}/{slug}") in routed  # from /{size:[0-9]+x[0-9]+}/{slug}
     documented = {
@@ -244,10 +225,14 @@ async def test_every_route_is_documented_and_every_documented_operation_is_route
     assert documented - routed == set(), "documented operations without a route"
 
 
-def test_path_conversion() -> None:
-    assert _openapi_path("/{size:[0-9]+x[0-9]+}/{slug}") == "/{size}/{slug}"
-    assert _openapi_path("/a/{n:[0-9]{1,5}}/b/{m}") == "/a/{n}/b/{m}"
-    assert _openapi_path("/healthz") == "/healthz"
+def test_route_paths_become_openapi_paths() -> None:
+    """The converter the document is generated with (route regexes may hold braces)."""
+    assert openapi_path("/{size:[0-9]+x[0-9]+}/{slug}") == "/{size}/{slug}"
+    assert openapi_path("/a/{n:[0-9]{1,5}}/b/{m}") == "/a/{n}/b/{m}"
+    assert openapi_path("/api/batch/{batch_id:bat_[0-9a-f]+}") == "/api/batch/{batch_id}"
+    assert openapi_path("/healthz") == "/healthz"
+    with pytest.raises(ValueError):
+        openapi_path("/{}")
 
 
 # --------------------------------------------------------------------------- fuzzing
@@ -508,9 +493,30 @@ HOSTILE = [
         "guild_id",
     ),
     Hostile(
-        "metadata not strings",
+        "metadata not an object",
         "/api/generate",
-        _dump({"prompt": "a cat", "metadata": {"a": 1}}),
+        _dump({"prompt": "a cat", "metadata": ["a", 1]}),
+        400,
+        "metadata",
+    ),
+    Hostile(
+        "metadata of 1,025 bytes",
+        "/api/generate",
+        _dump({"prompt": "a cat", "metadata": {"k": "v" * 1017}}),
+        400,
+        "metadata",
+    ),
+    Hostile(
+        "NaN in metadata",
+        "/api/generate",
+        b'{"prompt": "a cat", "metadata": {"n": NaN}}',
+        400,
+        "metadata",
+    ),
+    Hostile(
+        "a lone surrogate in metadata",
+        "/api/generate",
+        b'{"prompt": "a cat", "metadata": {"s": "\\ud800"}}',
         400,
         "metadata",
     ),

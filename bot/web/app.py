@@ -15,8 +15,10 @@ from aiohttp import web
 
 from bot import imaging
 from bot.errors import BotError, NotFound
+from bot.public import Health
 from bot.runtime import Runtime
 from bot.stores.local import LocalImageStore
+from bot.web.http import json_response
 from bot.web.limits import AddressRateLimiter, client_address
 
 log = logging.getLogger(__name__)
@@ -84,16 +86,15 @@ async def healthz(request: web.Request) -> web.Response:
             healthy = False
             checks[name] = exc.user_message if isinstance(exc, BotError) else "unavailable"
             log.warning("health check %s failed: %s", name, type(exc).__name__)
-    return web.json_response(
-        {"status": "ok" if healthy else "degraded", "checks": checks},
-        status=200 if healthy else 503,
-    )
+    health = Health(status="ok" if healthy else "degraded", checks=checks)
+    return json_response(health.to_json(), status=200 if healthy else 503)
 
 
 def build_web_app(runtime: Runtime) -> web.Application:
     """Image hosting, health, the JSON API and placeholders, in one aiohttp app."""
-    from bot.web.api import API, Api, KeyRateLimiter, add_api_routes, auth_middleware
+    from bot.web.api import API, Api, KeyRateLimiter
     from bot.web.http import errors_middleware
+    from bot.web.routes import add_routes, auth_middleware
     from bot.web.server import name_the_server
 
     settings = runtime.settings
@@ -105,9 +106,7 @@ def build_web_app(runtime: Runtime) -> web.Application:
     app[RUNTIME_KEY] = runtime
     app[ANONYMOUS_LIMITER] = AddressRateLimiter(settings.image_rate_per_minute)
     app[API] = Api(runtime, KeyRateLimiter(settings.api_rate_per_minute))
-    app.router.add_get("/images/{image_id}/{variant}", serve_image)
-    app.router.add_get("/healthz", healthz)
-    add_api_routes(app)
+    add_routes(app)  # every route, from the one table the OpenAPI document is made of
 
     async def resume_batches(app: web.Application) -> None:
         resumed = await runtime.batches.resume()
