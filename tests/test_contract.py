@@ -218,7 +218,7 @@ def test_metadata_up_to_1024_bytes_is_kept_and_over_it_is_refused_uncharged(
         assert images() == before + 1
     else:
         refusal = response.json()
-        assert refusal["error"] == "Invalid request" and body["details"]["field"] == "metadata"
+        assert refusal["error"] == "Invalid request" and refusal["details"]["field"] == "metadata"
         assert "1024" in refusal["details"]["message"]
         assert images() == before  # nothing stored, nothing charged
 
