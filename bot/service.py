@@ -321,7 +321,7 @@ class ImageService:
             generated.data,
             generated.content_type,
             self._store_metadata(image_id, request.user_id, request.guild_id, plan.spec.id,
-                                 plan.prompt),
+                                 plan.prompt, request.metadata),
         )  # fmt: skip
         record = ImageRecord(
             id=image_id,
