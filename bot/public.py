@@ -280,17 +280,7 @@ def image_to_public(image: ImageRecord) -> dict[str, Any]:
 
 
 def public_template(template: Template) -> PublicTemplate:
-    return PublicTemplate(
-        id=template.id,
-        name=template.name,
-        prompt=template.prompt,
-        model=template.model,
-        negative_prompt=template.negative_prompt,
-        aspect_ratio=template.aspect_ratio,
-        steps=template.steps,
-        created_by=template.created_by,
-        created_at=template.created_at,
-    )
+    return PublicTemplate.model_validate(template, from_attributes=True)  # the same names
 
 
 def public_batch(batch: Batch, images: dict[str, ImageRecord]) -> PublicBatch:
