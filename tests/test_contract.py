@@ -223,14 +223,30 @@ def test_metadata_up_to_1024_bytes_is_kept_and_over_it_is_refused_uncharged(
         assert images() == before  # nothing stored, nothing charged
 
 
+def _nested(depth: int) -> dict[str, Any]:
+    value: Any = []
+    for _ in range(depth - 1):
+        value = [value]
+    return {"a": value}
+
+
 @pytest.mark.parametrize(
     "bad",
-    ["text", 5, ["a"], True],
-    ids=["a string", "a number", "a list", "a boolean"],
+    ["text", 5, ["a"], True, _nested(300)],
+    ids=["a string", "a number", "a list", "a boolean", "nested 300 deep"],
 )
-def test_metadata_must_be_an_object(live: LiveServer, bad: Any) -> None:
+def test_metadata_must_be_an_object_of_plain_json(live: LiveServer, bad: Any) -> None:
     response = live.request("POST", "/api/generate", json={"prompt": "an owl", "metadata": bad})
     assert response.status_code == 400
+    assert response.json()["error"] == "Invalid request"
     assert response.json()["details"]["field"] == "metadata"
+
+
+def test_metadata_nested_255_deep_is_kept(live: LiveServer) -> None:
+    metadata = _nested(255)
+    response = live.request("POST", "/api/generate",
+                            json={"prompt": "a deep owl", "metadata": metadata})  # fmt: skip
+    assert response.status_code == 201, response.text
+    assert response.json()["metadata"] == metadata
 
 
