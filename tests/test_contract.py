@@ -77,6 +77,49 @@ def test_the_documented_body_model_is_the_one_the_handler_parses(
         assert response.status_code == 400 and response.json()["details"]["field"] == name
 
 
+def _query_probes(schema: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Values the documented schema of a query parameter allows, and values it refuses."""
+    if schema.get("type") == "integer":
+        low, high = schema["minimum"], schema["maximum"]
+        return [str(low), str(high)], [str(low - 1), str(high + 1), "1e1"]
+    if "enum" in schema:
+        return list(schema["enum"]), ["not-a-choice"]
+    if schema.get("anyOf") == [{"format": "date"}, {"maxLength": 0}]:
+        return ["", "2026-01-31"], ["2026-02-30", "yesterday"]
+    return [], []
+
+
+QUERIED = [
+    (op, parameter)
+    for op in ROUTES
+    for parameter in api_document()["paths"][openapi_path(op.path)][op.method.lower()].get(
+        "parameters", []
+    )
+    if parameter["in"] == "query" and _query_probes(parameter["schema"]) != ([], [])
+]
+
+
+def test_some_query_parameters_are_checked() -> None:
+    assert {p["name"] for _, p in QUERIED} == {"limit", "from", "to", "scope"}
+
+
+@pytest.mark.parametrize(
+    ("op", "parameter"), QUERIED, ids=[f"{op.path} {p['name']}" for op, p in QUERIED]
+)
+def test_documented_query_parameters_are_what_the_handler_reads(
+    live: LiveServer, op: Any, parameter: dict[str, Any]
+) -> None:
+    allowed, refused = _query_probes(parameter["schema"])
+    name, path = parameter["name"], openapi_path(op.path)
+    for value in refused:
+        response = live.request(op.method, path, params={name: value})
+        assert response.status_code == 400, (name, value, response.text)
+        assert response.json()["details"]["field"] == name
+    for value in allowed:
+        response = live.request(op.method, path, params={name: value})
+        assert response.status_code != 400, (name, value, response.text)
+
+
 def _exercise(live: LiveServer) -> list[tuple[str, str, int, requests.Response]]:
     """At least one real answer for every documented reply of every route."""
     seen: list[tuple[str, str, int, requests.Response]] = []

@@ -48,6 +48,7 @@ from bot.web.http import (
     error_response,
     json_response,
 )
+from bot.web.params import EARLIEST, Choice, Day, Flag, Text, WholeNumber
 
 UPLOAD_LIMIT = 10 * 1024 * 1024
 
@@ -158,9 +159,13 @@ async def _generate(request: web.Request, key: ApiKey, body: GenerateBody) -> we
     return json_response(public_image(result.images[0]).to_json(), status=201)
 
 
+IMAGES_LIMIT = WholeNumber("limit", default=25, low=1, high=100)
+IMAGES_BEFORE = Text("before", "The 'next' of the previous page")
+
+
 async def list_images(request: web.Request) -> web.Response:
-    limit = _int_param(request, "limit", 25, 1, 100)
-    before = request.query.get("before") or None
+    limit = IMAGES_LIMIT.read(request)
+    before = IMAGES_BEFORE.read(request)
     images = await api_of(request).runtime.service.user_images_page(
         key_of(request).user_id, limit=limit, before=before
     )
@@ -269,17 +274,20 @@ async def delete_template(request: web.Request) -> web.Response:
     return json_response(public_template(template).to_json())
 
 
+COSTS_FROM = Day("from", "First day; empty or absent: 29 days before 'to'")
+COSTS_TO = Day("to", "Last day; empty or absent: today (UTC)")
+COSTS_SCOPE = Choice("scope", ("user", "server"), "Your own usage, or your server's (admins)")
+
+
 async def costs(request: web.Request) -> web.Response:
     """Own usage by default; ``scope=server`` gives the key's server (its admins only)."""
     key = key_of(request)
     today = date.fromisoformat(api_of(request).runtime.service.today())
-    end = _date_param(request, "to") or today
-    start = _date_param(request, "from") or max(end - timedelta(days=29), EARLIEST)
+    end = COSTS_TO.read(request) or today
+    start = COSTS_FROM.read(request) or max(end - timedelta(days=29), EARLIEST)
     if start > end or (end - start).days > 366:
         raise InvalidRequest("from", "'from' must be on or before 'to', at most 366 days apart.")
-    scope = request.query.get("scope", "user")
-    if scope not in ("user", "server"):
-        raise InvalidRequest("scope", "scope is 'user' or 'server'.")
+    scope = COSTS_SCOPE.read(request)
     if scope == "server" and not (key.guild_id and is_admin(request, key)):
         raise Forbidden("Server analytics are for the server's admins.")
     report = await api_of(request).runtime.service.usage_report(
@@ -315,6 +323,9 @@ async def get_batch(request: web.Request) -> web.Response:
 # -- placeholders ---------------------------------------------------------------------------
 
 
+PLACEHOLDER_REDO = Flag("redo", "Generate again (needs an API key)")
+
+
 def placeholder_help(message: str) -> web.Response:
     examples = ["800x600/sunglasses-sloth", "400x400/happy-robot", "1200x630/misty-mountains"]
     items = "".join(f'<li><a href="/{e}">/{e}</a></li>' for e in examples)
@@ -330,7 +341,8 @@ def placeholder_help(message: str) -> web.Response:
 
 async def placeholder(request: web.Request) -> web.StreamResponse:
     api = api_of(request)
-    if "redo" not in request.query:
+    redo = PLACEHOLDER_REDO.read(request)
+    if not redo:
         check_anonymous_rate(request)
     try:
         width, height, prompt = parse_placeholder(
@@ -339,7 +351,7 @@ async def placeholder(request: web.Request) -> web.StreamResponse:
     except InvalidRequest as exc:
         return placeholder_help(exc.user_message)
     redo_by = None
-    if "redo" in request.query:
+    if redo:
         header = request.headers.get("Authorization", "")
         token = header[7:].strip() if header[:7].lower() == "bearer " else None
         try:
@@ -358,30 +370,3 @@ async def placeholder(request: web.Request) -> web.StreamResponse:
 
 
 # -- helpers and the router -----------------------------------------------------------------
-
-
-def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 6) or not low <= int(raw) <= high:
-        raise InvalidRequest(name, f"{name!r} must be a whole number from {low} to {high}.")
-    return int(raw)
-
-
-EARLIEST, LATEST = date(2000, 1, 1), date(9998, 12, 31)  # day arithmetic never overflows
-
-
-def _date_param(request: web.Request, name: str) -> date | None:
-    raw = request.query.get(name)
-    if not raw:
-        return None
-    try:
-        day = date.fromisoformat(raw)
-    except ValueError:
-        raise InvalidRequest(name, f"{name!r} must be a date like 2026-01-31.") from None
-    if not EARLIEST <= day <= LATEST:
-        raise InvalidRequest(
-            name, f"{name!r} must be a date from {EARLIEST.isoformat()} to {LATEST.isoformat()}."
-        )
-    return day

@@ -28,7 +28,6 @@ from bot.web.http import Handler, json_response, read_json
 from bot.web.openapi import Operation, Reply, openapi_document
 
 IMAGE_BYTES = {"image/*": {"schema": {"type": "string", "format": "binary"}}}
-DAY_OR_EMPTY: dict[str, Any] = {"type": "string", "anyOf": [{"format": "date"}, {"maxLength": 0}]}
 IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key",
     "in": "header",
@@ -62,11 +61,7 @@ ROUTES: tuple[Operation, ...] = (
     Operation(
         "GET", "/api/images", api.list_images, "Your images, newest first",
         {200: Reply("OK", ImagePage)},
-        parameters=(
-            {"name": "limit", "in": "query",
-             "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
-            {"name": "before", "in": "query", "schema": {"type": "string"}},
-        ),
+        parameters=(api.IMAGES_LIMIT.document(), api.IMAGES_BEFORE.document()),
     ),
     Operation(
         "GET", "/api/images/{image_id}", api.get_image, "One image",
@@ -108,11 +103,7 @@ ROUTES: tuple[Operation, ...] = (
         "Costs between two UTC days (yours, or your server's for admins)",
         {200: Reply("OK", CostReport)},
         parameters=(
-            {"name": "from", "in": "query", "schema": DAY_OR_EMPTY,
-             "description": "First day; empty or absent: 29 days before 'to'"},
-            {"name": "to", "in": "query", "schema": DAY_OR_EMPTY,
-             "description": "Last day; empty or absent: today (UTC)"},
-            {"name": "scope", "in": "query", "schema": {"enum": ["user", "server"]}},
+            api.COSTS_FROM.document(), api.COSTS_TO.document(), api.COSTS_SCOPE.document()
         ),
     ),
     Operation(
@@ -138,10 +129,7 @@ ROUTES: tuple[Operation, ...] = (
                        media={"text/html": {"schema": {"type": "string"}}}),
         },
         errors=(401, 403, 404, 429, 502), public=True,
-        parameters=(
-            {"name": "redo", "in": "query", "required": False, "schema": {"type": "string"},
-             "description": "Generate again (needs an API key)"},
-        ),
+        parameters=(api.PLACEHOLDER_REDO.document(),),
         path_schemas={"size": {"type": "string", "pattern": "^[0-9]{1,5}x[0-9]{1,5}$"}},
     ),
 )  # fmt: skip
