@@ -193,11 +193,17 @@ async def delete_image(request: web.Request) -> web.Response:
     return json_response(public_image(deleted).to_json())
 
 
+async def upload_allowed(request: web.Request) -> None:
+    """Refuse an upload past the daily allowance before reading a byte of its body."""
+    key = key_of(request)
+    await api_of(request).runtime.service.check_upload_allowance(key.user_id, key.guild_id)
+
+
 async def upload(request: web.Request, body: UploadUrlBody | None) -> web.Response:
-    """A multipart file (``body`` is None then), or the image at ``body.url``."""
+    """A multipart file (``body`` is None then), or the image at ``body.url``; the allowance
+    was checked before the body was read (``upload_allowed``)."""
     api = api_of(request)
     key = key_of(request)
-    await api.runtime.service.check_upload_allowance(key.user_id, key.guild_id)  # before reading
     if body is None:
         data = await _multipart_file(request)
     else:

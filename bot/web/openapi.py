@@ -48,6 +48,7 @@ class Operation:
 
     ``handler`` takes the request, and the parsed ``body`` when the route has one; with
     ``multipart`` a ``multipart/form-data`` request gets ``None`` (it reads the file itself).
+    ``before_body`` runs before any of the body is read (to refuse early).
     """
 
     method: Literal["GET", "POST", "DELETE"]
@@ -58,6 +59,7 @@ class Operation:
     errors: tuple[int, ...] = ()
     body: type[StrictBody] | None = None
     multipart: bool = False
+    before_body: Callable[[web.Request], Awaitable[None]] | None = None
     public: bool = False  # no API key needed
     parameters: tuple[dict[str, Any], ...] = ()
     path_schemas: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -75,7 +75,7 @@ ROUTES: tuple[Operation, ...] = (
     Operation(
         "POST", "/api/upload", api.upload, "Host an image: multipart field 'file', or JSON {url}",
         {201: Reply("Created", Uploaded)}, errors=(413, 415, 502),
-        body=UploadUrlBody, multipart=True,
+        body=UploadUrlBody, multipart=True, before_body=api.upload_allowed,
     ),
     Operation(
         "GET", "/api/models", api.models, "The models and their price per image",
@@ -149,6 +149,8 @@ def endpoint(op: Operation) -> Handler:
         return op.handler
 
     async def with_body(request: web.Request) -> web.StreamResponse:
+        if op.before_body is not None:
+            await op.before_body(request)
         if op.multipart and request.content_type == "multipart/form-data":
             return await op.handler(request, None)
         return await op.handler(request, parse_body(body, await read_json(request)))
