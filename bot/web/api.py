@@ -1,7 +1,8 @@
 """The JSON API under /api and the placeholder images at /{W}x{H}/{slug}.
 
-Thin handlers: parse and check the request, call the same service methods the Discord cogs use
-(same quotas, same ledger, same errors), and turn the result into JSON.
+Thin handlers: they get the body already parsed with its model (bot/web/routes.py), read their
+query parameters (bot/web/params.py), call the same service methods the Discord cogs use (same
+quotas, same ledger, same errors), and answer with a reply model (bot/public.py).
 """
 
 from __future__ import annotations
