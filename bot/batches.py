@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import replace
-from typing import Any
 
 import httpx
 
@@ -27,7 +25,7 @@ from bot.ledger.ledger import NewJob
 from bot.ledger.records import ApiKey, Batch, BatchItem, new_id
 from bot.outbound import check_url, deliver_webhook
 from bot.presentation import presented
-from bot.public import image_to_public
+from bot.public import public_batch
 from bot.requests import GenerateRequest
 from bot.service import ImageService
 from bot.validation import clean_text
@@ -208,7 +206,7 @@ class BatchService:
         batch = await self.ledger.get_batch(batch_id)
         if batch is None or batch.webhook_url is None:
             return
-        payload = self.describe(batch, await self.images_of(batch))
+        payload = public_batch(batch, await self.images_of(batch)).to_json()
         delivery = await deliver_webhook(
             self.http,
             batch.webhook_url,
@@ -221,35 +219,3 @@ class BatchService:
         await self.ledger.record_webhook(batch.id, state, delivery.attempts)
         if not delivery.delivered:
             log.warning("webhook for batch %s not delivered: %s", batch.id, delivery.error)
-
-    @staticmethod
-    def describe(batch: Batch, images: dict[str, ImageRecord]) -> dict[str, Any]:
-        """The batch as the API shows it (and as the webhook receives it)."""
-        counts = {state: 0 for state in ("queued", "running", "done", "failed")}
-        for item in batch.items:
-            counts[item.state] += 1
-        return {
-            "id": batch.id,
-            "status": batch.state,
-            "model": batch.model,
-            "created_at": batch.created_at,
-            "finished_at": batch.finished_at,
-            "counts": counts,
-            "webhook": {"state": batch.webhook_state, "attempts": batch.webhook_attempts}
-            if batch.webhook_url
-            else None,
-            "items": [
-                {
-                    "position": item.position,
-                    "prompt": item.prompt,
-                    "status": item.state,
-                    "image": image_to_public(images[item.image_id])
-                    if item.image_id in images
-                    else None,
-                    "error": {"code": item.error_code, "message": item.error_message}
-                    if item.state == "failed"
-                    else None,
-                }
-                for item in (replace(i, batch_id=batch.id) for i in batch.items)
-            ],
-        }

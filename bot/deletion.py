@@ -78,7 +78,9 @@ class ImageDeletion:
             new_id("img"),
             data,
             image.content_type,
-            store_metadata(heir.id, heir.user_id, heir.guild_id, heir.model, heir.prompt),
+            store_metadata(
+                heir.id, heir.user_id, heir.guild_id, heir.model, heir.prompt, heir.metadata
+            ),
         )
         moved = await self.ledger.move_storage(image.storage_key, copy.key, copy.url,
                                               except_id=image.id)  # fmt: skip

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from bot.catalog import Cost
 from bot.ledger.records import ApiKey as ApiKey
@@ -55,7 +56,7 @@ class GenerateRequest:
     fresh: bool = False
     private: bool = False  # only the requester sees it: never shared through the cache
     idempotency_key: str | None = None
-    metadata: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)  # any JSON object (≤ 1 KB)
     allowance_hold: str | None = None  # the job holding a batch's allowance, drawn on first
     progress: ProgressCallback | None = field(default=None, compare=False, repr=False)
 

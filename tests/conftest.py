@@ -20,8 +20,9 @@ from bot.providers.local import LocalProvider
 from bot.runtime import Runtime, open_runtime
 from tests.fakes.cloudflare import FakeCloudflare
 
-# The fake Discord fixtures (fake_discord, bot_harness) for the Discord front's tests.
-pytest_plugins = ("tests.fakes.discord",)
+# The fake Discord fixtures (fake_discord, bot_harness) for the Discord front's tests, and
+# the live web app on 127.0.0.1 (live) for the synchronous HTTP tests.
+pytest_plugins = ("tests.fakes.discord", "tests.live_server")
 
 FAKE_CF_TOKEN = "cfut_TEST-SECRET-token-0b7e41d9"
 FAKE_DISCORD_TOKEN = "MTIz.TEST-SECRET-discord-token.4c2f"

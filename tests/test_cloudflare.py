@@ -778,6 +778,16 @@ def test_fit_metadata_always_fits():
     assert json.loads(fit_metadata(small)) == small
 
 
+def test_fit_metadata_keeps_json_values_exactly_or_drops_them_whole():
+    own = {"ref": "a-42", "n": 7, "ok": True, "nested": {"tags": ["a", 1, None]}}
+    meta = {"image_id": "img_0123456789", "user": "42", "metadata": own}
+    assert json.loads(fit_metadata(meta, keep={"image_id"})) == meta  # numbers stay numbers
+    too_big = {**meta, "metadata": {**own, "pad": "x" * 1000}}
+    fitted = json.loads(fit_metadata(too_big, keep={"image_id"}))
+    assert "metadata" not in fitted  # never cut into: kept exactly or not at all
+    assert fitted == {"image_id": "img_0123456789", "user": "42"}
+
+
 async def test_put_twice_with_the_same_id_reuses_the_first_upload(store, fake):
     first = await store.put("img_dup", png_bytes(), "image/png", {})
     second = await store.put("img_dup", png_bytes(), "image/png", {})

@@ -2,134 +2,39 @@
 of the real server: schemathesis fuzzes every operation (valid and invalid inputs) over a socket
 on 127.0.0.1 and checks every answer against the document; hand-made hostile requests follow.
 
-The server runs on its own event loop in a background thread (schemathesis is synchronous), with
-the embedded backends and generous quotas. Host names the API would contact (upload by URL,
-batch webhooks) resolve to 127.0.0.1 on that loop, so they are refused as private: nothing is
-ever sent off this machine.
+The server (``live``, tests/live_server.py) runs on its own event loop in a background thread
+(schemathesis is synchronous), with the embedded backends and generous quotas; nothing it is
+asked to fetch ever leaves this machine.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import copy
 import io
 import json
 import re
 import socket
-import threading
 import time
-from collections.abc import Coroutine, Iterator
-from concurrent.futures import Future
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import jsonschema_rs
 import pytest
-import requests
 import schemathesis
-from aiohttp import web
 from hypothesis import HealthCheck, settings
 from PIL import Image
 from schemathesis.core.result import Err
 from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
 
-from bot.config import load_settings
-from bot.runtime import Runtime, open_runtime
+from bot.runtime import Runtime
 from bot.web.app import build_web_app
-from bot.web.openapi import openapi_document
-from bot.web.server import GuardedAppRunner
+from bot.web.openapi import openapi_path
+from bot.web.routes import api_document as openapi_document
+from tests.live_server import LiveServer
 
-T = TypeVar("T")
-
-GENEROUS = {
-    "QUOTA_USER_DAILY_IMAGES": 100_000,
-    "QUOTA_USER_DAILY_USD": 1000,
-    "QUOTA_GUILD_DAILY_USD": 100_000,
-    "QUOTA_DAILY_NEURONS": 100_000_000,
-    "API_RATE_PER_MINUTE": 100_000,
-    "PLACEHOLDER_DAILY_IMAGES": 100_000,
-    "IMAGE_RATE_PER_MINUTE": 1_000_000,
-}
 METHODS = ("get", "put", "post", "delete", "patch", "options", "head", "trace")
-
-
-# --------------------------------------------------------------------------- the live server
-
-
-@dataclass
-class LiveServer:
-    """The real app on 127.0.0.1, served by its own event loop on a background thread."""
-
-    url: str
-    token: str
-    runtime: Runtime
-    loop: asyncio.AbstractEventLoop
-    lookups: list[str]
-    session: requests.Session = field(default_factory=requests.Session)
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
-        """Run a coroutine on the server's loop (where the runtime lives) and wait for it."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    @property
-    def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
-
-    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        headers = {**self.auth, **kwargs.pop("headers", {})}
-        return self.session.request(method, self.url + path, headers=headers, timeout=30, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """One server for the module (the fuzzing runs many operations against it)."""
-    env = {"DATA_DIR": str(tmp_path_factory.mktemp("openapi") / "data"), "WEB_PORT": "0"}
-    config = load_settings({**env, **{k: str(v) for k, v in GENEROUS.items()}})
-    started: Future[tuple[LiveServer, asyncio.Event]] = Future()
-    lookups: list[str] = []
-
-    async def resolve_locally(host: Any, port: Any, *args: Any, **kwargs: Any) -> list[Any]:
-        lookups.append(str(host))
-        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", int(port or 443)))]
-
-    async def serve() -> None:
-        loop = asyncio.get_running_loop()
-        loop.getaddrinfo = resolve_locally  # type: ignore[method-assign]
-        async with open_runtime(config) as runtime:
-            _, token = await runtime.keys.create(user_id="42", guild_id="", name="openapi")
-            runner = GuardedAppRunner(build_web_app(runtime), config)  # as the real server
-            await runner.setup()
-            try:
-                site = web.TCPSite(runner, "127.0.0.1", 0)
-                await site.start()
-                url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-                stop = asyncio.Event()
-                started.set_result((LiveServer(url, token, runtime, loop, lookups), stop))
-                await stop.wait()
-                await runtime.batches.wait_idle()
-            finally:
-                await runner.cleanup()
-
-    def main() -> None:
-        try:
-            asyncio.run(serve())
-        except BaseException as exc:
-            if not started.done():
-                started.set_exception(exc)
-            raise
-
-    thread = threading.Thread(target=main, name="openapi-live-server", daemon=True)
-    thread.start()
-    server, stop = started.result(timeout=30)
-    server.session.trust_env = False  # no proxy: straight to 127.0.0.1
-    try:
-        yield server
-    finally:
-        server.session.close()
-        server.loop.call_soon_threadsafe(stop.set)
-        thread.join(timeout=60)
-        assert not thread.is_alive(), "the live server did not shut down"
 
 
 # --------------------------------------------------------------------------- the document
@@ -202,26 +107,6 @@ def test_the_document_is_served_unchanged(live: LiveServer) -> None:
     assert response.json() == openapi_document()
 
 
-def _openapi_path(resource_path: str) -> str:
-    """aiohttp's ``{name}`` / ``{name:regex}`` (the regex may hold braces) → ``{name}``."""
-    out, depth, i = [], 0, 0
-    while i < len(resource_path):
-        char = resource_path[i]
-        if char == "{" and depth == 0:
-            end = re.match(r"\{(\w+)", resource_path[i:])
-            assert end is not None, resource_path
-            out.append("{" + end[1] + "}")
-            i += end.end()
-            depth = 1
-            continue
-        if depth:
-            depth += {"{": 1, "}": -1}.get(char, 0)
-        else:
-            out.append(char)
-        i += 1
-    return "".join(out)
-
-
 async def test_every_route_is_documented_and_every_documented_operation_is_routed(
     local_runtime: Runtime,
 ) -> None:
@@ -231,7 +116,7 @@ async def test_every_route_is_documented_and_every_documented_operation_is_route
         if route.method in ("HEAD", "OPTIONS"):
             continue
         assert route.resource is not None
-        path = _openapi_path(route.resource.canonical)
+        path = openapi_path(route.resource.canonical)
         routed.add((route.method, path))
     assert ("GET", "/{size}/{slug}") in routed  # from /{size:[0-9]+x[0-9]+}/{slug}
     documented = {
@@ -244,10 +129,14 @@ async def test_every_route_is_documented_and_every_documented_operation_is_route
     assert documented - routed == set(), "documented operations without a route"
 
 
-def test_path_conversion() -> None:
-    assert _openapi_path("/{size:[0-9]+x[0-9]+}/{slug}") == "/{size}/{slug}"
-    assert _openapi_path("/a/{n:[0-9]{1,5}}/b/{m}") == "/a/{n}/b/{m}"
-    assert _openapi_path("/healthz") == "/healthz"
+def test_route_paths_become_openapi_paths() -> None:
+    """The converter the document is generated with (route regexes may hold braces)."""
+    assert openapi_path("/{size:[0-9]+x[0-9]+}/{slug}") == "/{size}/{slug}"
+    assert openapi_path("/a/{n:[0-9]{1,5}}/b/{m}") == "/a/{n}/b/{m}"
+    assert openapi_path("/api/batch/{batch_id:bat_[0-9a-f]+}") == "/api/batch/{batch_id}"
+    assert openapi_path("/healthz") == "/healthz"
+    with pytest.raises(ValueError):
+        openapi_path("/{}")
 
 
 # --------------------------------------------------------------------------- fuzzing
@@ -508,9 +397,30 @@ HOSTILE = [
         "guild_id",
     ),
     Hostile(
-        "metadata not strings",
+        "metadata not an object",
         "/api/generate",
-        _dump({"prompt": "a cat", "metadata": {"a": 1}}),
+        _dump({"prompt": "a cat", "metadata": ["a", 1]}),
+        400,
+        "metadata",
+    ),
+    Hostile(
+        "metadata of 1,025 bytes",
+        "/api/generate",
+        _dump({"prompt": "a cat", "metadata": {"k": "v" * 1017}}),
+        400,
+        "metadata",
+    ),
+    Hostile(
+        "NaN in metadata",
+        "/api/generate",
+        b'{"prompt": "a cat", "metadata": {"n": NaN}}',
+        400,
+        "metadata",
+    ),
+    Hostile(
+        "a lone surrogate in metadata",
+        "/api/generate",
+        b'{"prompt": "a cat", "metadata": {"s": "\\ud800"}}',
         400,
         "metadata",
     ),

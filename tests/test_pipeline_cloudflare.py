@@ -106,6 +106,15 @@ async def test_generated_image_is_hosted_on_images_and_served(service, fake_clou
     assert image.cost_micro_usd == 634
 
 
+async def test_the_users_metadata_is_hosted_with_the_image_exactly(service, fake_cloudflare):
+    metadata = {"ref": "a-42", "batch_no": 7, "ok": False, "nested": {"tags": ["x", 2.5, None]}}
+    [image] = (await service.generate(ask("a lighthouse in fog", metadata=metadata))).images
+    assert image.metadata == metadata
+    assert (await service.ledger.get_image(image.id)).metadata == metadata
+    hosted = fake_cloudflare.images[image.storage_key].metadata
+    assert hosted["metadata"] == metadata and hosted["image_id"] == image.id
+
+
 async def test_transient_faults_are_retried_and_charged_once(service, fake_cloudflare):
     for kind in ("429", "500", "3040"):
         fake_cloudflare.inject(kind)

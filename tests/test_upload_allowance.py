@@ -94,6 +94,10 @@ async def test_the_api_refuses_an_upload_past_the_allowance_like_a_quota(start_a
     details = refused.json()["details"]
     assert details["limit"] == "user_daily_uploads"
     assert datetime.fromisoformat(details["resets_at"]).hour == 0
+    # refused before its body is read: a JSON body past the allowance is not even parsed
+    unread = await api.http.post("/api/upload", content=b"{not json", headers={
+        **api.auth, "Content-Type": "application/json"})  # fmt: skip
+    assert unread.status_code == 403 and unread.json()["error"] == "Quota exceeded"
 
 
 async def test_uploads_to_cloudflare_images_are_charged_their_storage_price(

@@ -261,8 +261,9 @@ class GenerationPipeline:
             image_id,
             generated.data,
             generated.content_type,
-            store_metadata(image_id, request.user_id, request.guild_id, plan.spec.id, plan.prompt),
-        )
+            store_metadata(image_id, request.user_id, request.guild_id, plan.spec.id, plan.prompt,
+                           request.metadata),
+        )  # fmt: skip
         held = StoredBytes(stored, store.name, generated.content_type, width, height,
                            len(generated.data))  # fmt: skip
         record = image_record(

@@ -7,9 +7,10 @@ Two implementations: Cloudflare Images (``cloudflare.py``) and the embedded loca
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -26,9 +27,10 @@ class ImageStore(Protocol):
     hosted_here: bool
 
     async def put(
-        self, image_id: str, data: bytes, content_type: str, metadata: dict[str, str]
+        self, image_id: str, data: bytes, content_type: str, metadata: dict[str, Any]
     ) -> StoredImage:
-        """Store bytes under our ``image_id`` (img_…); metadata is small text (≤ 1024 bytes)."""
+        """Store bytes under our ``image_id`` (img_…); metadata is a small JSON object (≤ 1024
+        bytes; a store may drop what does not fit)."""
         ...
 
     async def get(self, key: str) -> bytes:
@@ -60,12 +62,20 @@ class ImageStore(Protocol):
 
 
 def store_metadata(
-    image_id: str, user_id: str, guild_id: str, model: str | None, prompt: str | None
-) -> dict[str, str]:
-    """What a store keeps next to the bytes: whose image it is, never the prompt itself."""
-    metadata = {"image_id": image_id, "user": user_id, "guild": guild_id}
+    image_id: str,
+    user_id: str,
+    guild_id: str,
+    model: str | None,
+    prompt: str | None,
+    user_metadata: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What a store keeps next to the bytes: whose image it is, never the prompt itself, and
+    the user's own metadata (any JSON object) under ``metadata``."""
+    metadata: dict[str, Any] = {"image_id": image_id, "user": user_id, "guild": guild_id}
     if model:
         metadata["model"] = model
     if prompt:
         metadata["prompt_sha256"] = hashlib.sha256(prompt.encode()).hexdigest()[:32]
+    if user_metadata:
+        metadata["metadata"] = dict(user_metadata)
     return metadata

@@ -34,30 +34,33 @@ _FIND_PAGES = 3
 _FIND_PAGE_SIZE = 100
 
 
-def _encode(meta: Mapping[str, str]) -> str:
+def _encode(meta: Mapping[str, Any]) -> str:
     return json.dumps(meta, ensure_ascii=False, separators=(",", ":"))
 
 
-def _size(meta: Mapping[str, str]) -> int:
+def _size(meta: Mapping[str, Any]) -> int:
     return len(_encode(meta).encode("utf-8"))
 
 
 def fit_metadata(
-    metadata: Mapping[str, str], limit: int = METADATA_LIMIT, keep: Collection[str] = ()
+    metadata: Mapping[str, Any], limit: int = METADATA_LIMIT, keep: Collection[str] = ()
 ) -> str:
     """Metadata as a JSON string whose UTF-8 encoding is at most ``limit`` bytes.
 
-    Shortens the longest values first (to 32 characters with an ellipsis), then drops whole
-    entries, largest first; keys in ``keep`` are touched only as a last resort.
+    Shortens the longest text values first (to 32 characters with an ellipsis), then drops
+    whole entries, largest first; keys in ``keep`` are touched only as a last resort. Other JSON
+    values (numbers, booleans, objects such as a user's own metadata) are never altered: they
+    are kept exactly or dropped whole.
     """
-    items = {str(k): str(v) for k, v in metadata.items()}
+    items = {str(k): v for k, v in metadata.items()}
     while (excess := _size(items) - limit) > 0:
         candidates = [k for k in items if k not in keep] or list(items)
         if not candidates:
             break
-        longest = max(candidates, key=lambda k: len(items[k]))
-        value = items[longest]
-        if len(value) > _SHORT_VALUE:
+        texts = [k for k in candidates if isinstance(items[k], str)]
+        longest = max(texts, key=lambda k: len(items[k]), default=None)
+        value = items[longest] if longest is not None else ""
+        if longest is not None and len(value) > _SHORT_VALUE:
             # Each character removed saves at least one byte; the ellipsis costs three.
             cut = max(_SHORT_VALUE - 1, len(value) - excess - 3)
             items[longest] = value[:cut] + "…"
@@ -123,7 +126,7 @@ class CloudflareImagesStore:
             ) from None
 
     async def put(
-        self, image_id: str, data: bytes, content_type: str, metadata: dict[str, str]
+        self, image_id: str, data: bytes, content_type: str, metadata: dict[str, Any]
     ) -> StoredImage:
         meta = dict(metadata)
         extension = content_type.rsplit("/", 1)[-1] or "bin"

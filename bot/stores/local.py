@@ -10,6 +10,7 @@ import asyncio
 import ipaddress
 import re
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from bot.errors import NotFound, StoreError
@@ -48,7 +49,7 @@ class LocalImageStore:
         return self.path_for(key).resolve()
 
     async def put(
-        self, image_id: str, data: bytes, content_type: str, metadata: dict[str, str]
+        self, image_id: str, data: bytes, content_type: str, metadata: dict[str, Any]
     ) -> StoredImage:
         path = self.path_for(image_id)
         try:

@@ -1,7 +1,8 @@
 """The JSON API under /api and the placeholder images at /{W}x{H}/{slug}.
 
-Thin handlers: parse and check the request, call the same service methods the Discord cogs use
-(same quotas, same ledger, same errors), and turn the result into JSON.
+Thin handlers: they get the body already parsed with its model (bot/web/routes.py), read their
+query parameters (bot/web/params.py), call the same service methods the Discord cogs use (same
+quotas, same ledger, same errors), and answer with a reply model (bot/public.py).
 """
 
 from __future__ import annotations
@@ -11,31 +12,40 @@ import uuid
 from dataclasses import dataclass
 from datetime import date, timedelta
 from html import escape
-from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from bot.api_keys import ApiKeys
-from bot.batches import MAX_PROMPTS, BatchService
+from bot.batches import BatchService
 from bot.errors import Forbidden, IdempotencyKeyReused, InvalidRequest, Unauthorized
 from bot.library import UPLOAD_LIMIT
 from bot.placeholders import PlaceholderService, parse_placeholder
-from bot.public import image_to_public, model_json, report_json
-from bot.requests import ApiKey, GenerateRequest, ImageRecord, Template
+from bot.public import (
+    BatchAccepted,
+    CostReport,
+    ImagePage,
+    ModelList,
+    TemplateList,
+    Uploaded,
+    public_batch,
+    public_image,
+    public_model,
+    public_template,
+    usage_totals,
+)
+from bot.requests import ApiKey, GenerateRequest
 from bot.runtime import Runtime
 from bot.server_admin import template_scope
+from bot.web.bodies import BatchBody, GenerateBody, TemplateBody, UploadUrlBody
 from bot.web.http import (
-    Field,
-    Handler,
     PayloadTooLarge,
     bot_error_response,
-    check_fields,
     error_response,
     json_response,
-    read_json,
 )
 from bot.web.limits import KeyRateLimiter, check_anonymous_rate
+from bot.web.params import EARLIEST, Choice, Day, Flag, Text, WholeNumber
 
 
 @dataclass
@@ -78,38 +88,7 @@ def is_admin(request: web.Request, key: ApiKey) -> bool:
     return key.user_id.isdigit() and int(key.user_id) in api_of(request).runtime.settings.admin_ids
 
 
-PUBLIC_API = {"/api/models", "/api/openapi.json"}
-
-
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every /api route but the public ones needs a Bearer key; each key is rate-limited."""
-    if request.path.startswith("/api/") and request.path not in PUBLIC_API:
-        api = api_of(request)
-        header = request.headers.get("Authorization", "")
-        token = header[7:].strip() if header[:7].lower() == "bearer " else None
-        key = await api.keys.authenticate(token)
-        api.limiter.check(key.id)
-        request[KEY] = key
-    return await handler(request)
-
-
 # -- images ----------------------------------------------------------------------------------
-
-GENERATE = {
-    "prompt": Field("str", required=True, max_length=4096),
-    "model": Field("str", max_length=200),
-    "template_id": Field("str", max_length=100),
-    "metadata": Field("strmap"),
-    "width": Field("int", minimum=1, maximum=100_000),
-    "height": Field("int", minimum=1, maximum=100_000),
-    "seed": Field("int", minimum=0, maximum=2**32 - 1),
-    "steps": Field("int", minimum=1, maximum=1000),
-    "negative_prompt": Field("str", max_length=4096),
-    "image_id": Field("str", max_length=100),
-    "enhance": Field("bool"),
-    "fresh": Field("bool"),
-}
 
 
 def idempotency_key(request: web.Request, key: ApiKey) -> str:
@@ -121,8 +100,7 @@ def idempotency_key(request: web.Request, key: ApiKey) -> str:
     return f"api:{key.id}:sha256:{hashlib.sha256(sent.encode('utf-8', 'replace')).hexdigest()}"
 
 
-async def generate(request: web.Request) -> web.Response:
-    body = check_fields(await read_json(request), GENERATE)
+async def generate(request: web.Request, body: GenerateBody) -> web.Response:
     key = key_of(request)
     try:
         return await _generate(request, key, body)
@@ -131,42 +109,43 @@ async def generate(request: web.Request) -> web.Response:
                               {"code": exc.code, "message": exc.user_message})  # fmt: skip
 
 
-async def _generate(request: web.Request, key: ApiKey, body: dict[str, Any]) -> web.Response:
+async def _generate(request: web.Request, key: ApiKey, body: GenerateBody) -> web.Response:
     result = await api_of(request).runtime.service.generate(
         GenerateRequest(
-            prompt=body["prompt"],
+            prompt=body.prompt,
             user_id=key.user_id,
             guild_id=key.guild_id,
-            model=body.get("model"),
-            template=body.get("template_id"),
-            negative_prompt=body.get("negative_prompt"),
-            width=body.get("width"),
-            height=body.get("height"),
-            seed=body.get("seed"),
-            steps=body.get("steps"),
-            image_id=body.get("image_id"),
-            enhance=body.get("enhance", False),
-            fresh=body.get("fresh", False),
+            model=body.model,
+            template=body.template_id,
+            negative_prompt=body.negative_prompt,
+            width=body.width,
+            height=body.height,
+            seed=body.seed,
+            steps=body.steps,
+            image_id=body.image_id,
+            enhance=bool(body.enhance),
+            fresh=bool(body.fresh),
             idempotency_key=idempotency_key(request, key),
-            metadata=body.get("metadata", {}),
+            metadata=dict(body.metadata or {}),
         )
     )
     await api_of(request).runtime.service.record_delivery(result.job_id, "api")
-    return json_response(image_json(result.images[0]), status=201)
+    return json_response(public_image(result.images[0]).to_json(), status=201)
 
 
-def image_json(image: ImageRecord) -> dict[str, Any]:
-    return image_to_public(image)
+IMAGES_LIMIT = WholeNumber("limit", default=25, low=1, high=100)
+IMAGES_BEFORE = Text("before", "The 'next' of the previous page")
 
 
 async def list_images(request: web.Request) -> web.Response:
-    limit = _int_param(request, "limit", 25, 1, 100)
-    before = request.query.get("before") or None
+    limit = IMAGES_LIMIT.read(request)
+    before = IMAGES_BEFORE.read(request)
     images = await api_of(request).runtime.service.user_images_page(
         key_of(request).user_id, limit=limit, before=before
     )
     next_cursor = images[-1].created_at if len(images) == limit else None
-    return json_response({"images": [image_json(i) for i in images], "next": next_cursor})
+    page = ImagePage(images=[public_image(i) for i in images], next=next_cursor)
+    return json_response(page.to_json())
 
 
 async def get_image(request: web.Request) -> web.Response:
@@ -174,7 +153,7 @@ async def get_image(request: web.Request) -> web.Response:
     image = await api_of(request).runtime.service.visible_image(
         request.match_info["image_id"], key.user_id, key.guild_id
     )
-    return json_response(image_json(image))
+    return json_response(public_image(image).to_json())
 
 
 async def delete_image(request: web.Request) -> web.Response:
@@ -185,23 +164,30 @@ async def delete_image(request: web.Request) -> web.Response:
     deleted = await service.delete_image(
         image_id, requester_id=key.user_id, is_admin=is_admin(request, key)
     )
-    return json_response(image_json(deleted))
+    return json_response(public_image(deleted).to_json())
 
 
-async def upload(request: web.Request) -> web.Response:
+async def upload_allowed(request: web.Request) -> None:
+    """Refuse an upload past the daily allowance before reading a byte of its body."""
+    key = key_of(request)
+    await api_of(request).runtime.service.check_upload_allowance(key.user_id, key.guild_id)
+
+
+async def upload(request: web.Request, body: UploadUrlBody | None) -> web.Response:
+    """A multipart file (``body`` is None then), or the image at ``body.url``; the allowance
+    was checked before the body was read (``upload_allowed``)."""
     api = api_of(request)
     key = key_of(request)
-    await api.runtime.service.check_upload_allowance(key.user_id, key.guild_id)  # before reading
     service = api.runtime.service
-    if request.content_type == "multipart/form-data":
+    if body is None:
         data = await _multipart_file(request)
         record = await service.upload(data, user_id=key.user_id, guild_id=key.guild_id)
     else:
-        body = check_fields(await read_json(request), {"url": Field("str", True, max_length=2048)})
         record = await service.upload_from_url(
-            body["url"], user_id=key.user_id, guild_id=key.guild_id
+            body.url, user_id=key.user_id, guild_id=key.guild_id
         )
-    return json_response({"id": record.id, "url": record.url, "image": image_json(record)}, 201)
+    uploaded = Uploaded(id=record.id, url=record.url, image=public_image(record))
+    return json_response(uploaded.to_json(), 201)
 
 
 async def _multipart_file(request: web.Request) -> bytes:
@@ -231,52 +217,28 @@ async def _read_file_part(request: web.Request) -> bytes:
 
 async def models(request: web.Request) -> web.Response:
     specs = api_of(request).runtime.catalog.enabled_image_models()
-    return json_response({"models": [model_json(s) for s in specs]})
+    return json_response(ModelList(models=[public_model(s) for s in specs]).to_json())
 
 
-TEMPLATE = {
-    "name": Field("str", required=True, max_length=200),
-    "prompt": Field("str", required=True, max_length=4096),
-    "model": Field("str", max_length=200),
-    "negative_prompt": Field("str", max_length=4096),
-    "aspect_ratio": Field("str", max_length=10),
-    "steps": Field("int", minimum=1, maximum=1000),
-}
-
-
-def template_json(template: Template) -> dict[str, Any]:
-    return {
-        "id": template.id,
-        "name": template.name,
-        "prompt": template.prompt,
-        "model": template.model,
-        "negative_prompt": template.negative_prompt,
-        "aspect_ratio": template.aspect_ratio,
-        "steps": template.steps,
-        "created_by": template.created_by,
-        "created_at": template.created_at,
-    }
-
-
-async def create_template(request: web.Request) -> web.Response:
-    body = check_fields(await read_json(request), TEMPLATE)
+async def create_template(request: web.Request, body: TemplateBody) -> web.Response:
     key = key_of(request)
     template = await api_of(request).runtime.admin.create_template(
-        guild_id=scope_of(key), user_id=key.user_id, **body
+        guild_id=scope_of(key), user_id=key.user_id, **body.model_dump(exclude_none=True)
     )
-    return json_response(template_json(template), status=201)
+    return json_response(public_template(template).to_json(), status=201)
 
 
 async def list_templates(request: web.Request) -> web.Response:
     templates = await api_of(request).runtime.admin.templates(scope_of(key_of(request)))
-    return json_response({"templates": [template_json(t) for t in templates]})
+    listed = TemplateList(templates=[public_template(t) for t in templates])
+    return json_response(listed.to_json())
 
 
 async def get_template(request: web.Request) -> web.Response:
     template = await api_of(request).runtime.admin.template(
         scope_of(key_of(request)), request.match_info["template_id"]
     )
-    return json_response(template_json(template))
+    return json_response(public_template(template).to_json())
 
 
 async def delete_template(request: web.Request) -> web.Response:
@@ -287,20 +249,23 @@ async def delete_template(request: web.Request) -> web.Response:
         guild_id=scope_of(key), name=template.id, user_id=key.user_id,
         is_admin=is_admin(request, key),
     )  # fmt: skip
-    return json_response(template_json(template))
+    return json_response(public_template(template).to_json())
+
+
+COSTS_FROM = Day("from", "First day; empty or absent: 29 days before 'to'")
+COSTS_TO = Day("to", "Last day; empty or absent: today (UTC)")
+COSTS_SCOPE = Choice("scope", ("user", "server"), "Your own usage, or your server's (admins)")
 
 
 async def costs(request: web.Request) -> web.Response:
     """Own usage by default; ``scope=server`` gives the key's server (its admins only)."""
     key = key_of(request)
     today = date.fromisoformat(api_of(request).runtime.service.today())
-    end = _date_param(request, "to") or today
-    start = _date_param(request, "from") or max(end - timedelta(days=29), EARLIEST)
+    end = COSTS_TO.read(request) or today
+    start = COSTS_FROM.read(request) or max(end - timedelta(days=29), EARLIEST)
     if start > end or (end - start).days > 366:
         raise InvalidRequest("from", "'from' must be on or before 'to', at most 366 days apart.")
-    scope = request.query.get("scope", "user")
-    if scope not in ("user", "server"):
-        raise InvalidRequest("scope", "scope is 'user' or 'server'.")
+    scope = COSTS_SCOPE.read(request)
     if scope == "server" and not (key.guild_id and is_admin(request, key)):
         raise Forbidden("Server analytics are for the server's admins.")
     report = await api_of(request).runtime.service.usage_report(
@@ -310,38 +275,33 @@ async def costs(request: web.Request) -> web.Response:
         user_id=None if scope == "server" else key.user_id,
     )
 
-    return json_response({**report_json(report), "scope": scope})
+    cost_report = CostReport.model_validate({**usage_totals(report), "scope": scope})
+    return json_response(cost_report.to_json())
 
 
 # -- batches --------------------------------------------------------------------------------
 
-BATCH = {
-    "prompts": Field("strlist", required=True, maximum=MAX_PROMPTS),
-    "model": Field("str", max_length=200),
-    "webhook_url": Field("str", max_length=2048),
-}
 
-
-async def create_batch(request: web.Request) -> web.Response:
-    body = check_fields(await read_json(request), BATCH)
+async def create_batch(request: web.Request, body: BatchBody) -> web.Response:
     api = api_of(request)
-    batch = await api.batches.submit(
-        key_of(request), body["prompts"], body.get("model"), body.get("webhook_url")
-    )
-    return json_response(
-        {"id": batch.id, "status": batch.state, "status_url": f"/api/batch/{batch.id}",
-         "items": len(batch.items)},
-        status=202,
+    batch = await api.batches.submit(key_of(request), body.prompts, body.model, body.webhook_url)
+    accepted = BatchAccepted(
+        id=batch.id, status=batch.state, status_url=f"/api/batch/{batch.id}",  # type: ignore[arg-type]
+        items=len(batch.items),
     )  # fmt: skip
+    return json_response(accepted.to_json(), status=202)
 
 
 async def get_batch(request: web.Request) -> web.Response:
     api = api_of(request)
     batch = await api.batches.get(request.match_info["batch_id"], key_of(request))
-    return json_response(api.batches.describe(batch, await api.batches.images_of(batch)))
+    return json_response(public_batch(batch, await api.batches.images_of(batch)).to_json())
 
 
 # -- placeholders ---------------------------------------------------------------------------
+
+
+PLACEHOLDER_REDO = Flag("redo", "Generate again (needs an API key)")
 
 
 def placeholder_help(message: str) -> web.Response:
@@ -359,7 +319,8 @@ def placeholder_help(message: str) -> web.Response:
 
 async def placeholder(request: web.Request) -> web.StreamResponse:
     api = api_of(request)
-    if "redo" not in request.query:
+    redo = PLACEHOLDER_REDO.read(request)
+    if not redo:
         check_anonymous_rate(request)
     try:
         width, height, prompt = parse_placeholder(
@@ -368,7 +329,7 @@ async def placeholder(request: web.Request) -> web.StreamResponse:
     except InvalidRequest as exc:
         return placeholder_help(exc.user_message)
     redo_by = None
-    if "redo" in request.query:
+    if redo:
         header = request.headers.get("Authorization", "")
         token = header[7:].strip() if header[:7].lower() == "bearer " else None
         try:
@@ -387,54 +348,3 @@ async def placeholder(request: web.Request) -> web.StreamResponse:
 
 
 # -- helpers and the router -----------------------------------------------------------------
-
-
-def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 6) or not low <= int(raw) <= high:
-        raise InvalidRequest(name, f"{name!r} must be a whole number from {low} to {high}.")
-    return int(raw)
-
-
-EARLIEST, LATEST = date(2000, 1, 1), date(9998, 12, 31)  # day arithmetic never overflows
-
-
-def _date_param(request: web.Request, name: str) -> date | None:
-    raw = request.query.get(name)
-    if not raw:
-        return None
-    try:
-        day = date.fromisoformat(raw)
-    except ValueError:
-        raise InvalidRequest(name, f"{name!r} must be a date like 2026-01-31.") from None
-    if not EARLIEST <= day <= LATEST:
-        raise InvalidRequest(
-            name, f"{name!r} must be a date from {EARLIEST.isoformat()} to {LATEST.isoformat()}."
-        )
-    return day
-
-
-def add_api_routes(app: web.Application) -> None:
-    from bot.web.openapi import openapi_document
-
-    async def openapi(request: web.Request) -> web.Response:
-        return json_response(openapi_document())
-
-    router = app.router
-    router.add_post("/api/generate", generate)
-    router.add_get("/api/images", list_images)
-    router.add_get("/api/images/{image_id}", get_image)
-    router.add_delete("/api/images/{image_id}", delete_image)
-    router.add_post("/api/upload", upload)
-    router.add_get("/api/models", models)
-    router.add_post("/api/templates", create_template)
-    router.add_get("/api/templates", list_templates)
-    router.add_get("/api/templates/{template_id}", get_template)
-    router.add_delete("/api/templates/{template_id}", delete_template)
-    router.add_get("/api/analytics/costs", costs)
-    router.add_post("/api/batch/generate", create_batch)
-    router.add_get("/api/batch/{batch_id:bat_[0-9a-f]+}", get_batch)
-    router.add_get("/api/openapi.json", openapi)
-    router.add_get("/{size:[0-9]+x[0-9]+}/{slug}", placeholder)

@@ -1,89 +1,20 @@
-"""The built-in web server (aiohttp.web): hosts local-store images and answers health checks.
-
-``GET /images/{id}/{variant}`` serves what the local store holds, as the original (``public``)
-or resized with the Cloudflare variant grammar (``w=…,h=…,fit=…``), with long-lived caching
-headers. Anonymous requests are rate-limited per client address; resizing is bounded, runs on
-the variant pool (bot/variants.py) and is cached there.
-"""
+"""The built-in web server (aiohttp.web): one app with image hosting, health, the JSON API and
+placeholders (every route from bot/web/routes.py's table), behind the guarded HTTP server."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 
 from aiohttp import web
 
-from bot import imaging
-from bot.errors import BotError, NotFound
 from bot.runtime import Runtime
-from bot.web.api import API, Api, add_api_routes, auth_middleware
+from bot.web.api import API, Api
 from bot.web.http import errors_middleware
-from bot.web.limits import (
-    ANONYMOUS_LIMITER,
-    RUNTIME_KEY,
-    AddressRateLimiter,
-    KeyRateLimiter,
-    check_anonymous_rate,
-)
+from bot.web.limits import ANONYMOUS_LIMITER, RUNTIME_KEY, AddressRateLimiter, KeyRateLimiter
+from bot.web.routes import add_routes, auth_middleware
 from bot.web.server import GuardedAppRunner, name_the_server, warn_if_exposed
 
 log = logging.getLogger(__name__)
-
-IMMUTABLE = "public, max-age=31536000, immutable"
-
-
-async def serve_image(request: web.Request) -> web.StreamResponse:
-    check_anonymous_rate(request)
-    runtime = request.app[RUNTIME_KEY]
-    library = runtime.service.library
-    if not library.hosted_here:
-        raise web.HTTPNotFound(text="Images are hosted on Cloudflare Images.")
-    image_id = request.match_info["image_id"]
-    variant = imaging.parse_variant(
-        request.match_info["variant"], max_side=runtime.settings.variant_max_side
-    )
-    etag = '"' + hashlib.sha256(f"{image_id}/{variant.name}".encode()).hexdigest()[:32] + '"'
-    variants = runtime.variants
-    key = (image_id, variant.name)
-    item = variants.cached(key)
-    if item is None:
-        try:
-            original = await library.hosted_original(image_id)
-        except NotFound:
-            variants.cache.drop(image_id)
-            raise web.HTTPNotFound(text="No such image.") from None
-        if request.headers.get("If-None-Match") == etag:
-            return web.Response(status=304, headers={"ETag": etag, "Cache-Control": IMMUTABLE})
-        item = await variants.render(key, original, variant)
-    elif not await library.still_hosted(image_id):  # deleted since it was cached
-        variants.cache.drop(image_id)
-        raise web.HTTPNotFound(text="No such image.")
-    elif request.headers.get("If-None-Match") == etag:
-        return web.Response(status=304, headers={"ETag": etag, "Cache-Control": IMMUTABLE})
-    data, content_type = item
-    return web.Response(
-        body=data,
-        content_type=content_type,
-        headers={"Cache-Control": IMMUTABLE, "ETag": etag, "X-Content-Type-Options": "nosniff"},
-    )
-
-
-async def healthz(request: web.Request) -> web.Response:
-    runtime = request.app[RUNTIME_KEY]
-    checks: dict[str, str] = {}
-    healthy = True
-    for name, check in runtime.service.health_checks():
-        try:
-            await check()
-            checks[name] = "ok"
-        except Exception as exc:
-            healthy = False
-            checks[name] = exc.user_message if isinstance(exc, BotError) else "unavailable"
-            log.warning("health check %s failed: %s", name, type(exc).__name__)
-    return web.json_response(
-        {"status": "ok" if healthy else "degraded", "checks": checks},
-        status=200 if healthy else 503,
-    )
 
 
 def build_web_app(runtime: Runtime) -> web.Application:
@@ -97,9 +28,7 @@ def build_web_app(runtime: Runtime) -> web.Application:
     app[RUNTIME_KEY] = runtime
     app[ANONYMOUS_LIMITER] = AddressRateLimiter(settings.image_rate_per_minute)
     app[API] = Api(runtime, KeyRateLimiter(settings.api_rate_per_minute))
-    app.router.add_get("/images/{image_id}/{variant}", serve_image)
-    app.router.add_get("/healthz", healthz)
-    add_api_routes(app)
+    add_routes(app)  # every route, from the one table the OpenAPI document is made of
 
     async def resume_batches(app: web.Application) -> None:
         resumed = await runtime.batches.resume()

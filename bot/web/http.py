@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -157,86 +155,3 @@ async def read_json(request: web.Request, limit: int = JSON_LIMIT) -> dict[str, 
     if not isinstance(data, dict):
         raise InvalidRequest("body", "The body must be a JSON object.")
     return data
-
-
-@dataclass(frozen=True)
-class Field:
-    """What one body field may hold. ``kind``: str, int, number, bool, strmap, strlist."""
-
-    kind: str
-    required: bool = False
-    minimum: float | None = None
-    maximum: float | None = None
-    max_length: int | None = None
-
-
-def check_fields(data: dict[str, Any], spec: dict[str, Field]) -> dict[str, Any]:
-    """Only known fields, each of the right type and range; null means absent."""
-    for name in data:
-        if name not in spec:
-            raise InvalidRequest(name, f"Unknown field {name!r}.")
-    values: dict[str, Any] = {}
-    for name, field in spec.items():
-        value = data.get(name)
-        if value is None:
-            if field.required:
-                raise InvalidRequest(name, f"The field {name!r} is required.")
-            continue
-        values[name] = _check_value(name, value, field)
-    return values
-
-
-def _check_value(name: str, value: Any, field: Field) -> Any:
-    kind = field.kind
-    if kind == "str":
-        if not isinstance(value, str):
-            raise InvalidRequest(name, f"{name!r} must be a string.")
-        if field.max_length is not None and len(value) > field.max_length:
-            raise InvalidRequest(name, f"{name!r} is longer than {field.max_length} characters.")
-        return value
-    if kind == "bool":
-        if not isinstance(value, bool):
-            raise InvalidRequest(name, f"{name!r} must be true or false.")
-        return value
-    if kind in ("int", "number"):
-        numeric = isinstance(value, int) or (kind == "number" and isinstance(value, float))
-        if (
-            isinstance(value, bool)
-            or not numeric
-            or (isinstance(value, float) and not math.isfinite(value))
-        ):
-            raise InvalidRequest(
-                name, f"{name!r} must be a{'n integer' if kind == 'int' else ' number'}."
-            )
-        if (field.minimum is not None and value < field.minimum) or (
-            field.maximum is not None and value > field.maximum
-        ):
-            raise InvalidRequest(
-                name, f"{name!r} must be between {field.minimum:g} and {field.maximum:g}."
-            )
-        return value
-    if kind == "strmap":
-        if (
-            not isinstance(value, dict)
-            or len(value) > 20
-            or not all(
-                isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 256
-                for k, v in value.items()
-            )
-        ):
-            raise InvalidRequest(
-                name, f"{name!r} must be an object of at most 20 short string values."
-            )
-        return dict(value)
-    if kind == "strlist":
-        limit = int(field.maximum or 50)
-        if (
-            not isinstance(value, list)
-            or not 1 <= len(value) <= limit
-            or not all(isinstance(v, str) and 1 <= len(v) <= 2048 for v in value)
-        ):
-            raise InvalidRequest(
-                name, f"{name!r} must be a list of 1 to {limit} strings (each ≤ 2048 characters)."
-            )
-        return list(value)
-    raise AssertionError(kind)

@@ -1,0 +1,76 @@
+"""The built-in web server's own pages: local-store images and the health check.
+
+``GET /images/{id}/{variant}`` serves what the local store holds, as the original (``public``)
+or resized with the Cloudflare variant grammar (``w=…,h=…,fit=…``), with long-lived caching
+headers. Anonymous requests are rate-limited per client address; resizing is bounded, runs on
+the variant pool (bot/variants.py) and is cached there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+from aiohttp import web
+
+from bot import imaging
+from bot.errors import BotError, NotFound
+from bot.public import Health
+from bot.web.http import json_response
+from bot.web.limits import RUNTIME_KEY, check_anonymous_rate
+
+log = logging.getLogger(__name__)
+
+IMMUTABLE = "public, max-age=31536000, immutable"
+
+
+async def serve_image(request: web.Request) -> web.StreamResponse:
+    check_anonymous_rate(request)
+    runtime = request.app[RUNTIME_KEY]
+    library = runtime.service.library
+    if not library.hosted_here:
+        raise web.HTTPNotFound(text="Images are hosted on Cloudflare Images.")
+    image_id = request.match_info["image_id"]
+    variant = imaging.parse_variant(
+        request.match_info["variant"], max_side=runtime.settings.variant_max_side
+    )
+    etag = '"' + hashlib.sha256(f"{image_id}/{variant.name}".encode()).hexdigest()[:32] + '"'
+    variants = runtime.variants
+    key = (image_id, variant.name)
+    item = variants.cached(key)
+    if item is None:
+        try:
+            original = await library.hosted_original(image_id)
+        except NotFound:
+            variants.cache.drop(image_id)
+            raise web.HTTPNotFound(text="No such image.") from None
+        if request.headers.get("If-None-Match") == etag:
+            return web.Response(status=304, headers={"ETag": etag, "Cache-Control": IMMUTABLE})
+        item = await variants.render(key, original, variant)
+    elif not await library.still_hosted(image_id):  # deleted since it was cached
+        variants.cache.drop(image_id)
+        raise web.HTTPNotFound(text="No such image.")
+    elif request.headers.get("If-None-Match") == etag:
+        return web.Response(status=304, headers={"ETag": etag, "Cache-Control": IMMUTABLE})
+    data, content_type = item
+    return web.Response(
+        body=data,
+        content_type=content_type,
+        headers={"Cache-Control": IMMUTABLE, "ETag": etag, "X-Content-Type-Options": "nosniff"},
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME_KEY]
+    checks: dict[str, str] = {}
+    healthy = True
+    for name, check in runtime.service.health_checks():
+        try:
+            await check()
+            checks[name] = "ok"
+        except Exception as exc:
+            healthy = False
+            checks[name] = exc.user_message if isinstance(exc, BotError) else "unavailable"
+            log.warning("health check %s failed: %s", name, type(exc).__name__)
+    health = Health(status="ok" if healthy else "degraded", checks=checks)
+    return json_response(health.to_json(), status=200 if healthy else 503)

@@ -1,0 +1,176 @@
+"""The route table: every HTTP route once, with its handler, its body model, its replies and
+whether it needs an API key. The router, body parsing, the key check and the OpenAPI document
+(``GET /api/openapi.json``) are all built from this one table."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from aiohttp import web
+
+from bot.public import (
+    BatchAccepted,
+    CostReport,
+    Health,
+    ImagePage,
+    ModelList,
+    PublicBatch,
+    PublicImage,
+    PublicTemplate,
+    TemplateList,
+    Uploaded,
+)
+from bot.web import api
+from bot.web.bodies import BatchBody, GenerateBody, TemplateBody, UploadUrlBody, parse_body
+from bot.web.hosting import healthz, serve_image
+from bot.web.http import Handler, json_response, read_json
+from bot.web.openapi import Operation, Reply, openapi_document
+
+IMAGE_BYTES = {"image/*": {"schema": {"type": "string", "format": "binary"}}}
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Retries with the same key and body get the same image; the whole key "
+    "counts. The same key with a different body is a 409 (Idempotency-Key reused).",
+    "schema": {"type": "string"},
+}
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(api_document())
+
+
+ROUTES: tuple[Operation, ...] = (
+    Operation(
+        "GET", "/images/{image_id}/{variant}", serve_image,
+        "An image from the local store: 'public' or 'w=,h=,fit='",
+        {200: Reply("The image", media=IMAGE_BYTES), 304: Reply("Not modified")},
+        errors=(400, 404, 429), public=True,
+    ),
+    Operation(
+        "GET", "/healthz", healthz, "Database, provider and store reachable",
+        {200: Reply("OK", Health), 503: Reply("Degraded", Health)}, public=True,
+    ),
+    Operation(
+        "POST", "/api/generate", api.generate, "Generate one image",
+        {201: Reply("Created", PublicImage)}, errors=(404, 409, 413, 415, 502),
+        body=GenerateBody, parameters=(IDEMPOTENCY_KEY,),
+    ),
+    Operation(
+        "GET", "/api/images", api.list_images, "Your images, newest first",
+        {200: Reply("OK", ImagePage)},
+        parameters=(api.IMAGES_LIMIT.document(), api.IMAGES_BEFORE.document()),
+    ),
+    Operation(
+        "GET", "/api/images/{image_id}", api.get_image, "One image",
+        {200: Reply("OK", PublicImage)}, errors=(404,),
+    ),
+    Operation(
+        "DELETE", "/api/images/{image_id}", api.delete_image,
+        "Delete an image (its owner or an admin)",
+        {200: Reply("OK", PublicImage)}, errors=(404, 502),
+    ),
+    Operation(
+        "POST", "/api/upload", api.upload, "Host an image: multipart field 'file', or JSON {url}",
+        {201: Reply("Created", Uploaded)}, errors=(413, 415, 502),
+        body=UploadUrlBody, multipart=True, before_body=api.upload_allowed,
+    ),
+    Operation(
+        "GET", "/api/models", api.models, "The models and their price per image",
+        {200: Reply("OK", ModelList)}, public=True,
+    ),
+    Operation(
+        "POST", "/api/templates", api.create_template, "Save a template",
+        {201: Reply("Created", PublicTemplate)}, errors=(409, 413, 415), body=TemplateBody,
+    ),
+    Operation(
+        "GET", "/api/templates", api.list_templates, "Templates of the key's server",
+        {200: Reply("OK", TemplateList)},
+    ),
+    Operation(
+        "GET", "/api/templates/{template_id}", api.get_template, "One template",
+        {200: Reply("OK", PublicTemplate)}, errors=(404,),
+    ),
+    Operation(
+        "DELETE", "/api/templates/{template_id}", api.delete_template,
+        "Delete a template (its creator or an admin)",
+        {200: Reply("OK", PublicTemplate)}, errors=(404,),
+    ),
+    Operation(
+        "GET", "/api/analytics/costs", api.costs,
+        "Costs between two UTC days (yours, or your server's for admins)",
+        {200: Reply("OK", CostReport)},
+        parameters=(
+            api.COSTS_FROM.document(), api.COSTS_TO.document(), api.COSTS_SCOPE.document()
+        ),
+    ),
+    Operation(
+        "POST", "/api/batch/generate", api.create_batch,
+        "Generate many images; poll the batch or get a signed webhook",
+        {202: Reply("Accepted", BatchAccepted)}, errors=(413, 415), body=BatchBody,
+    ),
+    Operation(
+        "GET", "/api/batch/{batch_id:bat_[0-9a-f]+}", api.get_batch,
+        "A batch and each item's state", {200: Reply("OK", PublicBatch)}, errors=(404,),
+    ),
+    Operation(
+        "GET", "/api/openapi.json", openapi, "This document",
+        {200: Reply("OK", media={"application/json": {"schema": {"type": "object"}}})},
+        public=True,
+    ),
+    Operation(
+        "GET", "/{size:[0-9]+x[0-9]+}/{slug}", api.placeholder,
+        "A placeholder image: /800x600/sunglasses-sloth, resized exactly",
+        {
+            200: Reply("The image", media=IMAGE_BYTES),
+            400: Reply("Not a placeholder path: a page of examples",
+                       media={"text/html": {"schema": {"type": "string"}}}),
+        },
+        errors=(401, 403, 404, 429, 502), public=True,
+        parameters=(api.PLACEHOLDER_REDO.document(),),
+        path_schemas={"size": {"type": "string", "pattern": "^[0-9]{1,5}x[0-9]{1,5}$"}},
+    ),
+)  # fmt: skip
+PUBLIC_API = frozenset(op.path for op in ROUTES if op.public and op.path.startswith("/api/"))
+
+
+@cache
+def api_document() -> dict[str, Any]:
+    """The OpenAPI document of these routes (built once; it never changes while running)."""
+    return openapi_document(ROUTES)
+
+
+def endpoint(op: Operation) -> Handler:
+    """The route's handler, given its body parsed with the documented model."""
+    body = op.body
+    if body is None:
+        return op.handler
+
+    async def with_body(request: web.Request) -> web.StreamResponse:
+        if op.before_body is not None:
+            await op.before_body(request)
+        if op.multipart and request.content_type == "multipart/form-data":
+            return await op.handler(request, None)
+        return await op.handler(request, parse_body(body, await read_json(request)))
+
+    return with_body
+
+
+def add_routes(app: web.Application) -> None:
+    for op in ROUTES:
+        app.router.add_route(op.method, op.path, endpoint(op))
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every /api route but the public ones needs a Bearer key; each key is rate-limited."""
+    if request.path.startswith("/api/") and request.path not in PUBLIC_API:
+        state = api.api_of(request)
+        header = request.headers.get("Authorization", "")
+        token = header[7:].strip() if header[:7].lower() == "bearer " else None
+        key = await state.keys.authenticate(token)
+        state.limiter.check(key.id)
+        request[api.KEY] = key
+    return await handler(request)
