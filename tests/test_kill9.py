@@ -75,6 +75,21 @@ async def create_key(env: dict[str, str], cwd: Path) -> str:
                 if line.startswith("key:"))  # fmt: skip
 
 
+async def kill_mid_load(  # type: ignore[no-untyped-def]
+    server: asyncio.subprocess.Process, requests: list[asyncio.Task[int]], fake
+) -> None:
+    """SIGKILL once a request succeeded and (with ``fake``) an upload is stored unanswered."""
+    for _ in range(600):
+        succeeded = sum(1 for r in requests if r.done() and r.result() == 201)
+        unrecorded = fake is not None and len(fake.images) > succeeded
+        if succeeded and (fake is None or unrecorded) and not all(r.done() for r in requests):
+            break
+        await asyncio.sleep(0.02)
+    else:
+        raise AssertionError("the load never reached the state to kill it in")
+    server.send_signal(signal.SIGKILL)
+
+
 @pytest.mark.parametrize("store", ["local", "cloudflare"])
 async def test_kill_9_mid_load_then_restart_leaves_nothing_unknown(
     tmp_path, fake_cloudflare, store
@@ -102,10 +117,10 @@ async def test_kill_9_mid_load_then_restart_leaves_nothing_unknown(
 
     async with client:
         requests = [asyncio.create_task(generate(n)) for n in range(60)]
-        # Some done, some generating, some storing (on Cloudflare: uploaded, not yet answered),
-        # some queued.
-        await asyncio.sleep(1.2 if store == "local" else 2.2)
-        server.send_signal(signal.SIGKILL)
+        # Kill when some are done and others still running (on Cloudflare: at least one upload
+        # landed whose answer has not arrived, so it is stored but unrecorded), some queued.
+        # Decided by what happened, not by a sleep, so a loaded machine cannot move the kill.
+        await kill_mid_load(server, requests, fake_cloudflare if store == "cloudflare" else None)
         await server.wait()
         statuses = await asyncio.gather(*requests)
     assert 0 in statuses and 201 in statuses  # the kill really was mid-load
