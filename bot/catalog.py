@@ -1,7 +1,8 @@
 """The model catalog: what each Workers AI model accepts, how it is called, and what it costs.
 
-Built-in entries follow ../shared/reference/cloudflare.md. An operator can override prices, hide
-models or add new ones with a TOML file (``MODELS_FILE``); see ``load_catalog``.
+The built-in entries are data: ``bot/models.toml`` (following ../shared/reference/cloudflare.md),
+read by the same loader and checks as the operator's TOML file (``MODELS_FILE``), which can
+override prices, hide models or add new ones; see ``load_catalog``.
 
 Cloudflare's pricing page lists no price for the Stable Diffusion family. Such a model is never
 silently free: it carries the operator's price from ``MODELS_FILE`` when there is one, else the
@@ -14,6 +15,7 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -174,179 +176,9 @@ class ModelSpec:
         return note[0].upper() + note[1:]
 
 
-def _neurons(text: str) -> int:
-    return neurons_to_nano(text)
-
-
-def _usd(text: str) -> int:
-    return usd_to_nano(text)
-
-
 T2I = frozenset({TEXT_TO_IMAGE})
-I2I = frozenset({IMAGE_TO_IMAGE})
-BOTH = frozenset({TEXT_TO_IMAGE, IMAGE_TO_IMAGE})
-# What the Stable Diffusion family on Workers AI shares.
-SD_FAMILY: dict[str, Any] = {
-    "price": Price(),  # unpublished: replaced when the catalog is loaded (see load_catalog)
-    "price_published": False,
-    "min_side": 256,
-    "max_side": 2048,
-    "size_multiple": 8,
-    "supports_negative_prompt": True,
-    "guidance": (0.0, 30.0, 7.5),
-}
+BUILTIN_MODELS_FILE = "models.toml"  # packaged next to this module, same format as MODELS_FILE
 
-# What the FLUX.2 family shares: multipart requests, up to four ≤ 512 px reference images.
-FLUX2_FAMILY: dict[str, Any] = {
-    "capabilities": BOTH,
-    "request_format": "multipart",
-    "min_side": 256,
-    "max_side": 1920,
-    "default_width": 1024,
-    "default_height": 768,
-    "image_param": "input_image_0",
-    "max_input_side": 512,
-}
-# klein models run a fixed 4 steps and take no steps parameter.
-KLEIN_STEPS: dict[str, Any] = {
-    "min_steps": 4,
-    "max_steps": 4,
-    "default_steps": 4,
-    "fixed_steps": True,
-    "steps_param": None,
-}
-
-BUILTIN_MODELS: tuple[ModelSpec, ...] = (
-    ModelSpec(
-        id="@cf/black-forest-labs/flux-1-schnell",
-        name="FLUX.1 [schnell]",
-        capabilities=T2I,
-        price=Price(per_tile=_neurons("4.8"), per_step=_neurons("9.6")),
-        fixed_size=True,
-        min_side=1024,
-        max_side=1024,
-        min_steps=1,
-        max_steps=8,
-        default_steps=4,
-        steps_param="steps",
-        supports_seed=False,
-        typical_seconds=3.0,
-        description="Fast, good all-rounder. Always 1024×1024.",
-    ),
-    ModelSpec(
-        id="@cf/stabilityai/stable-diffusion-xl-base-1.0",
-        name="Stable Diffusion XL",
-        capabilities=T2I,
-        **SD_FAMILY,
-        typical_seconds=12.0,
-        description="Detailed images; slower.",
-    ),
-    ModelSpec(
-        id="@cf/bytedance/stable-diffusion-xl-lightning",
-        name="SDXL Lightning",
-        capabilities=T2I,
-        **SD_FAMILY,
-        typical_seconds=3.0,
-        description="SDXL in a few steps.",
-    ),
-    ModelSpec(
-        id="@cf/lykon/dreamshaper-8-lcm",
-        name="DreamShaper 8 LCM",
-        capabilities=T2I,
-        **SD_FAMILY,
-        typical_seconds=4.0,
-        description="Photographic and painterly styles.",
-    ),
-    ModelSpec(
-        id="@cf/runwayml/stable-diffusion-v1-5-img2img",
-        name="Stable Diffusion 1.5 img2img",
-        capabilities=I2I,
-        **SD_FAMILY,
-        supports_strength=True,
-        image_param="image_b64",
-        typical_seconds=8.0,
-        description="Reworks a starting image following the prompt.",
-    ),
-    ModelSpec(
-        id="@cf/leonardo/phoenix-1.0",
-        name="Leonardo Phoenix 1.0",
-        capabilities=T2I,
-        price=Price(per_tile=_usd("0.005830"), per_step=_usd("0.000110")),
-        min_side=256,
-        max_side=2048,
-        min_steps=1,
-        max_steps=50,
-        default_steps=25,
-        supports_negative_prompt=True,
-        guidance=(2.0, 10.0, 2.0),
-        typical_seconds=10.0,
-        description="Strong prompt adherence and legible text in images.",
-    ),
-    ModelSpec(
-        id="@cf/leonardo/lucid-origin",
-        name="Leonardo Lucid Origin",
-        capabilities=T2I,
-        price=Price(per_tile=_usd("0.006996"), per_step=_usd("0.000132")),
-        min_side=256,
-        max_side=2500,
-        default_width=1120,
-        default_height=1120,
-        min_steps=1,
-        max_steps=40,
-        default_steps=25,
-        guidance=(0.0, 10.0, 4.5),
-        typical_seconds=10.0,
-        description="Vivid, highly detailed images.",
-    ),
-    ModelSpec(
-        id="@cf/black-forest-labs/flux-2-dev",
-        name="FLUX.2 [dev]",
-        price=Price(per_input_tile_step=_usd("0.00021"), per_tile_step=_usd("0.00041")),
-        **FLUX2_FAMILY,
-        min_steps=1,
-        max_steps=50,
-        default_steps=25,
-        steps_param="steps",
-        guidance=(0.0, 20.0, 4.0),
-        typical_seconds=15.0,
-        description="Highest quality FLUX; accepts reference images.",
-    ),
-    ModelSpec(
-        id="@cf/black-forest-labs/flux-2-klein-4b",
-        name="FLUX.2 [klein] 4B",
-        price=Price(per_input_tile=_usd("0.000059"), per_tile=_usd("0.000287")),
-        **FLUX2_FAMILY,
-        **KLEIN_STEPS,
-        typical_seconds=3.0,
-        description="Fast and cheap FLUX.2; accepts reference images.",
-    ),
-    ModelSpec(
-        id="@cf/black-forest-labs/flux-2-klein-9b",
-        name="FLUX.2 [klein] 9B",
-        price=Price(
-            first_megapixel=_usd("0.015"),
-            per_further_megapixel=_usd("0.002"),
-            per_input_megapixel=_usd("0.002"),
-        ),
-        **FLUX2_FAMILY,
-        **KLEIN_STEPS,
-        typical_seconds=5.0,
-        description="Sharper FLUX.2 klein; accepts reference images.",
-    ),
-    ModelSpec(
-        id="@cf/meta/llama-3.1-8b-instruct-fp8-fast",
-        name="Llama 3.1 8B (prompt enhancer)",
-        capabilities=frozenset({TEXT_GENERATION}),
-        price=Price(
-            per_million_input_tokens=_neurons("4119"),
-            per_million_output_tokens=_neurons("34868"),
-        ),
-        steps_param=None,
-        supports_seed=False,
-        typical_seconds=1.0,
-        description="Rewrites short prompts into detailed ones.",
-    ),
-)
 
 PRICE_TERMS = {f for f in Price.__dataclass_fields__}
 _SPEC_FIELDS = set(ModelSpec.__dataclass_fields__)
@@ -385,7 +217,7 @@ class Catalog:
         return matches[0] if len(matches) == 1 else None
 
 
-def _price_from_table(where: str, table: Mapping[str, Any], base: Price) -> Price:
+def _price_from_table(source: str, where: str, table: Mapping[str, Any], base: Price) -> Price:
     """Price terms come as ``<term>_neurons`` or ``<term>_usd`` keys, e.g. per_tile_usd."""
     terms: dict[str, int] = {}
     for key, value in table.items():
@@ -395,30 +227,36 @@ def _price_from_table(where: str, table: Mapping[str, Any], base: Price) -> Pric
                 try:
                     terms[term] = convert(str(value))
                 except ValueError as exc:
-                    raise ConfigError("MODELS_FILE", f"{where}.price.{key}: {exc}") from None
+                    raise ConfigError(source, f"{where}.price.{key}: {exc}") from None
                 break
         else:
             raise ConfigError(
-                "MODELS_FILE",
+                source,
                 f"{where}.price.{key}: unknown price term (use e.g. per_tile_neurons or "
                 "per_step_usd)",
             )
     return replace(base, **terms)
 
 
-def _spec_from_table(where: str, table: Mapping[str, Any], base: ModelSpec | None) -> ModelSpec:
+def _spec_from_table(
+    source: str, where: str, table: Mapping[str, Any], base: ModelSpec | None
+) -> ModelSpec:
     unknown = (set(table) - _SPEC_FIELDS) | (set(table) & _NOT_CONFIGURABLE)
     if unknown:
-        raise ConfigError("MODELS_FILE", f"{where}: unknown keys {sorted(unknown)}")
+        raise ConfigError(source, f"{where}: unknown keys {sorted(unknown)}")
     values: dict[str, Any] = {
         k: v for k, v in table.items() if k not in _TYPED_FIELDS or k == "name"
     }
     if "capabilities" in table:
         values["capabilities"] = frozenset(table["capabilities"])
+    if table.get("steps_param") == "":  # TOML has no null: "" means no steps parameter
+        values["steps_param"] = None
     if "guidance" in table:
         values["guidance"] = tuple(float(x) for x in table["guidance"])
     if "price" in table:
-        values["price"] = _price_from_table(where, table["price"], base.price if base else Price())
+        values["price"] = _price_from_table(
+            source, where, table["price"], base.price if base else Price()
+        )
     try:
         if base is not None:
             return replace(base, **values)
@@ -428,7 +266,7 @@ def _spec_from_table(where: str, table: Mapping[str, Any], base: ModelSpec | Non
             values.update(price=Price(), price_published=False)
         return ModelSpec(id=str(table["id"]), **values)
     except (TypeError, KeyError) as exc:
-        raise ConfigError("MODELS_FILE", f"{where}: {exc}") from None
+        raise ConfigError(source, f"{where}: {exc}") from None
 
 
 _INT_FIELDS = {
@@ -441,27 +279,25 @@ _BOOL_FIELDS = {
 }  # fmt: skip
 
 
-def _check_spec(where: str, table: Mapping[str, Any], spec: ModelSpec) -> ModelSpec:
+def _check_spec(source: str, where: str, table: Mapping[str, Any], spec: ModelSpec) -> ModelSpec:
     """Types and limits that agree with each other; a clear ConfigError otherwise."""
     for key in table:
         value = table[key]
         if key in _INT_FIELDS and (not isinstance(value, int) or isinstance(value, bool)):
-            raise ConfigError("MODELS_FILE", f"{where}.{key}: must be a whole number")
+            raise ConfigError(source, f"{where}.{key}: must be a whole number")
         if key in _BOOL_FIELDS and not isinstance(value, bool):
-            raise ConfigError("MODELS_FILE", f"{where}.{key}: must be true or false")
+            raise ConfigError(source, f"{where}.{key}: must be true or false")
         if key in ("name", "description", "request_format") and not isinstance(value, str):
-            raise ConfigError("MODELS_FILE", f"{where}.{key}: must be text")
+            raise ConfigError(source, f"{where}.{key}: must be text")
     if spec.request_format not in ("json", "multipart"):
-        raise ConfigError("MODELS_FILE", f"{where}.request_format: must be json or multipart")
+        raise ConfigError(source, f"{where}.request_format: must be json or multipart")
     if not 1 <= spec.min_steps <= spec.default_steps <= spec.max_steps:
-        raise ConfigError("MODELS_FILE", f"{where}: needs min_steps ≤ default_steps ≤ max_steps")
+        raise ConfigError(source, f"{where}: needs min_steps ≤ default_steps ≤ max_steps")
     for side in (spec.default_width, spec.default_height):
         if not 16 <= spec.min_side <= side <= spec.max_side:
-            raise ConfigError(
-                "MODELS_FILE", f"{where}: needs 16 ≤ min_side ≤ default sizes ≤ max_side"
-            )
+            raise ConfigError(source, f"{where}: needs 16 ≤ min_side ≤ default sizes ≤ max_side")
     if spec.size_multiple < 1:
-        raise ConfigError("MODELS_FILE", f"{where}.size_multiple: must be at least 1")
+        raise ConfigError(source, f"{where}.size_multiple: must be at least 1")
     return spec
 
 
@@ -504,28 +340,52 @@ def load_catalog(
     models = {m.id: m for m in BUILTIN_MODELS}
     priced: set[str] = set()
     if path is not None:
-        priced = _apply_models_file(path, models)
+        priced = _apply_entries("MODELS_FILE", _read_models_file(path), models)
     return Catalog(_priced(m, m.id in priced, unpublished_nano_usd) for m in models.values())
 
 
-def _apply_models_file(path: Path, models: dict[str, ModelSpec]) -> set[str]:
-    """Apply the TOML file's entries to ``models``; the ids whose price it sets."""
-    priced: set[str] = set()
+def _read_models_file(path: Path) -> list[Any]:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError("MODELS_FILE", "file not found") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError("MODELS_FILE", f"cannot be read as TOML ({exc})") from None
+    return _model_entries("MODELS_FILE", data)
+
+
+def _model_entries(source: str, data: Mapping[str, Any]) -> list[Any]:
     entries = data.get("model", [])
     if not isinstance(entries, list):
-        raise ConfigError("MODELS_FILE", "expected [[model]] tables")
+        raise ConfigError(source, "expected [[model]] tables")
+    return entries
+
+
+def _apply_entries(source: str, entries: list[Any], models: dict[str, ModelSpec]) -> set[str]:
+    """Apply ``[[model]]`` entries to ``models`` (override or add); the ids whose price they set.
+
+    ``source`` names the file in errors: MODELS_FILE, or the packaged catalog.
+    """
+    priced: set[str] = set()
     for index, entry in enumerate(entries):
         where = f"model[{index}]"
         if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
-            raise ConfigError("MODELS_FILE", f"{where}: needs an id")
-        spec = _spec_from_table(where, entry, models.get(entry["id"]))
-        models[entry["id"]] = _check_spec(where, entry, spec)
+            raise ConfigError(source, f"{where}: needs an id")
+        spec = _spec_from_table(source, where, entry, models.get(entry["id"]))
+        models[entry["id"]] = _check_spec(source, where, entry, spec)
         if "price" in entry:
             priced.add(entry["id"])
     return priced
+
+
+def _read_builtin_models() -> tuple[ModelSpec, ...]:
+    """The packaged catalog (``bot/models.toml``), read and checked like a MODELS_FILE."""
+    text = resources.files("bot").joinpath(BUILTIN_MODELS_FILE).read_text(encoding="utf-8")
+    models: dict[str, ModelSpec] = {}
+    _apply_entries(
+        BUILTIN_MODELS_FILE, _model_entries(BUILTIN_MODELS_FILE, tomllib.loads(text)), models
+    )
+    return tuple(models.values())
+
+
+BUILTIN_MODELS = _read_builtin_models()

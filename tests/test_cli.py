@@ -205,8 +205,9 @@ def test_invalid_input_exits_1_and_charges_nothing(tmp_path: Path) -> None:
         ({"WEB_PORT": "99999"}, "WEB_PORT"),
         ({"IMAGE_PROVIDER": "cloudflare"}, "CLOUDFLARE_ACCOUNT_ID"),
         ({"MODELS_FILE": "no-such-models.toml"}, "MODELS_FILE"),
+        ({"ALLOW_PRIVATE_URLS": "maybe"}, "ALLOW_PRIVATE_URLS"),
     ],
-    ids=["provider", "usd", "port", "cloudflare-no-credentials", "models-file"],
+    ids=["provider", "usd", "port", "cloudflare-no-credentials", "models-file", "switch"],
 )
 def test_bad_configuration_exits_2_naming_the_variable(
     tmp_path: Path, env: dict[str, str], variable: str
@@ -214,6 +215,14 @@ def test_bad_configuration_exits_2_naming_the_variable(
     line = one_line_error(run_bot(tmp_path, "imagine", "a red bicycle", env=env), 2)
     assert variable in line
     assert line.startswith("configuration error:")
+
+
+@pytest.mark.parametrize("spelling", ["1", "yes", "on", "TRUE"])
+def test_switches_in_dotenv_accept_the_usual_spellings(tmp_path: Path, spelling: str) -> None:
+    (tmp_path / ".env").write_text(f"ALLOW_PRIVATE_URLS={spelling}\n", encoding="utf-8")
+    result = run_bot(tmp_path, "models")
+    assert result.returncode == 0, result.stderr
+    assert SCHNELL in result.stdout
 
 
 def test_secrets_in_a_bad_configuration_are_never_printed(tmp_path: Path) -> None:

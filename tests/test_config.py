@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import QuotaDefaults, Settings, load_settings, read_environment
+from bot.config import (
+    QuotaDefaults,
+    Settings,
+    declared_variables,
+    load_settings,
+    read_environment,
+)
+from bot.config_values import Kind
 from bot.errors import ConfigError
 from tests.conftest import FAKE_CF_TOKEN, FAKE_DISCORD_TOKEN, FAKE_SIGNING_KEY
 
@@ -78,7 +85,27 @@ def test_trusted_proxies_are_ip_addresses() -> None:
 def test_dms_and_user_installs_are_turned_on_explicitly() -> None:
     s = load_settings({"DISCORD_ALLOW_DMS": "TRUE", "DISCORD_ALLOW_USER_INSTALL": "true"})
     assert (s.discord_allow_dms, s.discord_allow_user_install) == (True, True)
-    assert config_error({"DISCORD_ALLOW_DMS": "yes"}).variable == "DISCORD_ALLOW_DMS"
+    assert config_error({"DISCORD_ALLOW_DMS": "maybe"}).variable == "DISCORD_ALLOW_DMS"
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("1", True), ("yes", True), ("on", True), ("TRUE", True), ("Yes", True), ("ON", True),
+     ("0", False), ("no", False), ("off", False), ("FALSE", False), ("No", False)],
+)
+def test_switches_accept_the_usual_spellings(text: str, value: bool) -> None:
+    assert load_settings({"ALLOW_PRIVATE_URLS": text}).allow_private_urls is value
+    assert load_settings({"DISCORD_ALLOW_DMS": text}).discord_allow_dms is value
+
+
+@pytest.mark.parametrize("text", ["maybe", "2", "y", "enabled", SECRET_LOOKING])
+def test_a_bad_switch_is_one_line_naming_the_variable_and_the_spellings(text: str) -> None:
+    error = config_error({"ALLOW_PRIVATE_URLS": text})
+    assert error.variable == "ALLOW_PRIVATE_URLS"
+    assert "\n" not in error.user_message
+    assert error.user_message == (
+        "ALLOW_PRIVATE_URLS: must be one of true/false, 1/0, yes/no, on/off (any case)"
+    )  # the exact text: the value itself is never in it
 
 
 def test_derived_defaults_follow_their_sources() -> None:
@@ -380,3 +407,50 @@ def test_settings_repr_hides_secrets() -> None:
             assert secret not in text
     assert "acct-test" in repr(s)  # the repr still shows the non-secret fields
     assert isinstance(s, Settings)
+
+
+# --------------------------------------------------------------------------- documentation
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env_example() -> dict[str, str]:
+    lines = (ROOT / ".env.example").read_text(encoding="utf-8").splitlines()
+    pairs = [line.split("=", 1) for line in lines if line and not line.startswith("#")]
+    return {name.strip(): value.strip() for name, value in pairs}
+
+
+def _readme_table() -> dict[str, str]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|") for line in section.splitlines() if line.startswith("| `")]
+    return {cells[1].strip().strip("`"): cells[2].strip() for cells in rows}
+
+
+def test_every_declared_variable_has_a_kind_and_a_meaning() -> None:
+    declared = list(declared_variables())
+    assert len({v.name for v in declared}) == len(declared) > 40
+    assert all(v.doc and isinstance(v.kind, Kind) for v in declared)
+
+
+def test_env_example_documents_exactly_the_declared_variables_with_their_defaults() -> None:
+    documented = _env_example()
+    declared = {v.name: v for v in declared_variables()}
+    assert set(documented) == set(declared)
+    for name, spec in declared.items():
+        assert documented[name] == (spec.default or ""), name
+
+
+def test_the_readme_table_documents_exactly_the_declared_variables_with_their_defaults() -> None:
+    documented = _readme_table()
+    declared = {v.name: v for v in declared_variables()}
+    assert set(documented) == set(declared)
+    for name, spec in declared.items():
+        shown = spec.default if spec.derived is None else spec.derived
+        assert documented[name] == (f"`{shown}`" if shown is not None else "—"), name
+
+
+def test_the_declared_defaults_are_the_defaults_the_code_uses() -> None:
+    """Reading every documented default explicitly gives exactly the settings of an empty env."""
+    explicit = {v.name: v.default for v in declared_variables() if v.default is not None}
+    assert load_settings(explicit) == load_settings({})

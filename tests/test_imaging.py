@@ -489,10 +489,51 @@ def test_animated_gif_variant_is_png_of_first_frame() -> None:
     assert result.getpixel((5, 5)) == (255, 0, 0)
 
 
-def test_rgba_and_palette_sources_become_rgb_jpeg_safely() -> None:
+def two_colour_palette(side: int, transparent_index: int | None = None) -> bytes:
+    """A palette PNG: red on the left half, blue on the right (index 1 maybe transparent)."""
+    img = Image.new("P", (side, side), 0)
+    img.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    img.paste(1, (side // 2, 0, side, side))
+    params = {} if transparent_index is None else {"transparency": transparent_index}
+    return encode(img, "PNG", **params)
+
+
+def close_to(pixel: tuple[int, ...], expected: tuple[int, ...], tolerance: int = 6) -> bool:
+    return all(abs(a - b) <= tolerance for a, b in zip(pixel, expected, strict=True))
+
+
+def test_rgba_and_palette_sources_keep_their_colours_and_transparency() -> None:
     rgba_as_png = make_image(60, 60, "PNG", mode="RGBA")
     out, _ = render_variant(rgba_as_png, parse_variant("w=30"))
     assert opened(out).mode == "RGBA"  # PNG keeps alpha
+    # A palette is resized in RGB (not as indices): the colours are the palette's own.
+    out, content_type = render_variant(two_colour_palette(60), parse_variant("w=30"))
+    img = opened(out)
+    assert (content_type, img.mode, img.size) == ("image/png", "RGB", (30, 30))
+    assert (img.getpixel((2, 2)), img.getpixel((28, 28))) == ((255, 0, 0), (0, 0, 255))
+    # A palette with a transparent colour keeps it transparent.
+    out, _ = render_variant(two_colour_palette(60, transparent_index=1), parse_variant("w=30"))
+    img = opened(out)
+    assert img.mode == "RGBA"
+    assert (img.getpixel((2, 2)), img.getpixel((28, 28))[3]) == ((255, 0, 0, 255), 0)
+
+
+def test_jpeg_output_is_rgb_and_transparency_is_flattened_onto_white() -> None:
+    cmyk = encode(Image.new("CMYK", (60, 60), (0, 255, 255, 0)), "JPEG")
+    out, content_type = render_variant(cmyk, parse_variant("w=30"))
+    img = opened(out)
+    assert (content_type, img.format, img.mode) == ("image/jpeg", "JPEG", "RGB")
+    assert close_to(img.getpixel((5, 5)), (255, 0, 0))
+    # An RGBA or palette starting image becomes RGB on white (strength 0 keeps the image).
+    clear = encode(Image.new("RGBA", (64, 64), (255, 0, 0, 0)), "PNG")
+    for init, left, right in (
+        (clear, (255, 255, 255), (255, 255, 255)),
+        (two_colour_palette(64, transparent_index=1), (255, 0, 0), (255, 255, 255)),
+    ):
+        rendered = render_preview_from(init, "a cat", seed=1, width=64, height=64, strength=0)
+        preview = opened(rendered)
+        assert preview.mode == "RGB"
+        assert (preview.getpixel((5, 5)), preview.getpixel((60, 5))) == (left, right)
 
 
 def test_jpeg_exif_rotation_is_applied() -> None:

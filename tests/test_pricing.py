@@ -8,11 +8,13 @@ milli-Neuron).
 from __future__ import annotations
 
 import dataclasses
+import tomllib
+from importlib import resources
 from pathlib import Path
 
 import pytest
 
-from bot.catalog import BUILTIN_MODELS, TILE_SIDE, Catalog, Cost, load_catalog
+from bot.catalog import BUILTIN_MODELS, TILE_SIDE, Catalog, Cost, Price, load_catalog
 from bot.errors import ConfigError, InvalidModel
 from bot.money import format_neurons, format_usd, usd_to_micro
 
@@ -147,7 +149,8 @@ def test_llama_is_priced_per_token(catalog: Catalog) -> None:
 )  # fmt: skip
 def test_tiles_are_ceil_w_by_ceil_h(catalog: Catalog, width: int, height: int, tiles: int) -> None:
     assert TILE_SIDE == 512
-    assert tiles == -(-width // 512) * -(-height // 512)
+    # A price of one nano-dollar per tile counts the tiles the code sees.
+    assert Price(per_tile=1).image_nano_usd(width, height, 0) == tiles
     # per_tile of phoenix is $0.005830 = 5,830,000 nano; steps 0 isolates the tile term.
     assert catalog.get(PHOENIX).price.image_nano_usd(width, height, 0) == tiles * 5_830_000
 
@@ -427,3 +430,33 @@ def test_an_added_model_without_a_price_is_not_free(tmp_path: Path) -> None:
         load_catalog(
             write_models(tmp_path, f'[[model]]\nid = "{SDXL}"\nprice_source = "cloudflare"\n')
         )
+
+
+# --------------------------------------------------------------------------- the packaged table
+
+
+def test_the_built_in_table_is_packaged_data() -> None:
+    packaged = resources.files("bot").joinpath("models.toml").read_text(encoding="utf-8")
+    ids = [entry["id"] for entry in tomllib.loads(packaged)["model"]]
+    assert ids == [spec.id for spec in BUILTIN_MODELS]
+    project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    assert "models.toml" in project["tool"]["setuptools"]["package-data"]["bot"]
+
+
+def test_the_built_in_table_read_as_a_models_file_is_the_same_catalog(tmp_path: Path) -> None:
+    """Same format, same loader: the packaged file as MODELS_FILE changes nothing but who priced."""
+    packaged = resources.files("bot").joinpath("models.toml").read_text(encoding="utf-8")
+    as_operator = load_catalog(write_models(tmp_path, packaged))
+    for built_in in load_catalog(None):
+        again = as_operator.find(built_in.id)
+        assert again is not None
+        if built_in.price_source == "cloudflare":
+            assert again == dataclasses.replace(built_in, price_source="operator")
+        else:  # unpublished: still unpriced, still the operator's default
+            assert again == built_in
+
+
+def test_an_empty_steps_param_means_no_steps_parameter(tmp_path: Path) -> None:
+    path = write_models(tmp_path, f'[[model]]\nid = "{PHOENIX}"\nsteps_param = ""\n')
+    assert load_catalog(None).get(PHOENIX).steps_param == "num_steps"
+    assert load_catalog(path).get(PHOENIX).steps_param is None

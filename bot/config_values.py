@@ -1,0 +1,126 @@
+"""The kinds of value a setting can hold, each turning a variable's text into that value.
+
+Every failure is a ConfigError naming the variable and what is wrong, never the value.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bot.errors import ConfigError
+from bot.money import usd_to_micro
+
+TRUE_SPELLINGS = ("true", "1", "yes", "on")
+FALSE_SPELLINGS = ("false", "0", "no", "off")
+FLAG_SPELLINGS = ", ".join(f"{t}/{f}" for t, f in zip(TRUE_SPELLINGS, FALSE_SPELLINGS, strict=True))
+
+
+class Kind:
+    """How one variable's text becomes a value; ``parse`` raises ConfigError naming it."""
+
+    unset: Any = None  # the value when the variable is not set and declares no default
+
+    def parse(self, name: str, raw: str) -> Any:
+        return raw
+
+
+class Text(Kind):
+    pass
+
+
+class FilePath(Kind):
+    def parse(self, name: str, raw: str) -> Path:
+        return Path(raw)
+
+
+@dataclass(frozen=True)
+class Integer(Kind):
+    minimum: int = 0
+    maximum: int | None = None
+    scale: int = 1  # the unit the code keeps: 1000 for milli-Neurons, MEGABYTE for bytes
+
+    def parse(self, name: str, raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(name, "must be a whole number") from None
+        if value < self.minimum or (self.maximum is not None and value > self.maximum):
+            upper = f" and at most {self.maximum}" if self.maximum is not None else ""
+            raise ConfigError(name, f"must be at least {self.minimum}{upper}")
+        return value * self.scale
+
+
+@dataclass(frozen=True)
+class Usd(Kind):
+    """US dollars as integer micro-dollars; ``off_allowed`` lets ``off`` mean None."""
+
+    off_allowed: bool = False
+
+    def parse(self, name: str, raw: str) -> int | None:
+        if self.off_allowed and raw.lower() == "off":
+            return None
+        try:
+            return usd_to_micro(raw)
+        except ValueError:
+            raise ConfigError(
+                name, "must be an amount in US dollars such as 0.05, at most 6 decimal places"
+            ) from None
+
+
+class Flag(Kind):
+    def parse(self, name: str, raw: str) -> bool:
+        value = raw.lower()
+        if value not in TRUE_SPELLINGS + FALSE_SPELLINGS:
+            raise ConfigError(name, f"must be one of {FLAG_SPELLINGS} (any case)")
+        return value in TRUE_SPELLINGS
+
+
+@dataclass(frozen=True)
+class Choice(Kind):
+    allowed: tuple[str, ...]
+    upper: bool = False  # the value the code keeps (LOG_LEVEL is kept as INFO, DEBUG, …)
+
+    def parse(self, name: str, raw: str) -> str:
+        value = raw.lower()
+        if value not in self.allowed:
+            raise ConfigError(name, f"must be one of {', '.join(self.allowed)}")
+        return value.upper() if self.upper else value
+
+
+class Snowflake(Kind):
+    def parse(self, name: str, raw: str) -> int:
+        if not raw.isdigit():
+            raise ConfigError(name, "must be a Discord id (digits only)")
+        return int(raw)
+
+
+class Snowflakes(Kind):
+    unset = frozenset[int]()
+
+    def parse(self, name: str, raw: str) -> frozenset[int]:
+        parts = [p.strip() for p in raw.split(",") if p.strip()]
+        if not all(p.isdigit() for p in parts):
+            raise ConfigError(name, "must be Discord ids (digits) separated by commas")
+        return frozenset(int(p) for p in parts)
+
+
+class Addresses(Kind):
+    unset = frozenset[str]()
+
+    def parse(self, name: str, raw: str) -> frozenset[str]:
+        try:
+            return frozenset(
+                str(ipaddress.ip_address(p.strip())) for p in raw.split(",") if p.strip()
+            )
+        except ValueError:
+            raise ConfigError(name, "must be IP addresses separated by commas") from None
+
+
+class Url(Kind):
+    def parse(self, name: str, raw: str) -> str:
+        if not raw.startswith(("http://", "https://")):
+            raise ConfigError(name, "must start with http:// or https://")
+        return raw.rstrip("/")
