@@ -28,7 +28,9 @@ DEFAULT_ENHANCE_MODEL = "@cf/meta/llama-3.1-8b-instruct-fp8-fast"
 MEGABYTE = 1024 * 1024
 # Cloudflare Images bills $5 per 100,000 stored images a month: one month is charged per upload.
 DEFAULT_IMAGES_STORAGE_MICRO_USD = 50
-SECRET_VARIABLES = ("DISCORD_TOKEN", "CLOUDFLARE_API_TOKEN", "CLOUDFLARE_IMAGES_SIGNING_KEY")
+SECRET_VARIABLES = (
+    "DISCORD_TOKEN", "CLOUDFLARE_API_TOKEN", "CLOUDFLARE_IMAGES_SIGNING_KEY", "GALLERY_SECRET",
+)
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,9 @@ class Settings:
     web_max_request_mb: int = 11
     images_storage_micro_usd: int = DEFAULT_IMAGES_STORAGE_MICRO_USD  # per upload, on Cloudflare
     allow_private_urls: bool = False
+    # Signs the web gallery's links; None: one is generated once into DATA_DIR/gallery.secret.
+    gallery_secret: str | None = field(default=None, repr=False)
+    gallery_link_hours: int = 24
     log_level: str = "INFO"
 
 
@@ -229,6 +234,13 @@ def _choose_backends(read: _Reader) -> tuple[Backend, Backend, str]:
     return provider, store, ", ".join(reasons)
 
 
+def _gallery_secret(read: _Reader) -> str | None:
+    secret = read.text("GALLERY_SECRET")
+    if secret is not None and len(secret) < 32:
+        raise ConfigError("GALLERY_SECRET", "must be at least 32 characters (or left empty)")
+    return secret
+
+
 def load_settings(env: Mapping[str, str]) -> Settings:
     """Build Settings from raw variables; ConfigError on the first bad one."""
     read = _Reader(env)
@@ -311,5 +323,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
             "CLOUDFLARE_IMAGES_STORAGE_USD", DEFAULT_IMAGES_STORAGE_MICRO_USD
         ),
         allow_private_urls=read.flag("ALLOW_PRIVATE_URLS"),
+        gallery_secret=_gallery_secret(read),
+        gallery_link_hours=read.integer("GALLERY_LINK_HOURS", 24, minimum=1, maximum=24 * 30),
         log_level=read.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper(),
     )

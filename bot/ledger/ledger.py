@@ -678,6 +678,21 @@ class Ledger:
         )
         return [ImageRecord.from_row(r) for r in rows]
 
+    async def gallery_images(
+        self, *, user_id: str | None, guild_id: str | None, limit: int, offset: int
+    ) -> tuple[list[ImageRecord], int]:
+        """One page of live images (a user's, a server's, or one user's in one server), newest
+        first, and how many there are in all (the gallery shows "page 2 of 7")."""
+        where = "is_deleted = 0 AND (? IS NULL OR user_id = ?) AND (? IS NULL OR guild_id = ?)"
+        params = (user_id, user_id, guild_id, guild_id)
+        total = await self._scalar(f"SELECT COUNT(*) FROM images WHERE {where}", params)  # noqa: S608
+        rows = await self._all(
+            f"SELECT * FROM images WHERE {where} "  # noqa: S608
+            "ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
+            (*params, limit, offset),
+        )
+        return [ImageRecord.from_row(r) for r in rows], total
+
     async def mark_deleted(self, image_id: str) -> bool:
         changed = await self._write(
             "UPDATE images SET is_deleted = 1, deleted_at = ? WHERE id = ? AND is_deleted = 0",

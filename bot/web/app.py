@@ -93,6 +93,7 @@ async def healthz(request: web.Request) -> web.Response:
 def build_web_app(runtime: Runtime) -> web.Application:
     """Image hosting, health, the JSON API and placeholders, in one aiohttp app."""
     from bot.web.api import API, Api, KeyRateLimiter, add_api_routes, auth_middleware
+    from bot.web.gallery import add_gallery_routes
     from bot.web.http import errors_middleware
     from bot.web.server import name_the_server
 
@@ -108,6 +109,7 @@ def build_web_app(runtime: Runtime) -> web.Application:
     app.router.add_get("/images/{image_id}/{variant}", serve_image)
     app.router.add_get("/healthz", healthz)
     add_api_routes(app)
+    add_gallery_routes(app)
 
     async def resume_batches(app: web.Application) -> None:
         resumed = await runtime.batches.resume()
