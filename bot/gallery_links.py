@@ -51,9 +51,7 @@ def _unb64(text: str) -> bytes:
 
 
 class GalleryLinks:
-    def __init__(
-        self, secret: bytes, hours: int, clock: Callable[[], float] = time.time
-    ) -> None:
+    def __init__(self, secret: bytes, hours: int, clock: Callable[[], float] = time.time) -> None:
         self._secret = secret
         self.hours = hours
         self._clock = clock

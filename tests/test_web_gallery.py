@@ -25,7 +25,7 @@ GUILD = "1001"
 def altered(token: str) -> str:
     """The token with one character of its grant changed (the MAC no longer matches)."""
     index = len(token) // 3
-    return token[:index] + ("A" if token[index] != "A" else "B") + token[index + 1:]
+    return token[:index] + ("A" if token[index] != "A" else "B") + token[index + 1 :]
 
 
 async def get(runtime: Runtime, *paths: str) -> list[httpx.Response]:
