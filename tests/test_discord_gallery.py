@@ -98,3 +98,20 @@ async def test_the_server_gallery_is_for_admins_only(fake_discord, bot_harness, 
 
     _, own = await open_gallery(fake_discord, member)  # a member's own gallery spans servers
     assert sorted(shown_ids(own.embeds[0])) == sorted([*here[:2], *elsewhere])
+
+
+async def test_long_prompts_fit_discords_limits_and_ping_nobody(
+    fake_discord, bot_harness, local_runtime
+):
+    member = fake_discord.member
+    hostile = "@everyone **bold** [link](https://example.com) " + "long words " * 180
+    for index in range(5):
+        await make_images(local_runtime, member.id, fake_discord.guild.id, 1, f"{index} {hostile}")
+    await bot_harness.start(ImageBot(local_runtime))
+    interaction, message = await open_gallery(fake_discord, member)
+    assert not interaction.rejected  # the fake refuses what Discord refuses (6,000 characters…)
+    [embed] = message.embeds
+    assert len(embed["fields"]) == 5
+    assert all(len(field["name"]) <= 256 for field in embed["fields"])
+    assert all("@\u200beveryone" in field["name"] for field in embed["fields"])
+    assert all("\\*\\*bold" in field["name"] for field in embed["fields"])
