@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -151,6 +152,61 @@ async def gallery_csv(request: web.Request) -> web.Response:
     data = await request.app[RUNTIME_KEY].gallery.server_csv(access.guild_id)
     headers = {**HEADERS, "Content-Disposition": 'attachment; filename="usage.csv"'}
     return web.Response(body=data, content_type="text/csv", charset="utf-8", headers=headers)
+
+
+ERROR_SCHEMA = {"$ref": "#/components/schemas/Error"}
+
+
+def _documented(summary: str, content_type: str, query: list[dict[str, Any]]) -> dict[str, Any]:
+    html = {"text/html": {"schema": {"type": "string"}}}
+    return {
+        "get": {
+            "summary": summary,
+            "security": [],
+            "parameters": [
+                {
+                    "name": "t",
+                    "in": "query",
+                    "required": True,
+                    "schema": {"type": "string"},
+                    "description": "The signed link's token, as /gallery gives it",
+                },
+                *query,
+            ],
+            "responses": {
+                "200": {"description": "The page", "content": {content_type: {"schema": {}}}},
+                "403": {
+                    "description": "No valid link (missing, altered or expired)",
+                    "content": html,
+                },
+                "429": {
+                    "description": "Rate limited per address",
+                    "content": {"application/json": {"schema": ERROR_SCHEMA}},
+                },
+            },
+        }
+    }
+
+
+# The gallery's entries of GET /api/openapi.json (bot/web/openapi.py adds them).
+GALLERY_PATHS = {
+    "/gallery": _documented(
+        "The web gallery (HTML): a link's images, page by page, and its 30 days of spending",
+        "text/html",
+        [
+            {
+                "name": "page",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        ],
+    ),
+    "/gallery/chart.png": _documented("The link's 30-day spending chart", "image/png", []),
+    "/gallery/usage.csv": _documented(
+        "Every charge of the server in 30 days (a server link only)", "text/csv", []
+    ),
+}
 
 
 def add_gallery_routes(app: web.Application) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bot.web.gallery import GALLERY_PATHS
+
 NULLABLE_STR: dict[str, Any] = {"type": ["string", "null"]}
 
 
@@ -551,5 +553,6 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            **GALLERY_PATHS,
         },
     }
