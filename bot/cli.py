@@ -117,6 +117,7 @@ def _secrets(settings: Settings) -> list[str]:
             settings.discord_token,
             settings.cloudflare_api_token,
             settings.cloudflare_images_signing_key,
+            settings.gallery_secret,
         )
         if value
     ]

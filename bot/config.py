@@ -35,7 +35,9 @@ Backend = Literal["cloudflare", "local"]
 CacheScope = Literal["guild", "global", "off"]
 
 MEGABYTE = 1024 * 1024
-SECRET_VARIABLES = ("DISCORD_TOKEN", "CLOUDFLARE_API_TOKEN", "CLOUDFLARE_IMAGES_SIGNING_KEY")
+SECRET_VARIABLES = (
+    "DISCORD_TOKEN", "CLOUDFLARE_API_TOKEN", "CLOUDFLARE_IMAGES_SIGNING_KEY", "GALLERY_SECRET",
+)
 
 
 # --------------------------------------------------------------------------- the declaration
@@ -242,6 +244,13 @@ class Settings:
     allow_private_urls: bool = variable(
         "ALLOW_PRIVATE_URLS", Flag(), "false", "tests only: private addresses and http"
     )
+    # Signs the web gallery's links; unset: one is generated once into DATA_DIR/gallery.secret.
+    gallery_secret: str | None = variable(
+        "GALLERY_SECRET", Text(min_length=32), None, "signs web gallery links", secret=True
+    )
+    gallery_link_hours: int = variable(
+        "GALLERY_LINK_HOURS", Integer(1, 24 * 30), "24", "how long a gallery link works"
+    )
     log_level: str = variable(
         "LOG_LEVEL", Choice(("debug", "info", "warning", "error"), upper=True), "INFO", "logs"
     )
@@ -323,6 +332,7 @@ def _choose_backends(settings: Settings) -> Settings:
     return replace(
         settings, image_provider=provider, image_store=store, backend_reason=", ".join(reasons)
     )
+
 
 
 def load_settings(env: Mapping[str, str]) -> Settings:

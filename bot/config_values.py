@@ -27,8 +27,14 @@ class Kind:
         return raw
 
 
+@dataclass(frozen=True)
 class Text(Kind):
-    pass
+    min_length: int = 0  # for secrets that must be long enough to be secret
+
+    def parse(self, name: str, raw: str) -> str:
+        if len(raw) < self.min_length:
+            raise ConfigError(name, f"must be at least {self.min_length} characters (or unset)")
+        return raw
 
 
 class FilePath(Kind):

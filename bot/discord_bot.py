@@ -40,6 +40,7 @@ EXTENSIONS: tuple[str, ...] = (
     "cogs.usage",
     "cogs.quota",
     "cogs.apikeys",
+    "cogs.gallery",
 )
 
 

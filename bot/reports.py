@@ -32,7 +32,8 @@ class ServerUsage:
     csv_bytes: bytes
 
 
-def _day_range(last_day: str, days: int) -> list[str]:
+def day_range(last_day: str, days: int) -> list[str]:
+    """The ``days`` UTC days ending with ``last_day``, oldest first."""
     end = date.fromisoformat(last_day)
     return [(end - timedelta(days=n)).isoformat() for n in range(days - 1, -1, -1)]
 
@@ -47,7 +48,7 @@ async def personal_usage(ledger: Ledger, guild_id: str, user_id: str) -> Persona
 
 
 async def server_usage(ledger: Ledger, guild_id: str, days: int = 30) -> ServerUsage:
-    span = _day_range(ledger.today(), days)
+    span = day_range(ledger.today(), days)
     report = await ledger.report(span[0], span[-1], guild_id=guild_id)
     jobs = await ledger.settled_jobs(span[0], span[-1], guild_id=guild_id)
     chart = await asyncio.to_thread(usage_chart, report, span)

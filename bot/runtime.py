@@ -20,6 +20,8 @@ from bot.catalog import Catalog, load_catalog
 from bot.cloudflare_api import CloudflareAPI
 from bot.config import Settings
 from bot.errors import ConfigError, InvalidModel
+from bot.gallery import GalleryService
+from bot.gallery_links import GalleryLinks, gallery_secret
 from bot.ledger import Ledger
 from bot.placeholders import PlaceholderService
 from bot.providers.base import ImageProvider
@@ -53,6 +55,7 @@ class Runtime:
     placeholders: PlaceholderService
     http: httpx.AsyncClient  # for addresses users give: uploads by URL, webhooks
     variants: VariantRenderer  # image variants for anyone with a URL, on a pool of their own
+    gallery: GalleryService
 
 
 def catalog_of(settings: Settings) -> Catalog:
@@ -143,7 +146,9 @@ async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIter
         stack.callback(variants.close)
         placeholders = PlaceholderService(service, ledger, store, variants)
         await placeholders.set_daily_quota(settings.placeholder_daily_images)
+        links = GalleryLinks(gallery_secret(settings), settings.gallery_link_hours)
+        gallery = GalleryService(ledger, store, links, settings.public_base_url)
         yield Runtime(
             settings, catalog, ledger, provider, store, service, admin, ApiKeys(ledger),
-            batches, placeholders, outbound, variants,
+            batches, placeholders, outbound, variants, gallery,
         )  # fmt: skip

@@ -151,6 +151,10 @@ def _exercise(live: LiveServer) -> list[tuple[str, str, int, requests.Response]]
     call("GET", "/api/openapi.json")
     call("GET", "/{size}/{slug}", "/64x48/contract-otter")
     call("GET", "/{size}/{slug}", "/64x48/NOPE!")
+    server_link = live.runtime.gallery.links.token("77", "g-contract", server=True)
+    for page in ("/gallery", "/gallery/chart.png", "/gallery/usage.csv"):
+        call("GET", page, params={"t": server_link})
+        call("GET", page, params={"t": server_link[:-2]})  # altered: 403
     call("GET", "/healthz")
     ledger = live.runtime.ledger
 

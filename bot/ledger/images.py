@@ -22,6 +22,14 @@ USER_IMAGES_SQL = (
     "AND (? IS NULL OR created_at < ?) "
     "AND (id LIKE ? OR prompt LIKE ?) ORDER BY created_at DESC LIMIT ?"
 )
+GALLERY_WHERE = (
+    "is_deleted = 0 AND (? IS NULL OR user_id = ?) AND (? IS NULL OR guild_id = ?)"
+)
+GALLERY_COUNT_SQL = f"SELECT COUNT(*) FROM images WHERE {GALLERY_WHERE}"  # noqa: S608
+GALLERY_PAGE_SQL = (
+    f"SELECT * FROM images WHERE {GALLERY_WHERE} "  # noqa: S608
+    "ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
+)
 MARK_DELETED_SQL = (
     "UPDATE images SET is_deleted = 1, deleted_at = ? WHERE id = ? AND is_deleted = 0"
 )
@@ -75,6 +83,16 @@ class ImageTable:
             USER_IMAGES_SQL, (user_id, before, before, f"{prefix}%", f"%{prefix}%", limit)
         )
         return [ImageRecord.from_row(r) for r in rows]
+
+    async def gallery_page(
+        self, *, user_id: str | None, guild_id: str | None, limit: int, offset: int
+    ) -> tuple[list[ImageRecord], int]:
+        """One page of live images (a user's, a server's, or one user's in one server), newest
+        first, and how many there are in all."""
+        params = (user_id, user_id, guild_id, guild_id)
+        total = await self._db.scalar(GALLERY_COUNT_SQL, params)
+        rows = await self._db.all(GALLERY_PAGE_SQL, (*params, limit, offset))
+        return [ImageRecord.from_row(r) for r in rows], total
 
     async def mark_deleted(self, image_id: str) -> bool:
         return await self._db.write(MARK_DELETED_SQL, (self._db.now_iso(), image_id)) == 1

@@ -229,6 +229,15 @@ class Ledger:
         """A user's live images, newest first; ``prefix`` filters ids or prompts."""
         return await self._images.of_user(user_id, limit=limit, before=before, prefix=prefix)
 
+    async def gallery_images(
+        self, *, user_id: str | None, guild_id: str | None, limit: int, offset: int
+    ) -> tuple[list[ImageRecord], int]:
+        """One page of live images (a user's, a server's, or one user's in one server), newest
+        first, and how many there are in all (the gallery shows "page 2 of 7")."""
+        return await self._images.gallery_page(
+            user_id=user_id, guild_id=guild_id, limit=limit, offset=offset
+        )
+
     async def mark_deleted(self, image_id: str) -> bool:
         return await self._images.mark_deleted(image_id)
 

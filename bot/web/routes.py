@@ -21,7 +21,7 @@ from bot.public import (
     TemplateList,
     Uploaded,
 )
-from bot.web import api
+from bot.web import api, gallery
 from bot.web.bodies import BatchBody, GenerateBody, TemplateBody, UploadUrlBody, parse_body
 from bot.web.hosting import healthz, serve_image
 from bot.web.http import Handler, json_response, read_json
@@ -36,6 +36,18 @@ IDEMPOTENCY_KEY = {
     "counts. The same key with a different body is a 409 (Idempotency-Key reused).",
     "schema": {"type": "string"},
 }
+
+
+HTML = {"text/html": {"schema": {"type": "string"}}}
+GALLERY_TOKEN = {
+    "name": "t", "in": "query", "required": True, "schema": {"type": "string"},
+    "description": "The signed link's token, as /gallery gives it",
+}  # fmt: skip
+GALLERY_PAGE = {
+    "name": "page", "in": "query", "required": False, "schema": {"type": "string"},
+    "description": "The page number, 1 the newest; past the end the last page, not a number "
+    "the first (a page of HTML never answers 400)",
+}  # fmt: skip
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -131,6 +143,23 @@ ROUTES: tuple[Operation, ...] = (
         errors=(401, 403, 404, 429, 502), public=True,
         parameters=(api.PLACEHOLDER_REDO.document(),),
         path_schemas={"size": {"type": "string", "pattern": "^[0-9]{1,5}x[0-9]{1,5}$"}},
+    ),
+    *(
+        Operation(
+            "GET", path, handler, summary,
+            {200: Reply("The page", media={media: {"schema": {}}}),
+             403: Reply("No valid link (missing, altered or expired)", media=HTML)},
+            errors=(429,), public=True, parameters=(GALLERY_TOKEN, *extra),
+        )
+        for path, handler, summary, media, extra in (
+            ("/gallery", gallery.gallery_page,
+             "The web gallery (HTML): a link's images, page by page, and its 30 days of spending",
+             "text/html", (GALLERY_PAGE,)),
+            ("/gallery/chart.png", gallery.gallery_chart, "The link's 30-day spending chart",
+             "image/png", ()),
+            ("/gallery/usage.csv", gallery.gallery_csv,
+             "Every charge of the server in 30 days (a server link only)", "text/csv", ()),
+        )
     ),
 )  # fmt: skip
 PUBLIC_API = frozenset(op.path for op in ROUTES if op.public and op.path.startswith("/api/"))
