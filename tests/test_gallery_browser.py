@@ -5,8 +5,8 @@ with only the user's images (each picture actually decoded, each with alt text),
 renders, paging works, a phone-sized window needs no sideways scrolling, the admin's server
 page has its top users and CSV, nothing is fetched from anywhere but the bot's own server, and an
 expired or altered link is refused. Screenshots go to build/screenshots/ (untracked;
-SCREENSHOT_DIR=docs/screenshots refreshes the committed ones). Without the browser the test skips, except in CI (CI=true), where it fails: .ci/run
-installs it.
+SCREENSHOT_DIR=docs/screenshots refreshes the committed ones). Without the browser the test
+skips, except in CI (CI=true), where it fails: .ci/run installs it.
 """
 
 from __future__ import annotations
