@@ -11,6 +11,7 @@ import pytest
 
 from bot.config import Settings
 from bot.errors import InvalidModel, InvalidRequest, NotFound, QuotaExceeded
+from bot.public import public_batch
 from bot.requests import GenerateRequest
 from bot.runtime import Runtime, open_runtime
 
@@ -59,7 +60,7 @@ async def test_the_whole_allowance_is_held_from_submission_and_items_fail_alone(
             await runtime.service.generate(GenerateRequest("a cutting-in", user_id="u1"))
         await runtime.batches.wait_idle()
         done = await runtime.batches.get(batch.id, key)
-        shown = runtime.batches.describe(done, await runtime.batches.images_of(done))
+        shown = public_batch(done, await runtime.batches.images_of(done)).to_json()
         assert shown["status"] == "done"
         assert shown["counts"] == {"queued": 0, "running": 0, "done": 2, "failed": 1}
         assert [i["prompt"] for i in shown["items"]] == ["a red kite", "a blue kite", "ab"]
