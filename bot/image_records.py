@@ -68,4 +68,5 @@ def image_record(
         cache_scope=params.get("cache_scope"),
         metadata={**params.get("metadata", {}), **(extra_metadata or {})},
         created_at=created_at,
+        private=bool(params.get("private", False)),
     )

@@ -69,10 +69,11 @@ class ImageLibrary:
 
     @shows_fresh_urls
     async def visible_image(self, image_id: str, user_id: str, guild_id: str) -> ImageRecord:
-        """An image this user may use: their own, or one made in the same server."""
+        """An image this user may use: their own, or a shared one made in the same server (a
+        private result is its owner's alone)."""
         image = await self.ledger.get_image(image_id)
         mine = image.user_id == user_id
-        same_guild = bool(guild_id) and image.guild_id == guild_id
+        same_guild = bool(guild_id) and image.guild_id == guild_id and not image.private
         if image.is_deleted or not (mine or same_guild):
             raise NotFound(f"No image with id {image_id}.")
         return image

@@ -174,3 +174,27 @@ async def test_every_sharer_deleting_at_once_leaves_no_bytes_and_no_live_record(
     folder = runtime.settings.data_dir / "images"
     assert not [p for p in folder.rglob("img_*") if p.is_file()]  # no copy left behind...
     assert not fake_cloudflare.images  # ...on either store
+
+
+async def test_a_private_result_is_not_the_servers_to_reuse_by_id(local_runtime):
+    """A shared result of the server works as another member's starting image and shows in the
+    server's gallery; a private one is its owner's alone."""
+
+    def made(user_id: str, prompt: str, **fields: Any) -> GenerateRequest:
+        return GenerateRequest(prompt=prompt, user_id=user_id, guild_id="g1", **fields)
+
+    service, gallery = local_runtime.service, local_runtime.gallery
+    shared = (await service.generate(made("u1", "a shared kite"))).images[0]
+    private = (await service.generate(made("u1", "a secret kite", private=True))).images[0]
+    assert private.private and not shared.private
+    assert (await local_runtime.ledger.get_image(private.id)).private  # stored as such
+    assert (await service.visible_image(shared.id, "u2", "g1")).id == shared.id
+    with pytest.raises(NotFound):
+        await service.visible_image(private.id, "u2", "g1")
+    assert (await service.visible_image(private.id, "u1", "g1")).id == private.id
+    with pytest.raises(NotFound):  # nor as someone else's starting image
+        await service.generate(made("u2", "a variation", image_id=private.id))
+    server_view = await gallery.page("u9", "g1", server=True, page=0, per_page=10)
+    assert [i.id for i in server_view.images] == [shared.id]
+    own_view = await gallery.page("u1", "g1", server=False, page=0, per_page=10)
+    assert {i.id for i in own_view.images} == {shared.id, private.id}

@@ -43,6 +43,7 @@ def new_job(
             "unit_micro_usd": plan.unit_cost.micro_usd,
             "unit_milli_neurons": plan.unit_cost.milli_neurons,
             "metadata": dict(request.metadata),
+            "private": request.private,
             "slots": [
                 {"id": new_id("img"), "seed": s.seed, "cache_key": s.cache_key} for s in own
             ],
@@ -68,6 +69,7 @@ def hit_records(
             cost_micro_usd=0,
             cost_milli_neurons=0,
             cached=True,
+            private=request.private,
             metadata=dict(request.metadata),
             created_at=created_at,
         )

@@ -22,8 +22,10 @@ USER_IMAGES_SQL = (
     "AND (? IS NULL OR created_at < ?) "
     "AND (id LIKE ? OR prompt LIKE ?) ORDER BY created_at DESC LIMIT ?"
 )
+# A server's view (no user) leaves out private results: they are their owner's alone.
 GALLERY_WHERE = (
-    "is_deleted = 0 AND (? IS NULL OR user_id = ?) AND (? IS NULL OR guild_id = ?)"
+    "is_deleted = 0 AND (? IS NULL OR user_id = ?) AND (? IS NULL OR guild_id = ?) "
+    "AND (? IS NOT NULL OR private = 0)"
 )
 GALLERY_COUNT_SQL = f"SELECT COUNT(*) FROM images WHERE {GALLERY_WHERE}"  # noqa: S608
 GALLERY_PAGE_SQL = (
@@ -89,7 +91,7 @@ class ImageTable:
     ) -> tuple[list[ImageRecord], int]:
         """One page of live images (a user's, a server's, or one user's in one server), newest
         first, and how many there are in all."""
-        params = (user_id, user_id, guild_id, guild_id)
+        params = (user_id, user_id, guild_id, guild_id, user_id)
         total = await self._db.scalar(GALLERY_COUNT_SQL, params)
         rows = await self._db.all(GALLERY_PAGE_SQL, (*params, limit, offset))
         return [ImageRecord.from_row(r) for r in rows], total

@@ -264,4 +264,9 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN delivery TEXT
         CHECK (delivery IN ('interaction', 'channel', 'dm', 'undelivered', 'api', 'cli'));
     """,
+    # 5: a private result (/imagine private:) is its owner's alone: not the server's to reuse
+    # by id, not in the server's gallery. Older rows were all shared.
+    """
+    ALTER TABLE images ADD COLUMN private INTEGER NOT NULL DEFAULT 0 CHECK (private IN (0, 1));
+    """,
 )

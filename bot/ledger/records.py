@@ -141,19 +141,21 @@ class ImageRecord:
     metadata: dict[str, Any] = field(default_factory=dict)
     is_deleted: bool = False
     deleted_at: str | None = None
+    private: bool = False  # only its owner may see or reuse it (never the server)
 
     COLUMNS = (
         "id", "kind", "job_id", "user_id", "guild_id", "prompt", "prompt_used",
         "negative_prompt", "model", "width", "height", "steps", "seed", "guidance", "strength",
         "source_image_id", "store", "storage_key", "url", "content_type", "bytes",
         "cost_micro_usd", "cost_milli_neurons", "cached", "cache_key", "cache_scope",
-        "metadata", "is_deleted", "deleted_at", "created_at",
+        "metadata", "is_deleted", "deleted_at", "created_at", "private",
     )  # fmt: skip
 
     def to_row(self) -> tuple[Any, ...]:
         values = {**self.__dict__, "metadata": json.dumps(self.metadata, sort_keys=True)}
         values["cached"] = int(self.cached)
         values["is_deleted"] = int(self.is_deleted)
+        values["private"] = int(self.private)
         return tuple(values[c] for c in self.COLUMNS)
 
     @classmethod
@@ -162,6 +164,7 @@ class ImageRecord:
         values["metadata"] = json.loads(values["metadata"])
         values["cached"] = bool(values["cached"])
         values["is_deleted"] = bool(values["is_deleted"])
+        values["private"] = bool(values["private"])
         return cls(**values)
 
 
