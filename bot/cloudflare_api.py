@@ -19,14 +19,21 @@ import logging
 import random
 import re
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import httpx
 
+from bot.cloudflare_limits import (
+    ACCOUNT_WINDOW_SECONDS,
+    DEFAULT_ACCOUNT_REQUESTS,
+    AccountLimiter,
+    CallKind,
+    Clock,
+    Sleep,
+    SlidingWindowLimiter,
+)
 from bot.days import next_utc_midnight
 from bot.errors import (
     BotError,
@@ -43,12 +50,9 @@ from bot.errors import (
     StoreError,
 )
 from bot.http_headers import full_jitter, is_json, retry_after_seconds
-from bot.rate_window import SlidingWindow
 
 log = logging.getLogger(__name__)
 
-Sleep = Callable[[float], Awaitable[None]]
-Clock = Callable[[], float]
 
 # Cloudflare error codes (see ../shared/reference/cloudflare.md).
 CODE_FLAGGED = 3030
@@ -62,10 +66,7 @@ UNKNOWN_MODEL_CODES = frozenset({5007, 3042})
 RETRYABLE_STATUSES = frozenset({408, 429})
 # 429s about one model or the free allowance, not the account's request rate.
 NOT_ACCOUNT_LIMIT_CODES = frozenset({CODE_OUT_OF_CAPACITY, CODE_DAILY_ALLOCATION})
-ACCOUNT_WINDOW_SECONDS = 300.0  # Cloudflare's window, and how long it blocks an account over it
-DEFAULT_ACCOUNT_REQUESTS = 1000  # per window: safely under Cloudflare's 1,200
 
-CallKind = Literal["generation", "storage"]
 
 FLAGGED_MESSAGE = "The image service refused this prompt or flagged the image. Try rewording it."
 AUTH_MESSAGE = "The bot's Cloudflare credentials were refused; the operator needs to check them."
@@ -167,117 +168,6 @@ def store_error(failure: Failure) -> BotError:
         return StoreError("The image store is not answering right now; try again in a minute.")
     detail = failure.message or f"HTTP {status}"
     return StoreError(f"The image store rejected the request ({detail}).")
-
-
-class _Window:
-    """What both limiters share: timestamps within a sliding window (never more than ``limit``
-    of them, so memory is bounded) and one lock, so one waiter at a time sleeps for a free slot
-    (the lock is released if a waiter is cancelled)."""
-
-    def __init__(self, limit: int, window: float, clock: Clock, sleep: Sleep) -> None:
-        if limit < 1:
-            raise ValueError("limit must be at least 1")
-        self.limit = limit
-        self.window = window
-        self._clock = clock
-        self._sleep = sleep
-        self.recent = SlidingWindow(limit, window)
-        self._lock = asyncio.Lock()
-
-    @property
-    def _times(self) -> deque[float]:
-        return self.recent.times
-
-
-class SlidingWindowLimiter(_Window):
-    """At most ``limit`` starts in any ``window`` seconds; callers wait (FIFO) for a free slot."""
-
-    def __init__(
-        self,
-        limit: int,
-        window: float = 60.0,
-        *,
-        clock: Clock = time.monotonic,
-        sleep: Sleep = asyncio.sleep,
-    ) -> None:
-        super().__init__(limit, window, clock, sleep)
-
-    async def acquire(self) -> None:
-        async with self._lock:
-            while True:
-                now = self._clock()
-                if self.recent.count(now) < self.limit:
-                    self.recent.add(now)
-                    return
-                await self._sleep((self.recent.next_free() or now) - now)
-
-
-class AccountLimiter(_Window):
-    """At most ``limit`` Cloudflare requests in any ``window`` seconds, for the whole account.
-
-    A request holds its slot from the moment it is sent until ``window`` seconds after its
-    answer came back (``_times`` holds those answers). Cloudflare counts a request when it
-    arrives, which is between those two moments, so however the network delays requests,
-    Cloudflare never sees more than ``limit`` in any window of its own. Waiters queue per kind
-    and the kinds take turns, so a burst of generations cannot starve uploads and deletes (or
-    the reverse). ``pause`` holds every waiter back until a block Cloudflare announced is over.
-    """
-
-    def __init__(
-        self,
-        limit: int = DEFAULT_ACCOUNT_REQUESTS,
-        window: float = ACCOUNT_WINDOW_SECONDS,
-        *,
-        clock: Clock = time.monotonic,
-        sleep: Sleep = asyncio.sleep,
-    ) -> None:
-        super().__init__(limit, window, clock, sleep)
-        self._in_flight = 0
-        self._released = asyncio.Event()
-        self._paused_until = 0.0
-        # The front waiter of each kind queues on the shared lock, so the kinds alternate.
-        self._kind_locks: dict[CallKind, asyncio.Lock] = {
-            "generation": asyncio.Lock(),
-            "storage": asyncio.Lock(),
-        }
-
-    @property
-    def paused_for(self) -> float:
-        """Seconds until a pause announced by Cloudflare is over (0 when none)."""
-        return max(0.0, self._paused_until - self._clock())
-
-    def pause(self, seconds: float) -> None:
-        """Hold every call back for ``seconds`` (a 429 blocked the account)."""
-        self._paused_until = max(self._paused_until, self._clock() + seconds)
-
-    @asynccontextmanager
-    async def slot(self, kind: CallKind) -> AsyncIterator[None]:
-        await self._acquire(kind)
-        try:
-            yield
-        finally:
-            self._in_flight -= 1
-            self.recent.add(self._clock())
-            self._released.set()
-
-    async def _acquire(self, kind: CallKind) -> None:
-        async with self._kind_locks[kind], self._lock:
-            waited_until: float | None = None
-            while True:
-                now = self._clock()
-                if now < self._paused_until and self._paused_until != waited_until:
-                    waited_until = self._paused_until  # once per pause, whatever the clock says
-                    await self._sleep(waited_until - now)
-                    continue
-                if self._in_flight + self.recent.count(now) < self.limit:
-                    self._in_flight += 1
-                    return
-                free = self.recent.next_free()
-                if free is not None:
-                    await self._sleep(free - now)
-                else:  # every slot is a request still in flight: wait for one to answer
-                    self._released.clear()
-                    await self._released.wait()
 
 
 def _is_json(response: httpx.Response) -> bool:

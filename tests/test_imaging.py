@@ -245,7 +245,7 @@ def test_decompression_bomb_header_refused_before_decoding(monkeypatch: pytest.M
     def no_decoding(*args: object, **kwargs: object) -> None:
         raise AssertionError("a bomb must be refused from its header, before Pillow opens it")
 
-    monkeypatch.setattr(imaging, "_open", no_decoding)
+    monkeypatch.setattr(imaging.uploads, "_open", no_decoding)
     assert problem_of(crafted_png(30_000, 30_000)) == "too_wide"
     assert problem_of(crafted_png(30_000, 30_000), max_side=100_000) == "too_many_pixels"
 
@@ -326,7 +326,7 @@ def test_animation_limit_counts_every_frame_gif_and_webp() -> None:
 
 
 def test_too_many_frames_by_count(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(imaging, "MAX_FRAMES", 2)
+    monkeypatch.setattr(imaging.uploads, "MAX_FRAMES", 2)
     assert problem_of(make_gif(frames=3)) == "too_many_frames"
 
 
@@ -601,7 +601,7 @@ def test_negative_prompt_changes_the_render() -> None:
 
 def test_caption_band_is_drawn_at_the_bottom_only(monkeypatch: pytest.MonkeyPatch) -> None:
     captioned = opened(render_preview("caption check", seed=5, width=400, height=300))
-    monkeypatch.setattr(imaging, "_draw_caption", lambda img, prompt, seed: None)
+    monkeypatch.setattr(imaging.preview, "_draw_caption", lambda img, prompt, seed: None)
     bare = opened(render_preview("caption check", seed=5, width=400, height=300))
     top, bottom = (0, 0, 400, 240), (0, 280, 400, 300)
     assert captioned.crop(top).tobytes() == bare.crop(top).tobytes()

@@ -1,0 +1,48 @@
+"""Image handling with Pillow: sniffing, upload validation, variants and the local preview renderer.
+
+Everything here is synchronous and CPU-bound; async callers run it through ``asyncio.to_thread``.
+Untrusted bytes are only ever judged by their content (magic bytes and headers), never by a name.
+One module a concern: formats, uploads, resize (variants), preview.
+"""
+
+from __future__ import annotations
+
+from bot.imaging.formats import (
+    CONTENT_TYPES,
+    FITS,
+    ImageInfo,
+    image_size,
+    probe,
+    sniff_format,
+)
+from bot.imaging.preview import (
+    render_preview,
+    render_preview_from,
+)
+from bot.imaging.resize import (
+    DEFAULT_BOUNDS,
+    Variant,
+    VariantBounds,
+    parse_variant,
+    render_variant,
+)
+from bot.imaging.uploads import (
+    validate_upload,
+)
+
+__all__ = [
+    "CONTENT_TYPES",
+    "DEFAULT_BOUNDS",
+    "FITS",
+    "ImageInfo",
+    "Variant",
+    "VariantBounds",
+    "image_size",
+    "parse_variant",
+    "probe",
+    "render_preview",
+    "render_preview_from",
+    "render_variant",
+    "sniff_format",
+    "validate_upload",
+]
