@@ -264,4 +264,23 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN delivery TEXT
         CHECK (delivery IN ('interaction', 'channel', 'dm', 'undelivered', 'api', 'cli'));
     """,
+    # 5: daily limits per role (a member gets the most generous of their roles' limits unless
+    # an admin set their own), and the channels where a server lets generation answer (none
+    # listed: everywhere).
+    """
+    CREATE TABLE role_quotas (
+        guild_id TEXT NOT NULL,
+        role_id TEXT NOT NULL,
+        daily_images INTEGER,
+        daily_micro_usd INTEGER,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (guild_id, role_id)
+    );
+    CREATE TABLE allowed_channels (
+        guild_id TEXT NOT NULL,
+        channel_id TEXT NOT NULL,
+        added_at TEXT NOT NULL,
+        PRIMARY KEY (guild_id, channel_id)
+    );
+    """,
 )
