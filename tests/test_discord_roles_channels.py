@@ -122,7 +122,8 @@ async def test_allow_list_refuses_elsewhere_privately_threads_follow_parent(
     await bot_harness.start(ImageBot(local_runtime))
     assert (await reply(await admin(fake_discord, "channels list", {}), "Every channel")).ephemeral
     before = await run(fake_discord, "imagine", {"prompt": "anywhere while no list"})
-    await before.wait_for_message(lambda m: bool(m.embeds))
+    made_before = await before.wait_for_message(lambda m: bool(m.embeds))
+    image_id = made_before.embeds[0]["footer"]["text"]
     await reply(await admin(fake_discord, "channels allow", {"channel": art}), "only in")
     assert f"<#{art.id}>" in text_of(await reply(await admin(fake_discord, "channels list", {}),
                                                  "<#"))  # fmt: skip
@@ -135,6 +136,10 @@ async def test_allow_list_refuses_elsewhere_privately_threads_follow_parent(
         upload = await run(fake_discord, "upload", {"image": ("x.png", png(64, 64))},
                            channel=where)  # fmt: skip
         assert (await reply(upload, f"<#{art.id}>")).ephemeral
+    for action in ("reroll", "vary"):  # the buttons on a result posted before the list
+        click = await fake_discord.click(made_before, f"img:{action}:{image_id}")
+        await click.wait_for_callback()
+        assert (await reply(click, f"<#{art.id}>")).ephemeral
     assert await local_runtime.ledger.user_usage(
         str(fake_discord.member.id), str(guild.id)
     ) == spent  # nothing reserved or charged for the refusals
