@@ -39,6 +39,7 @@ EXTENSIONS: tuple[str, ...] = (
     "cogs.templates",
     "cogs.usage",
     "cogs.quota",
+    "cogs.channels",
     "cogs.apikeys",
     "cogs.gallery",
 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -141,19 +142,21 @@ class ImageLibrary:
         user_id: str,
         guild_id: str = "",
         idempotency_key: str | None = None,
+        role_ids: Sequence[str] = (),
     ) -> ImageRecord:
         """Fetch an image from an address a user gave (public addresses only unless
         ALLOW_PRIVATE_URLS, bounded in size) and upload it; refused early when the user's
         allowance has no room left, before anything is fetched."""
-        await self.check_upload_allowance(user_id, guild_id)
+        await self.check_upload_allowance(user_id, guild_id, role_ids)
         if self.http is None:
             raise BotError("Uploads by URL are not available here.")
         data, _ = await fetch_bytes(
             self.http, url, max_bytes=UPLOAD_LIMIT, allow_private=self.allow_private_urls
         )
         return await self.upload(
-            data, user_id=user_id, guild_id=guild_id, idempotency_key=idempotency_key
-        )
+            data, user_id=user_id, guild_id=guild_id, idempotency_key=idempotency_key,
+            role_ids=role_ids,
+        )  # fmt: skip
 
     @shows_fresh_urls
     async def upload(
@@ -164,6 +167,7 @@ class ImageLibrary:
         guild_id: str = "",
         idempotency_key: str | None = None,
         metadata: dict[str, str] | None = None,
+        role_ids: Sequence[str] = (),
     ) -> ImageRecord:
         """Validate (magic bytes and a real decode), reserve it against the user's daily upload
         allowance (and its storage price), host and record an image."""
@@ -182,7 +186,7 @@ class ImageLibrary:
                 NewJob("upload", user_id, guild_id, price, 0, None, idempotency_key,
                        {"slots": [{"id": image_id}], "metadata": metadata or {}},
                        fingerprint=fingerprint, bytes=len(data)),
-                await self._upload_limits(user_id, guild_id),
+                await self._upload_limits(user_id, guild_id, role_ids),
             )  # fmt: skip
         except DuplicateRequest as duplicate:
             check_same_request(duplicate.job, fingerprint)
@@ -206,17 +210,21 @@ class ImageLibrary:
         await self.ledger.settle(job.id, 0, price)
         return record
 
-    async def check_upload_allowance(self, user_id: str, guild_id: str = "") -> None:
+    async def check_upload_allowance(
+        self, user_id: str, guild_id: str = "", role_ids: Sequence[str] = ()
+    ) -> None:
         """Refuse early (QuotaExceeded) when not even a tiny upload would fit today, so a
         front need not read or fetch a file it cannot accept. ``upload`` checks exactly."""
-        limits = await self._upload_limits(user_id, guild_id)
+        limits = await self._upload_limits(user_id, guild_id, role_ids)
         refusal = await self.ledger.upload_refusal(user_id, limits, 1)
         if refusal is not None:
             raise refusal
 
-    async def _upload_limits(self, user_id: str, guild_id: str) -> Limits:
+    async def _upload_limits(
+        self, user_id: str, guild_id: str, role_ids: Sequence[str] = ()
+    ) -> Limits:
         """The user's upload allowance and money budgets; uploads draw no images or Neurons."""
-        limits = await self.ledger.limits_for(user_id, guild_id)
+        limits = await self.ledger.limits_for(user_id, guild_id, role_ids)
         return replace(limits, user_images=UNLIMITED, milli_neurons=UNLIMITED)
 
     async def record_or_unstore(self, record: ImageRecord) -> None:

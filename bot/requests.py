@@ -58,6 +58,7 @@ class GenerateRequest:
     idempotency_key: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)  # any JSON object (≤ 1 KB)
     allowance_hold: str | None = None  # the job holding a batch's allowance, drawn on first
+    role_ids: tuple[str, ...] = ()  # the member's roles in the server: they pick the limits
     progress: ProgressCallback | None = field(default=None, compare=False, repr=False)
 
 

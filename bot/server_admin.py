@@ -1,4 +1,5 @@
-"""What a server's admins manage: templates, quota overrides and the prompt blocklist.
+"""What a server's admins manage: templates, quota overrides (per member and per role), the
+prompt blocklist and the channels generation answers in.
 
 Fronts call these; permissions are decided here from two facts the front supplies (who asks,
 and whether they are an admin), so a rule means the same in Discord and over HTTP.
@@ -7,20 +8,24 @@ and whether they are an admin), so a rule means the same in Discord and over HTT
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from bot.catalog import Catalog
 from bot.days import next_utc_midnight
-from bot.errors import Forbidden, InvalidRequest
+from bot.errors import Forbidden, InvalidRequest, NotFound
 from bot.ledger import Ledger, Limits, Template, Usage
 from bot.ledger.records import new_id
+from bot.ledger.servers import DEFAULT_RULE
+from bot.ledger.servers import LimitRule as LimitRule  # re-exported: fronts word the rule
 from bot.requests import Remaining
 from bot.validation import ASPECT_RATIOS, clean_prompt, clean_text, resolve_steps
 
 MAX_TEMPLATE_NAME = 32
 MAX_BLOCKLIST = 200
 MAX_TERM = 100
+MAX_ALLOWED_CHANNELS = 50
 
 
 class PromptBlocked(Forbidden):
@@ -36,6 +41,8 @@ class QuotaStatus:
     used: Usage
     guild_used: Usage
     resets_at: datetime
+    images_rule: LimitRule = DEFAULT_RULE
+    usd_rule: LimitRule = DEFAULT_RULE
 
     @property
     def left(self) -> Remaining:
@@ -119,10 +126,29 @@ class ServerAdmin:
 
     # -- quotas ---------------------------------------------------------------------------
 
-    async def quota_status(self, guild_id: str, user_id: str) -> QuotaStatus:
-        limits, used = await self.ledger.limits_and_usage(user_id, guild_id)
+    async def quota_status(
+        self, guild_id: str, user_id: str, role_ids: Sequence[str] = ()
+    ) -> QuotaStatus:
+        """A member's limits, which rule each comes from, and today's use."""
+        policy = await self.ledger.policy(user_id, guild_id, role_ids)
         guild_used = await self.ledger.usage("guild", guild_id) if guild_id else Usage()
-        return QuotaStatus(limits, used, guild_used, next_utc_midnight(self.ledger.clock()))
+        resets = next_utc_midnight(self.ledger.clock())
+        return QuotaStatus(
+            policy.limits, policy.usage, guild_used, resets, policy.images_rule, policy.usd_rule
+        )
+
+    async def set_role_quota(
+        self, *, guild_id: str, role_id: str, daily_images: int | None, daily_micro_usd: int | None
+    ) -> None:
+        """Limits for everyone holding the role (a member with several gets the most generous)."""
+        _check_non_negative(daily_images=daily_images, daily_usd=daily_micro_usd)
+        if daily_images is None and daily_micro_usd is None:
+            raise InvalidRequest("daily_images", "Give daily_images, daily_usd or both.")
+        await self.ledger.set_role_quota(guild_id, role_id, daily_images, daily_micro_usd)
+
+    async def clear_role_quota(self, *, guild_id: str, role_id: str) -> None:
+        if not await self.ledger.clear_role_quota(guild_id, role_id):
+            raise NotFound("That role has no limits of its own in this server.")
 
     async def set_user_quota(
         self, *, guild_id: str, user_id: str, daily_images: int | None, daily_micro_usd: int | None
@@ -174,6 +200,35 @@ class ServerAdmin:
             raise InvalidRequest("term", "That term is not on this server's blocklist.")
         await self.ledger.set_blocklist(guild_id, kept)
         return kept
+
+    # -- where generation answers ------------------------------------------------------------
+
+    async def allowed_channels(self, guild_id: str) -> list[str]:
+        """The channels generation answers in (empty: every channel; none outside a server)."""
+        return await self.ledger.allowed_channels(guild_id) if guild_id else []
+
+    async def allow_channel(self, guild_id: str, channel_id: str) -> list[str]:
+        allowed = await self.ledger.allowed_channels(guild_id)
+        if channel_id not in allowed:
+            if len(allowed) >= MAX_ALLOWED_CHANNELS:
+                raise InvalidRequest(
+                    "channel", f"A server allows at most {MAX_ALLOWED_CHANNELS} channels."
+                )
+            await self.ledger.allow_channel(guild_id, channel_id)
+        return await self.ledger.allowed_channels(guild_id)
+
+    async def deny_channel(self, guild_id: str, channel_id: str) -> list[str]:
+        if not await self.ledger.deny_channel(guild_id, channel_id):
+            raise InvalidRequest("channel", "That channel is not on this server's allow list.")
+        return await self.ledger.allowed_channels(guild_id)
+
+    async def channel_refusal(self, guild_id: str, channel_ids: Sequence[str]) -> str | None:
+        """None if generation may answer in a channel known by ``channel_ids`` (the channel,
+        and for a thread its parent); otherwise an allowed channel's id to point to."""
+        allowed = await self.allowed_channels(guild_id)
+        if not allowed or any(c in allowed for c in channel_ids):
+            return None
+        return allowed[0]
 
 
 def _check_non_negative(**values: int | None) -> None:

@@ -8,7 +8,7 @@ needs the provider, the store or the ledger behind it; batches and placeholders 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import httpx
@@ -113,7 +113,7 @@ class ImageService:
         key = f"{request.idempotency_key}:init" if request.idempotency_key else None
         return await self.library.upload(
             request.init_image, user_id=request.user_id, guild_id=request.guild_id,
-            idempotency_key=key,
+            idempotency_key=key, role_ids=request.role_ids,
         )  # fmt: skip
 
     async def _visible_start(self, request: GenerateRequest) -> tuple[ImageRecord, bytes]:
@@ -158,21 +158,31 @@ class ImageService:
         guild_id: str = "",
         idempotency_key: str | None = None,
         metadata: dict[str, str] | None = None,
+        role_ids: Sequence[str] = (),
     ) -> ImageRecord:
         return await self.library.upload(
             data, user_id=user_id, guild_id=guild_id, idempotency_key=idempotency_key,
-            metadata=metadata,
+            metadata=metadata, role_ids=role_ids,
         )  # fmt: skip
 
     async def upload_from_url(
-        self, url: str, *, user_id: str, guild_id: str = "", idempotency_key: str | None = None
+        self,
+        url: str,
+        *,
+        user_id: str,
+        guild_id: str = "",
+        idempotency_key: str | None = None,
+        role_ids: Sequence[str] = (),
     ) -> ImageRecord:
         return await self.library.upload_from_url(
-            url, user_id=user_id, guild_id=guild_id, idempotency_key=idempotency_key
-        )
+            url, user_id=user_id, guild_id=guild_id, idempotency_key=idempotency_key,
+            role_ids=role_ids,
+        )  # fmt: skip
 
-    async def check_upload_allowance(self, user_id: str, guild_id: str = "") -> None:
-        await self.library.check_upload_allowance(user_id, guild_id)
+    async def check_upload_allowance(
+        self, user_id: str, guild_id: str = "", role_ids: Sequence[str] = ()
+    ) -> None:
+        await self.library.check_upload_allowance(user_id, guild_id, role_ids)
 
     async def get_image(self, image_id: str) -> ImageRecord:
         return await self.library.get_image(image_id)
@@ -209,8 +219,10 @@ class ImageService:
         """The current UTC day (the day quotas and reports count)."""
         return self.ledger.today()
 
-    async def remaining(self, user_id: str, guild_id: str) -> Remaining:
-        return await self.generation.remaining(user_id, guild_id)
+    async def remaining(
+        self, user_id: str, guild_id: str, role_ids: Sequence[str] = ()
+    ) -> Remaining:
+        return await self.generation.remaining(user_id, guild_id, role_ids)
 
     async def personal_usage(self, guild_id: str, user_id: str) -> PersonalUsage:
         return await personal_usage(self.ledger, guild_id, user_id)

@@ -18,7 +18,7 @@ from bot.catalog import IMAGE_TO_IMAGE
 from bot.discord_bot import report_error
 from bot.requests import GenerateRequest, ImageRecord
 from bot.runtime import Runtime
-from cogs.common import guild_key, is_admin, runtime_of
+from cogs.common import answers_here, guild_key, is_admin, role_ids_of, runtime_of
 from cogs.delivery import InteractionLink
 from cogs.render import details_embed, model_name
 from cogs.replies import generate_and_reply
@@ -101,6 +101,8 @@ class RerollButton(_ImageButton, template=rf"img:reroll:{IMAGE_ID}"):
     @guarded
     async def callback(self, interaction: discord.Interaction) -> None:
         private = asks_privately(interaction)
+        if not await answers_here(interaction):
+            return
         await interaction.response.defer(thinking=True, ephemeral=private)
         image = await self.image(interaction)
         runtime = runtime_of(interaction)
@@ -108,6 +110,7 @@ class RerollButton(_ImageButton, template=rf"img:reroll:{IMAGE_ID}"):
             prompt=image.prompt or "",
             user_id=str(interaction.user.id),
             guild_id=guild_key(interaction),
+            role_ids=role_ids_of(interaction.user),
             model=image.model,
             negative_prompt=image.negative_prompt,
             width=image.width,
@@ -130,12 +133,15 @@ class VariationsButton(_ImageButton, template=rf"img:vary:{IMAGE_ID}"):
     @guarded
     async def callback(self, interaction: discord.Interaction) -> None:
         private = asks_privately(interaction)
+        if not await answers_here(interaction):
+            return
         await interaction.response.defer(thinking=True, ephemeral=private)
         image = await self.image(interaction)
         request = GenerateRequest(
             prompt=image.prompt or "a variation of this image",
             user_id=str(interaction.user.id),
             guild_id=guild_key(interaction),
+            role_ids=role_ids_of(interaction.user),
             image_id=image.id,
             strength=0.6,
             fresh=True,

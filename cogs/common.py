@@ -90,3 +90,33 @@ def guild_only_check() -> Callable[[T], T]:
         return True
 
     return app_commands.check(predicate)
+
+
+def role_ids_of(user: discord.abc.User) -> tuple[str, ...]:
+    """A member's roles in the server they act in (not @everyone: that is the server default),
+    which pick their limits; nobody has roles in DMs."""
+    if not isinstance(user, discord.Member):
+        return ()
+    return tuple(str(role.id) for role in user.roles if not role.is_default())
+
+
+def channel_ids(interaction: discord.Interaction) -> tuple[str, ...]:
+    """Where the interaction happens: its channel, and for a thread the channel it is in."""
+    channel = interaction.channel
+    parent = channel.parent_id if isinstance(channel, discord.Thread) else None
+    return tuple(str(i) for i in (interaction.channel_id, parent) if i)
+
+
+async def answers_here(interaction: discord.Interaction) -> bool:
+    """Whether generation and uploads answer in this channel (the server's allow list, if it
+    has one); if not, says privately where they do. Call it before anything is deferred or
+    charged."""
+    allowed = await runtime_of(interaction).admin.channel_refusal(
+        guild_key(interaction), channel_ids(interaction)
+    )
+    if allowed is None:
+        return True
+    await interaction.response.send_message(
+        f"Image commands work in <#{allowed}> on this server.", ephemeral=True
+    )
+    return False

@@ -14,7 +14,7 @@ from bot.requests import GenerateRequest
 from bot.runtime import Runtime
 from bot.validation import ASPECT_RATIOS, MAX_SEED
 from cogs.buttons import BUTTONS, image_view
-from cogs.common import bot_runtime, guild_key
+from cogs.common import answers_here, bot_runtime, guild_key, role_ids_of
 from cogs.limits import fit_choices
 from cogs.progress import ProgressBoard
 from cogs.render import model_name
@@ -68,12 +68,15 @@ class Imagine(commands.Cog):
         fresh: bool = False,
         private: bool = False,
     ) -> None:
+        if not await answers_here(interaction):
+            return
         await interaction.response.defer(thinking=True, ephemeral=private)
         runtime = self.runtime
         request = GenerateRequest(
             prompt=prompt,
             user_id=str(interaction.user.id),
             guild_id=guild_key(interaction),
+            role_ids=role_ids_of(interaction.user),
             model=model,
             template=template,
             negative_prompt=negative_prompt,

@@ -12,7 +12,7 @@ from bot.errors import InvalidRequest
 from bot.money import format_neurons, format_usd
 from bot.runtime import Runtime
 from cogs.buttons import image_buttons
-from cogs.common import bot_runtime, guild_key
+from cogs.common import answers_here, bot_runtime, guild_key, role_ids_of
 from cogs.limits import FIELDS, fit_embeds
 from cogs.render import ACCENT, attachable, image_embed
 from cogs.replies import read_attachment
@@ -37,19 +37,22 @@ class Library(commands.Cog):
     ) -> None:
         if (image is None) == (url is None):
             raise InvalidRequest("image", "Give either an image or a url.")
+        if not await answers_here(interaction):
+            return
         await interaction.response.defer(thinking=True, ephemeral=private)
         runtime = self.runtime
         user_id, guild_id = str(interaction.user.id), guild_key(interaction)
+        roles = role_ids_of(interaction.user)
         key = f"discord:{interaction.id}"
         if image is not None:
             record = await runtime.service.upload(
                 await read_attachment(image), user_id=user_id, guild_id=guild_id,
-                idempotency_key=key, metadata={"filename": image.filename[:100]},
+                idempotency_key=key, metadata={"filename": image.filename[:100]}, role_ids=roles,
             )  # fmt: skip
         else:
             assert url is not None
             record = await runtime.service.upload_from_url(
-                url, user_id=user_id, guild_id=guild_id, idempotency_key=key
+                url, user_id=user_id, guild_id=guild_id, idempotency_key=key, role_ids=roles
             )
         file = await attachable(runtime, record)
         embed = image_embed(runtime, record, None, file.filename if file else None)

@@ -16,7 +16,15 @@ from discord.ext import commands
 from bot.errors import InvalidRequest
 from bot.money import format_usd, usd_to_micro
 from bot.runtime import Runtime
-from cogs.common import admin_commands, admin_only, bot_runtime, guild_key, server_only
+from bot.server_admin import LimitRule
+from cogs.common import (
+    admin_commands,
+    admin_only,
+    bot_runtime,
+    guild_key,
+    role_ids_of,
+    server_only,
+)
 from cogs.limits import CONTENT, TITLE, cut_lines, escape, fit_embeds, shown
 from cogs.render import ACCENT
 
@@ -36,7 +44,7 @@ async def quota_embed(
 ) -> discord.Embed:
     """A member's daily limits and what they and the server used today."""
     status = await runtime.admin.quota_status(
-        guild_key(interaction), str(member.id)
+        guild_key(interaction), str(member.id), role_ids_of(member)
     )
     limits, used = status.limits, status.used
     embed = discord.Embed(title=shown(f"Quota of {member.display_name}", TITLE), colour=ACCENT)
@@ -50,9 +58,24 @@ async def quota_embed(
         value=f"{format_usd(status.guild_used.micro_usd)} of {format_usd(limits.guild_micro_usd)}",
     )
     embed.add_field(
+        name="Rule",
+        value=f"Images: {rule_text(status.images_rule)}\nDollars: {rule_text(status.usd_rule)}",
+        inline=False,
+    )
+    embed.add_field(
         name="Resets", value=discord.utils.format_dt(status.resets_at, "R"), inline=False
     )
     return fit_embeds([embed])[0]
+
+
+def rule_text(rule: LimitRule) -> str:
+    """Which rule a limit comes from, in words (a role as a mention, which does not ping in
+    an embed)."""
+    if rule.source == "member":
+        return "set for this member"
+    if rule.source == "role":
+        return f"the most generous of their roles, <@&{rule.role_id}>"
+    return "this server's default" if rule.source == "server" else "the bot's default"
 
 
 class Quota(commands.Cog):
@@ -121,6 +144,46 @@ class QuotaAdmin(
             user_daily_micro_usd=micro("user_daily_usd", user_daily_usd),
         )
         await interaction.response.send_message("Updated this server's limits.", ephemeral=True)
+
+    @app_commands.command(name="set-role", description="Set daily limits for a role (admins)")
+    @app_commands.describe(
+        daily_images="Images per day for members with this role",
+        daily_usd="Dollars per day for members with this role, e.g. 0.05",
+    )
+    @admin_only()
+    async def set_role(
+        self,
+        interaction: discord.Interaction,
+        role: discord.Role,
+        daily_images: app_commands.Range[int, 0, 100_000] | None = None,
+        daily_usd: app_commands.Range[float, 0.0, 10_000.0] | None = None,
+    ) -> None:
+        if role.is_default():
+            raise InvalidRequest("role", "For everyone, use /quota-admin set-server.")
+        await self.runtime.admin.set_role_quota(
+            guild_id=guild_key(interaction),
+            role_id=str(role.id),
+            daily_images=daily_images,
+            daily_micro_usd=micro("daily_usd", daily_usd),
+        )
+        await interaction.response.send_message(
+            f"Updated the daily limits of {role.mention}. A member with several roles gets the "
+            "most generous; a member's own limits come first.",
+            ephemeral=True,
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
+
+    @app_commands.command(name="clear-role", description="Remove a role's daily limits (admins)")
+    @admin_only()
+    async def clear_role(self, interaction: discord.Interaction, role: discord.Role) -> None:
+        await self.runtime.admin.clear_role_quota(
+            guild_id=guild_key(interaction), role_id=str(role.id)
+        )
+        await interaction.response.send_message(
+            f"{role.mention} has no limits of its own any more.",
+            ephemeral=True,
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
 
     @app_commands.command(
         name="reset-user", description="Clear a member's usage for today (admins)"

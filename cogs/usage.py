@@ -14,7 +14,7 @@ from bot.catalog import Catalog
 from bot.money import format_usd
 from bot.requests import UsageReport
 from bot.runtime import Runtime
-from cogs.common import admin_commands, admin_only, bot_runtime, guild_key
+from cogs.common import admin_commands, admin_only, bot_runtime, guild_key, role_ids_of
 from cogs.limits import FIELD_VALUE, FILE_BYTES, TITLE, cut_lines, fit_embeds, shown
 from cogs.render import ACCENT, model_name
 
@@ -32,7 +32,7 @@ async def personal_embed(
 ) -> discord.Embed:
     guild, user = guild_key(interaction), str(member.id)
     usage = await runtime.service.personal_usage(guild, user)
-    status = await runtime.admin.quota_status(guild, user)
+    status = await runtime.admin.quota_status(guild, user, role_ids_of(member))
     embed = discord.Embed(title=shown(f"Usage of {member.display_name}", TITLE), colour=ACCENT)
     embed.add_field(
         name="Today (UTC)",

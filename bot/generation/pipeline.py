@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from bot import imaging
@@ -84,8 +84,10 @@ class GenerationPipeline:
         await asyncio.gather(*pending, return_exceptions=True)
         return len(pending)
 
-    async def remaining(self, user_id: str, guild_id: str) -> Remaining:
-        limits, used = await self.ledger.limits_and_usage(user_id, guild_id)
+    async def remaining(
+        self, user_id: str, guild_id: str, role_ids: Sequence[str] = ()
+    ) -> Remaining:
+        limits, used = await self.ledger.limits_and_usage(user_id, guild_id, role_ids)
         return Remaining.of(limits, used, next_utc_midnight(self.ledger.clock()))
 
     async def _generate(self, request: GenerateRequest) -> GenerationResult:
@@ -175,7 +177,7 @@ class GenerationPipeline:
             prompt_used=prompt_used,
             enhanced=request.enhance,
             cost=total_cost(produced.values()) + enhance_cost,
-            remaining=await self.remaining(request.user_id, request.guild_id),
+            remaining=await self.remaining(request.user_id, request.guild_id, request.role_ids),
             job_id=job.id,
             failed=len(failures),
         )

@@ -113,7 +113,7 @@ class Planner:
         prompt = clean_prompt(prompt_text, spec.max_prompt_chars)
         if aspect is None and not spec.fixed_size:  # a template's shape is only a default
             aspect = template_aspect
-        policy = await self.ledger.policy(request.user_id, request.guild_id)
+        policy = await self.ledger.policy(request.user_id, request.guild_id, request.role_ids)
         if policy.blocklist and prompt_matches(f"{prompt} {request.prompt}", policy.blocklist):
             raise PromptBlocked()
         width, height = resolve_size(spec, request.width, request.height, aspect)

@@ -11,6 +11,7 @@ them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -35,12 +36,13 @@ from bot.ledger.records import (
     UsageReport,
 )
 from bot.ledger.reports import Reports
-from bot.ledger.servers import Policy, ServerPolicy, TemplateTable
+from bot.ledger.servers import LimitRule, Policy, ServerPolicy, TemplateTable
 from bot.ledger.usage import UsageCounters, user_scope
 from bot.refusals import quota_exceeded
 
 __all__ = [
-    "UNDELIVERED_MESSAGE", "DuplicateRequest", "Ledger", "NewJob", "Policy", "user_scope",
+    "UNDELIVERED_MESSAGE", "DuplicateRequest", "Ledger", "LimitRule", "NewJob", "Policy",
+    "user_scope",
 ]  # fmt: skip
 
 
@@ -90,17 +92,42 @@ class Ledger:
 
     # -- quota policy ---------------------------------------------------------------------
 
-    async def limits_for(self, user_id: str, guild_id: str) -> Limits:
-        """Per-user override in this guild, else the guild's user defaults, else global."""
-        return (await self._policy.policy(user_id, guild_id)).limits
+    async def limits_for(
+        self, user_id: str, guild_id: str, role_ids: Sequence[str] = ()
+    ) -> Limits:
+        """Per-user override in this guild, else the most generous of the member's roles, else
+        the guild's user defaults, else global."""
+        return (await self._policy.policy(user_id, guild_id, role_ids)).limits
 
-    async def limits_and_usage(self, user_id: str, guild_id: str) -> tuple[Limits, Usage]:
-        policy = await self._policy.policy(user_id, guild_id)
+    async def limits_and_usage(
+        self, user_id: str, guild_id: str, role_ids: Sequence[str] = ()
+    ) -> tuple[Limits, Usage]:
+        policy = await self._policy.policy(user_id, guild_id, role_ids)
         return policy.limits, policy.usage
 
-    async def policy(self, user_id: str, guild_id: str) -> Policy:
-        """The user's limits, today's usage and the server's blocklist, in one query."""
-        return await self._policy.policy(user_id, guild_id)
+    async def policy(self, user_id: str, guild_id: str, role_ids: Sequence[str] = ()) -> Policy:
+        """The user's limits (and their rules), today's usage and the server's blocklist."""
+        return await self._policy.policy(user_id, guild_id, role_ids)
+
+    async def set_role_quota(
+        self, guild_id: str, role_id: str, daily_images: int | None, daily_micro_usd: int | None
+    ) -> None:
+        await self._policy.set_role_quota(guild_id, role_id, daily_images, daily_micro_usd)
+
+    async def clear_role_quota(self, guild_id: str, role_id: str) -> bool:
+        """Whether the role had limits to clear."""
+        return await self._policy.clear_role_quota(guild_id, role_id)
+
+    async def allowed_channels(self, guild_id: str) -> list[str]:
+        """The channels generation answers in (empty: every channel)."""
+        return await self._policy.allowed_channels(guild_id)
+
+    async def allow_channel(self, guild_id: str, channel_id: str) -> None:
+        await self._policy.allow_channel(guild_id, channel_id)
+
+    async def deny_channel(self, guild_id: str, channel_id: str) -> bool:
+        """Whether the channel was on the allow list."""
+        return await self._policy.deny_channel(guild_id, channel_id)
 
     async def set_user_quota(
         self, guild_id: str, user_id: str, daily_images: int | None, daily_micro_usd: int | None

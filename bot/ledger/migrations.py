@@ -269,4 +269,23 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE images ADD COLUMN private INTEGER NOT NULL DEFAULT 0 CHECK (private IN (0, 1));
     """,
+    # 6: daily limits per role (a member gets the most generous of their roles' limits unless
+    # an admin set their own), and the channels where a server lets generation answer (none
+    # listed: everywhere).
+    """
+    CREATE TABLE role_quotas (
+        guild_id TEXT NOT NULL,
+        role_id TEXT NOT NULL,
+        daily_images INTEGER,
+        daily_micro_usd INTEGER,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (guild_id, role_id)
+    );
+    CREATE TABLE allowed_channels (
+        guild_id TEXT NOT NULL,
+        channel_id TEXT NOT NULL,
+        added_at TEXT NOT NULL,
+        PRIMARY KEY (guild_id, channel_id)
+    );
+    """,
 )

@@ -1,5 +1,5 @@
-"""Templates and server policy: per-server and per-user quota overrides, the blocklist, and
-the limits they resolve to.
+"""Templates and server policy: per-server, per-role and per-user quota overrides, the
+blocklist, the channels generation answers in, and the limits they resolve to.
 
 SQLite-specific: ``LIKE`` is case-insensitive for ASCII and template names are
 ``COLLATE NOCASE`` (PostgreSQL: ``ILIKE`` and a ``lower(name)`` unique index); the blocklist is
@@ -9,6 +9,7 @@ a JSON array in a TEXT column.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bot.config import QuotaDefaults
@@ -45,6 +46,25 @@ INSERT INTO guild_settings (guild_id, blocklist, updated_at) VALUES (?, ?, ?)
 ON CONFLICT (guild_id) DO UPDATE SET blocklist = excluded.blocklist,
     updated_at = excluded.updated_at
 """
+ROLE_QUOTAS_SQL = (
+    "SELECT role_id, daily_images, daily_micro_usd FROM role_quotas "
+    "WHERE guild_id = ? AND role_id IN ({marks}) ORDER BY role_id"
+)
+SET_ROLE_QUOTA_SQL = """
+INSERT INTO role_quotas (guild_id, role_id, daily_images, daily_micro_usd, updated_at)
+VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (guild_id, role_id) DO UPDATE SET daily_images = excluded.daily_images,
+    daily_micro_usd = excluded.daily_micro_usd, updated_at = excluded.updated_at
+"""
+CLEAR_ROLE_QUOTA_SQL = "DELETE FROM role_quotas WHERE guild_id = ? AND role_id = ?"
+ALLOWED_CHANNELS_SQL = (
+    "SELECT channel_id FROM allowed_channels WHERE guild_id = ? ORDER BY added_at, channel_id"
+)
+ALLOW_CHANNEL_SQL = """
+INSERT INTO allowed_channels (guild_id, channel_id, added_at) VALUES (?, ?, ?)
+ON CONFLICT (guild_id, channel_id) DO NOTHING
+"""
+DENY_CHANNEL_SQL = "DELETE FROM allowed_channels WHERE guild_id = ? AND channel_id = ?"
 INSERT_TEMPLATE_SQL = insert_statement("templates", Template.COLUMNS)
 TEMPLATE_SQL = "SELECT * FROM templates WHERE guild_id = ? AND (name = ? OR id = ?)"
 TEMPLATES_SQL = "SELECT * FROM templates WHERE guild_id = ? AND name LIKE ? ORDER BY name LIMIT 100"
@@ -52,10 +72,43 @@ DELETE_TEMPLATE_SQL = "DELETE FROM templates WHERE id = ?"
 
 
 @dataclass(frozen=True)
+class LimitRule:
+    """Where one of a member's daily limits comes from: ``member`` (an admin set theirs),
+    ``role`` (the most generous of their roles; ``role_id`` names it), ``server`` (the
+    server's member default) or ``default`` (the operator's)."""
+
+    source: str
+    role_id: str = ""
+
+
+DEFAULT_RULE = LimitRule("default")
+
+
+@dataclass(frozen=True)
 class Policy:
     limits: Limits
     usage: Usage
     blocklist: list[str]
+    images_rule: LimitRule = DEFAULT_RULE
+    usd_rule: LimitRule = DEFAULT_RULE
+
+
+RoleLimit = tuple[str, int | None]  # (role id, its limit, None where the role sets none)
+
+
+def _resolve(
+    own: int | None, roles: list[RoleLimit], server: int | None, default: int
+) -> tuple[int, LimitRule]:
+    """Own override, else the most generous role, else the server's, else the default."""
+    if own is not None:
+        return own, LimitRule("member")
+    set_by_roles = [(limit, role) for role, limit in roles if limit is not None]
+    if set_by_roles:
+        limit, role = max(set_by_roles, key=lambda pair: pair[0])
+        return limit, LimitRule("role", role)
+    if server is not None:
+        return server, LimitRule("server")
+    return default, DEFAULT_RULE
 
 
 def _first_set(*values: int | None) -> int:
@@ -69,24 +122,63 @@ class ServerPolicy:
         self._db = db
         self.defaults = defaults
 
-    async def policy(self, user_id: str, guild_id: str) -> Policy:
-        """The user's limits, today's usage and the server's blocklist, in one query."""
+    async def policy(
+        self, user_id: str, guild_id: str, role_ids: Sequence[str] = ()
+    ) -> Policy:
+        """The user's limits (and the rule each comes from), today's usage and the server's
+        blocklist. ``role_ids`` are the member's roles in the server, from the interaction."""
         d = self.defaults
         row = await self._db.one(
             POLICY_SQL,
             (guild_id, user_id, guild_id, self._db.today(), user_scope(guild_id, user_id)),
         )
         user_images, user_usd, guild_user_images, guild_user_usd, guild_usd = row[:5]
+        roles = await self.role_quotas(guild_id, role_ids) if guild_id and role_ids else []
+        images, images_rule = _resolve(
+            user_images, [(r, i) for r, i, _ in roles], guild_user_images, d.user_daily_images
+        )
+        usd, usd_rule = _resolve(
+            user_usd, [(r, u) for r, _, u in roles], guild_user_usd, d.user_daily_micro_usd
+        )
         limits = Limits(
-            user_images=_first_set(user_images, guild_user_images, d.user_daily_images),
-            user_micro_usd=_first_set(user_usd, guild_user_usd, d.user_daily_micro_usd),
+            user_images=images,
+            user_micro_usd=usd,
             guild_micro_usd=_first_set(guild_usd, d.guild_daily_micro_usd),
             milli_neurons=d.daily_milli_neurons,
             user_uploads=d.user_daily_uploads,
             user_upload_bytes=d.user_daily_upload_bytes,
         )
         usage = Usage(row[5] or 0, row[6] or 0, row[7] or 0)
-        return Policy(limits, usage, json.loads(row[8]) if row[8] else [])
+        blocklist = json.loads(row[8]) if row[8] else []
+        return Policy(limits, usage, blocklist, images_rule, usd_rule)
+
+    async def role_quotas(
+        self, guild_id: str, role_ids: Sequence[str]
+    ) -> list[tuple[str, int | None, int | None]]:
+        """The limits set for these roles: (role id, daily images, daily micro-dollars)."""
+        ids = list(dict.fromkeys(role_ids))
+        sql = ROLE_QUOTAS_SQL.format(marks=", ".join("?" * len(ids)))
+        rows = await self._db.all(sql, (guild_id, *ids))
+        return [(str(r[0]), r[1], r[2]) for r in rows]
+
+    async def set_role_quota(
+        self, guild_id: str, role_id: str, daily_images: int | None, daily_micro_usd: int | None
+    ) -> None:
+        params = (guild_id, role_id, daily_images, daily_micro_usd, self._db.now_iso())
+        await self._db.write(SET_ROLE_QUOTA_SQL, params)
+
+    async def clear_role_quota(self, guild_id: str, role_id: str) -> bool:
+        return await self._db.write(CLEAR_ROLE_QUOTA_SQL, (guild_id, role_id)) == 1
+
+    async def allowed_channels(self, guild_id: str) -> list[str]:
+        """The channels generation answers in (empty: every channel)."""
+        return [str(r[0]) for r in await self._db.all(ALLOWED_CHANNELS_SQL, (guild_id,))]
+
+    async def allow_channel(self, guild_id: str, channel_id: str) -> None:
+        await self._db.write(ALLOW_CHANNEL_SQL, (guild_id, channel_id, self._db.now_iso()))
+
+    async def deny_channel(self, guild_id: str, channel_id: str) -> bool:
+        return await self._db.write(DENY_CHANNEL_SQL, (guild_id, channel_id)) == 1
 
     async def set_user_quota(
         self, guild_id: str, user_id: str, daily_images: int | None, daily_micro_usd: int | None

@@ -172,7 +172,8 @@ class FakeUser:
 
 @dataclass
 class FakeChannel:
-    """A guild text channel, or (type 1, no guild) the bot's DM channel with ``recipient``."""
+    """A guild text channel, a thread in one (type 11, ``parent_id``), or (type 1, no guild)
+    the bot's DM channel with ``recipient``."""
 
     id: int
     name: str
@@ -181,6 +182,7 @@ class FakeChannel:
     position: int = 0
     can_send: bool = True  # False: the bot's messages here answer 403 50013
     recipient: FakeUser | None = None
+    parent_id: int | None = None  # a thread's channel
 
     def payload(self, permissions: int | None = None) -> dict[str, Any]:
         if self.recipient is not None:
@@ -195,6 +197,11 @@ class FakeChannel:
         data |= {"position": self.position, "guild_id": str(self.guild_id), "nsfw": False}
         data |= {"permission_overwrites": [], "rate_limit_per_user": 0}
         data |= dict.fromkeys(("parent_id", "topic", "last_message_id"))
+        if self.type == 11:  # PUBLIC_THREAD: discord.py builds a Thread from these
+            data |= {"parent_id": str(self.parent_id), "owner_id": str(self.guild_id)}
+            data |= {"member_count": 1, "message_count": 0, "flags": 0}
+            data["thread_metadata"] = {"archived": False, "auto_archive_duration": 1440} | {
+                "archive_timestamp": "2024-01-01T00:00:00+00:00", "locked": False}
         if permissions is not None:
             data["permissions"] = str(permissions)
         return data
@@ -221,9 +228,10 @@ class FakeGuild:
         data: dict[str, Any] = {"id": str(self.id), "name": self.name, "icon": None}
         data |= {"owner_id": str(self.owner_id), "unavailable": False, "large": False}
         data |= {"member_count": len(self.members), "preferred_locale": "en-US"}
-        data |= {key: [] for key in ("features", "emojis", "stickers", "threads", "presences")}
+        data |= {key: [] for key in ("features", "emojis", "stickers", "presences")}
         data |= {"voice_states": [], "roles": self.roles}
-        data["channels"] = [c.payload() for c in self.channels]
+        data["channels"] = [c.payload() for c in self.channels if c.type != 11]
+        data["threads"] = [c.payload() for c in self.channels if c.type == 11]
         data["members"] = [m.member_payload() for m in self.members]
         return data
 
@@ -604,6 +612,22 @@ class FakeDiscord(_Waitable):
         self.guilds.append(guild)
         return guild
 
+    def add_role(self, guild: FakeGuild, name: str, *members: FakeUser) -> dict[str, Any]:
+        """A role (no permissions) held by ``members``; pass it as a role option's value.
+        Add roles before the bot connects: discord.py learns them from GUILD_CREATE."""
+        role = _role(self.snowflake(), name, 0, len(guild.roles))
+        guild.roles.append(role)
+        for member in members:
+            member.role_ids.append(int(role["id"]))
+        return role
+
+    def add_thread(self, parent: FakeChannel, name: str) -> FakeChannel:
+        """A public thread in ``parent`` (its messages go to the thread's own id)."""
+        thread = FakeChannel(self.snowflake(), name, parent.guild_id, 11, parent_id=parent.id)
+        guild = next(g for g in self.guilds if g.id == parent.guild_id)
+        guild.channels.append(thread)
+        return thread
+
     def add_user(self, username: str, permissions: int = MEMBER_PERMISSIONS) -> FakeUser:
         user = FakeUser(self.snowflake(), username, permissions)
         self.users.append(user)
@@ -842,6 +866,9 @@ class FakeDiscord(_Waitable):
             resolved.setdefault("users", {})[str(value.id)] = member.pop("user")
             resolved.setdefault("members", {})[str(value.id)] = member
             value = str(value.id)
+        elif kind == 8 and isinstance(value, dict):  # role
+            resolved.setdefault("roles", {})[value["id"]] = value
+            value = value["id"]
         elif kind == 7 and isinstance(value, FakeChannel):
             resolved.setdefault("channels", {})[str(value.id)] = value.payload(MEMBER_PERMISSIONS)
             value = str(value.id)
