@@ -95,8 +95,11 @@ async def one_run(running: int) -> dict[str, Any]:
                "CLOUDFLARE_API_BASE_URL": cf["api_base"],
                "CLOUDFLARE_IMAGE_DELIVERY_URL": cf["delivery_base"],
                "ALLOW_PRIVATE_URLS": "true", "LOOP_LAG_PROBE": "1"}  # fmt: skip
+        profile = os.environ.get("BENCH_PYSPY")  # a path: py-spy records the bot (collapsed)
+        spy = [str(Path(sys.executable).with_name("py-spy")), "record", "--format", "raw",
+               "-r", "200", "-o", f"{profile}.{running}", "--"] if profile else []  # fmt: skip
         bot = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", LAUNCHER, discord_info["base_url"], cwd=folder, env=env,
+            *spy, sys.executable, "-c", LAUNCHER, discord_info["base_url"], cwd=folder, env=env,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         try:
