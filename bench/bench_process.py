@@ -25,17 +25,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_load import LAUNCHER  # noqa: E402
 from common import GENEROUS  # noqa: E402
 
-LAUNCHER = """
-import sys, discord, yarl
-discord.http.Route.BASE = sys.argv[1] + "/api/v10"
-discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(
-    sys.argv[1].replace("http", "ws") + "/gateway")
-from bot.cli import main
-sys.argv = ["python -m bot"]
-raise SystemExit(main())
-"""
 JOBS = 200
 
 
