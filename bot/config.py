@@ -254,6 +254,9 @@ class Settings:
     log_level: str = variable(
         "LOG_LEVEL", Choice(("debug", "info", "warning", "error"), upper=True), "INFO", "logs"
     )
+    loop_lag_probe: bool = variable(
+        "LOOP_LAG_PROBE", Flag(), "false", "log the worst event-loop stall at exit"
+    )
 
 
 def declared_variables(settings_class: type[Any] = Settings) -> Iterator[Variable]:

@@ -22,6 +22,7 @@ from discord.ext import commands
 from bot.command_sync import sync_commands
 from bot.config import Settings
 from bot.errors import BotError, QuotaExceeded
+from bot.loop_probe import loop_lag_probe
 from bot.runtime import Runtime
 from bot.web.app import start_web_server
 from cogs.limits import CONTENT, clip
@@ -168,7 +169,7 @@ async def run_discord(runtime: Runtime) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, lambda: asyncio.ensure_future(bot.close()))
     try:
-        async with bot:
+        async with loop_lag_probe(runtime.settings.loop_lag_probe), bot:
             await bot.start(token)
     finally:
         await runner.cleanup()

@@ -1,0 +1,46 @@
+"""The event-loop lag probe (LOOP_LAG_PROBE) sees a stall and logs it, and costs nothing off."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+
+from bot.loop_probe import loop_lag_probe
+
+
+async def test_a_blocking_call_shows_as_the_worst_stall(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "bot.loop_probe")
+    async with loop_lag_probe(True) as probe:
+        assert probe is not None
+        await asyncio.sleep(0.05)
+        time.sleep(0.2)  # noqa: ASYNC251 - holds the loop on purpose, as CPU work on it would
+        await asyncio.sleep(0.05)
+    assert probe.worst >= 0.15
+    assert probe.ticks > 0
+    assert "worst stall" in caplog.text
+
+
+async def test_off_by_default_no_task_no_log(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "bot.loop_probe")
+    tasks = len(asyncio.all_tasks())
+    async with loop_lag_probe(False) as probe:
+        assert probe is None
+        assert len(asyncio.all_tasks()) == tasks
+    assert "worst stall" not in caplog.text
+
+
+def test_a_missing_sniffio_is_not_searched_for_on_every_request() -> None:
+    """httpcore imports sniffio per lock; a missing one must fail from sys.modules, not disk."""
+    import importlib.util
+    import sys
+
+    import bot.runtime  # noqa: F401  (importing it is what sets this up)
+
+    if importlib.util.find_spec("sniffio") is not None and sys.modules.get("sniffio") is not None:
+        pytest.skip("sniffio is installed: httpcore finds it in sys.modules")
+    assert "sniffio" in sys.modules and sys.modules["sniffio"] is None
+    with pytest.raises(ImportError):
+        import sniffio  # noqa: F401
