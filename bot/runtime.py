@@ -6,9 +6,7 @@ Fronts (the Discord bot, the CLI, the web server) receive a ``Runtime`` and call
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -42,16 +40,6 @@ log = logging.getLogger(__name__)
 HTTP_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=32)
 
 
-def remember_sniffio_is_missing() -> None:
-    """httpcore tries ``import sniffio`` for every lock it makes (several per request); without
-    sniffio installed (anyio 4 no longer needs it) each try searches sys.path on disk, on the
-    event loop: 9% of the bot's CPU in bench_process.py. A None in sys.modules makes the failed
-    import instant; nothing changes when sniffio is installed."""
-    if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
-        sys.modules["sniffio"] = None  # type: ignore[assignment]
-
-
-remember_sniffio_is_missing()
 OUTBOUND_TIMEOUT = httpx.Timeout(15.0, connect=5.0)
 
 
