@@ -228,8 +228,8 @@ async def test_a_job_outliving_its_token_is_posted_in_the_channel_mentioning_onl
     assert posted.embeds[0]["footer"]["text"] in {i.id for i in
                                                   await slow_runtime.service.user_images(
                                                       str(member.id))}  # fmt: skip
-    assert sorted(c.split(":")[1] for c in posted.custom_ids) == ["delete", "info", "reroll",
-                                                                  "vary"]  # fmt: skip
+    assert sorted(c.split(":")[1] for c in posted.custom_ids) == ["delete", "edit", "info",
+                                                                  "reroll", "vary"]  # fmt: skip
     assert posted.files  # the same attachment as the reply would have had
     assert made.calls_after_dead == 0  # the first 401 was the last call on that token
 

@@ -52,7 +52,7 @@ async def test_imagine_defers_then_shows_the_hosted_image_with_buttons(
     assert Image.open(io.BytesIO(sent.data)).size == (1024, 1024)
     assert embed["image"]["url"] == f"attachment://{image_id}.png"
     assert sorted(message.custom_ids) == sorted(
-        f"img:{action}:{image_id}" for action in ("reroll", "vary", "info", "delete")
+        f"img:{action}:{image_id}" for action in ("reroll", "vary", "edit", "info", "delete")
     )
 
 

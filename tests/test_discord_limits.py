@@ -170,7 +170,7 @@ async def test_files_over_25_mib_go_in_parts_never_a_413(fake_discord, bot_harne
         )
         assert [len(p.files) for p in parts] == [3, 1] and made.rejected == []
         assert all(p.ephemeral == private for p in parts)
-        assert all(len(p.custom_ids) == 4 * len(p.embeds) for p in parts)
+        assert all(len(p.custom_ids) == 5 * len(p.embeds) for p in parts)
         assert sum(len(p.embeds) for p in parts) == 4
 
 

@@ -63,6 +63,24 @@ class CardView(discord.ui.View):
         await interaction.response.edit_message(content="flipped", view=None)
 
 
+class NoteModal(discord.ui.Modal, title="A note"):
+    """A modal with one prefilled text input; submitting "again" answers with a second modal,
+    which Discord refuses (a modal submit cannot open a modal)."""
+
+    text: discord.ui.TextInput[NoteModal] = discord.ui.TextInput(
+        label="Text", default="draft", max_length=20
+    )
+
+    def __init__(self, title: str = "A note") -> None:
+        super().__init__(title=title)
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        if self.text.value == "again":
+            await interaction.response.send_modal(NoteModal())
+        else:
+            await interaction.response.send_message(f"noted: {self.text.value}", ephemeral=True)
+
+
 def build_bot(runtime: Runtime, tag: str, seen: list[dict[str, Any]]) -> ImageBot:
     """An ImageBot without extensions, plus test-only commands on its tree."""
     bot = ImageBot(runtime, extensions=())
@@ -146,6 +164,10 @@ def build_bot(runtime: Runtime, tag: str, seen: list[dict[str, Any]]) -> ImageBo
         await interaction.response.defer()
         await interaction.followup.send("meant to be private", ephemeral=True)
 
+    @tree.command(name="note", description="Open a modal")
+    async def note(interaction: discord.Interaction, title: str = "A note") -> None:
+        await interaction.response.send_modal(NoteModal(title))
+
     admin = app_commands.Group(
         name="admin",
         description="Admin",
@@ -174,7 +196,7 @@ async def test_login_ready_and_sync(
     guild = bot.get_guild(fake_discord.guild.id)
     assert guild is not None and guild.text_channels[0].name == "general"
     assert set(fake_discord.commands()) == {
-        *("inspect", "render", "secret", "style", "ping", "card", "steps", "oops", "admin")
+        *("inspect", "render", "secret", "style", "ping", "card", "steps", "oops", "note", "admin")
     }
     admin = fake_discord.commands()["admin"]
     assert admin["default_member_permissions"] == str(MANAGE_GUILD)
@@ -301,6 +323,38 @@ async def test_edits_deletes_updates_and_discord_rules(
     with pytest.raises(KeyError, match="no option 'colour'"):
         await fake_discord.slash("render", {"colour": "red"})
     assert fake_discord.errors == [] and fake_discord.unhandled == []
+
+
+async def test_modals_open_submit_and_follow_discord_rules(
+    fake_discord: FakeDiscord, bot_harness: BotHarness, local_runtime: Runtime
+) -> None:
+    await bot_harness.start(build_bot(local_runtime, "one", []))
+    opened = await fake_discord.slash("note")
+    assert (await opened.wait_for_callback()).type == 9 and opened.messages == []
+    assert opened.modal is not None and opened.modal["title"] == "A note"
+    [[text_input]] = [row["components"] for row in opened.modal["components"]]
+    assert text_input["type"] == 4 and text_input["value"] == "draft"
+
+    submitted = await fake_discord.submit_modal(opened, {})
+    assert submitted.type == 5
+    assert submitted.payload["data"]["custom_id"] == opened.modal["custom_id"]
+    reply = await submitted.wait_for_message()
+    assert reply.content == "noted: draft" and reply.ephemeral
+
+    opened = await fake_discord.slash("note")
+    await opened.wait_for_callback()
+    with pytest.raises(ValueError, match="longer than max_length"):
+        await fake_discord.submit_modal(opened, {text_input["custom_id"]: "x" * 21})
+    with pytest.raises(ValueError, match="required"):
+        await fake_discord.submit_modal(opened, {text_input["custom_id"]: ""})
+    again = await fake_discord.submit_modal(opened, {text_input["custom_id"]: "again"})
+    await again.wait_until(lambda: again.rejected)
+    assert "40004" in (again.rejected[0].error or "") and again.modal is None
+
+    too_long = await fake_discord.slash("note", {"title": "t" * 46})
+    await too_long.wait_until(lambda: too_long.rejected)
+    assert "modal title must be 1-45 long" in (too_long.rejected[0].error or "")
+    assert too_long.callback is None and fake_discord.errors == []
 
 
 async def test_dynamic_button_survives_a_restart(

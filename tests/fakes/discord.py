@@ -3,9 +3,10 @@
 The real, unpatched discord.py client talks to it over TCP: ``patched_discord_endpoints`` points
 ``Route.BASE`` and ``DiscordWebSocket.DEFAULT_GATEWAY`` at it, ``BotHarness`` starts a bot and
 waits for READY + command sync. Tests then dispatch interactions (``slash``, ``autocomplete``,
-``click``); each returns a ``FakeInteraction`` recording everything the bot did for it (callback,
-followups, edits, deletes, files, embeds, buttons) with monotonic timestamps. Messages the bot
-posts itself land in ``channel_messages[channel_id]`` and ``dm_messages[user_id]``.
+``click``, ``submit_modal``); each returns a ``FakeInteraction`` recording everything the bot did
+for it (callback, followups, edits, deletes, files, embeds, buttons, modal) with monotonic
+timestamps. Messages the bot posts itself land in ``channel_messages[channel_id]`` and
+``dm_messages[user_id]``.
 
 Copied from real Discord at its edges (see /work/shared/reference/discord-protocol.md):
 - JSON answers are exactly ``application/json``; a second acknowledgement is refused (40060); the
@@ -36,6 +37,9 @@ Copied from real Discord at its edges (see /work/shared/reference/discord-protoc
   channel; default all) and ``integration_types`` (0 guild install, 1 user install; default
   guild install only, as this fake application is configured) say where it is offered.
   ``slash``/``autocomplete`` raise ``CommandHidden`` where Discord would not offer the command.
+- Modals: callback 9 only answers a command or a component (40004 otherwise), checked like
+  Discord (title 1-45, 1-5 rows of one text input each, labels 1-45, lengths 0-4000);
+  ``submit_modal`` sends the MODAL_SUBMIT (type 5) with the message of the clicked button.
 - Optional: ``ack_deadline=3.0`` makes interactions acknowledged later than that unknown (10062).
 
 Fixtures ``fake_discord`` and ``bot_harness``: ``pytest_plugins = ("tests.fakes.discord",)``.
@@ -387,6 +391,7 @@ class FakeInteraction(_Waitable):
         self.original: FakeMessage | None = None
         self.followups: list[FakeMessage] = []
         self.choices: list[dict[str, Any]] | None = None  # autocomplete answer
+        self.modal: dict[str, Any] | None = None  # the modal it answered with (callback 9)
         self.expired = False  # expire(): the token is dead whatever its age
         self.dead = False  # a webhook call on this token was answered 401 or 404
         self.calls_after_dead = 0  # webhook calls made on the token after that answer
@@ -803,6 +808,39 @@ class FakeDiscord(_Waitable):
         payload["message"] = msg.payload()
         return await self._dispatch(payload, source=msg)
 
+    async def submit_modal(
+        self, opened: FakeInteraction, values: Mapping[str, str], **who: Unpack[Who]
+    ) -> FakeInteraction:
+        """Submit the modal the bot answered ``opened`` with (a MODAL_SUBMIT, type 5), its text
+        inputs filled with ``values`` by custom_id (the rest keep their prefilled value). Checked
+        like Discord's client: required inputs filled, lengths within min/max."""
+        modal = opened.modal
+        if modal is None:
+            raise LookupError(f"interaction {opened.id} did not answer with a modal")
+        known = {row["components"][0]["custom_id"] for row in modal["components"]}
+        if unknown := set(values) - known:
+            raise LookupError(f"no text input {sorted(unknown)} in the modal: {sorted(known)}")
+        rows = []
+        for row in modal["components"]:
+            [text_input] = row["components"]
+            value = values.get(text_input["custom_id"], text_input.get("value") or "")
+            _check_modal_value(text_input, value)
+            rows.append({"type": 1, "components": [
+                {"type": 4, "custom_id": text_input["custom_id"], "value": value}
+            ]})  # fmt: skip
+        data = {"custom_id": modal["custom_id"], "components": rows}
+        source = opened.source
+        where: Who = {"user": _who_of(opened.payload, self)}
+        if opened.payload.get("guild_id"):
+            guild = next(g for g in self.guilds if g.id == int(opened.payload["guild_id"]))
+            where |= {"guild": guild, "channel": self.channel(opened.channel_id)}
+        else:
+            where["dm"] = True
+        payload = self._interaction_payload(5, data, **(where | who))
+        if source is not None:
+            payload["message"] = source.payload()
+        return await self._dispatch(payload, source=source)
+
     async def _command(
         self,
         kind: int,
@@ -1083,7 +1121,8 @@ class FakeDiscord(_Waitable):
         return json_response(list(self.synced.get(scope, {}).values()))
 
     async def _callback(self, request: web.Request) -> web.Response:
-        """The interaction response: 4 message, 5 defer, 6/7 (update) the clicked message, 8."""
+        """The interaction response: 4 message, 5 defer, 6/7 (update) the clicked message, 8
+    choices, 9 a modal (only to a command or a component, never to a modal submit)."""
         at = time.monotonic()
         interaction = self.interactions.get(int(request.match_info["interaction_id"]))
         if interaction is None or interaction.token != request.match_info["token"]:
@@ -1093,6 +1132,10 @@ class FakeDiscord(_Waitable):
         message: FakeMessage | None = None
         added: list[SentFile] = []
         try:
+            if kind == 9:  # the body is checked before the interaction's state, like Discord
+                if interaction.type not in (2, 3):  # not to autocomplete nor to a modal submit
+                    raise _Rejected(400, 40004, "Invalid interaction response type")
+                _check_modal(data)
             if interaction.callback is not None:
                 raise _Rejected(400, 40060, "Interaction has already been acknowledged.")
             late = (
@@ -1117,6 +1160,8 @@ class FakeDiscord(_Waitable):
             return self._reject(interaction, body, rejected)
         if kind == 8:
             interaction.choices = list(data.get("choices") or [])
+        if kind == 9:
+            interaction.modal = copy.deepcopy(data)
         if message is not None:
             interaction.original = self.messages[message.id] = message
         interaction._record(Event("callback", at, body, added, message))
@@ -1540,6 +1585,58 @@ async def _read_body(request: web.Request) -> tuple[Any, dict[int, _Upload]]:
             )
             uploads[int(match[1])] = _Upload(part.filename, bytes(await part.read()), kind)
     return body, uploads
+
+
+def _who_of(payload: dict[str, Any], fake: FakeDiscord) -> FakeUser:
+    """The user who sent an interaction payload."""
+    user_id = int((payload.get("member") or payload)["user"]["id"])
+    user = fake.user(user_id)
+    if user is None:
+        raise LookupError(f"unknown user {user_id}")
+    return user
+
+
+def _check_modal(data: dict[str, Any]) -> None:
+    """A modal (callback 9): custom_id 1-100, title 1-45, 1 to 5 action rows of exactly one text
+    input each (custom_id 1-100, label 1-45, style 1 short or 2 paragraph, min_length 0-4000,
+    max_length 1-4000, a prefilled value of at most 4000 and at most max_length)."""
+    invalid = "Invalid Form Body: "
+    if not 1 <= len(data.get("custom_id") or "") <= 100:
+        raise _Rejected(400, 50035, invalid + "modal custom_id must be 1-100 long")
+    if not 1 <= len(data.get("title") or "") <= 45:
+        raise _Rejected(400, 50035, invalid + "modal title must be 1-45 long")
+    rows = data.get("components") or []
+    if not 1 <= len(rows) <= 5:
+        raise _Rejected(400, 50035, invalid + "a modal has 1 to 5 action rows")
+    for row in rows:
+        inputs = row.get("components") or []
+        if row.get("type") != 1 or len(inputs) != 1 or inputs[0].get("type") != 4:
+            raise _Rejected(400, 50035, invalid + "each modal row holds exactly one text input")
+        text_input = inputs[0]
+        if not 1 <= len(text_input.get("custom_id") or "") <= 100:
+            raise _Rejected(400, 50035, invalid + "text input custom_id must be 1-100 long")
+        if not 1 <= len(text_input.get("label") or "") <= 45:
+            raise _Rejected(400, 50035, invalid + "text input label must be 1-45 long")
+        if text_input.get("style") not in (1, 2):
+            raise _Rejected(400, 50035, invalid + "text input style must be 1 or 2")
+        min_length, max_length = text_input.get("min_length"), text_input.get("max_length")
+        if min_length is not None and not 0 <= min_length <= 4000:
+            raise _Rejected(400, 50035, invalid + "min_length must be 0-4000")
+        if max_length is not None and not 1 <= max_length <= 4000:
+            raise _Rejected(400, 50035, invalid + "max_length must be 1-4000")
+        value = text_input.get("value") or ""
+        if len(value) > min(4000, max_length or 4000):
+            raise _Rejected(400, 50035, invalid + "text input value longer than max_length")
+
+
+def _check_modal_value(text_input: dict[str, Any], value: str) -> None:
+    """What Discord's client lets a user submit in one text input."""
+    if text_input.get("required", True) and not value:
+        raise ValueError(f"{text_input['custom_id']} is required")
+    if value and len(value) < (text_input.get("min_length") or 0):
+        raise ValueError(f"{text_input['custom_id']} is shorter than min_length")
+    if len(value) > (text_input.get("max_length") or 4000):
+        raise ValueError(f"{text_input['custom_id']} is longer than max_length")
 
 
 def _check_choices(choices: list[dict[str, Any]]) -> None:
