@@ -212,6 +212,11 @@ class Catalog:
         """Any model with this id, enabled or not (for pricing history and details)."""
         return self._models.get(model_id)
 
+    def display_name(self, model_id: str | None, unknown: str = "?") -> str:
+        """The model's name as people read it; its id (or ``unknown``) if not in the catalog."""
+        spec = self.find(model_id or "")
+        return spec.name if spec else (model_id or unknown)
+
     def _by_suffix(self, short: str) -> ModelSpec | None:
         matches = [m for m in self._models.values() if m.id.rsplit("/", 1)[-1] == short]
         return matches[0] if len(matches) == 1 else None

@@ -24,8 +24,7 @@ EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "im
 
 
 def model_name(catalog: Catalog, model_id: str | None) -> str:
-    spec = catalog.find(model_id or "")
-    return spec.name if spec else (model_id or "?")
+    return catalog.display_name(model_id)
 
 
 def image_embed(

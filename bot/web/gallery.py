@@ -56,11 +56,6 @@ def _when(iso: str) -> str:
     return datetime.fromisoformat(iso).astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _model(catalog: Catalog, model_id: str | None) -> str:
-    spec = catalog.find(model_id or "")
-    return spec.name if spec else (model_id or "—")
-
-
 def _item(image: ImageRecord, catalog: Catalog, server: bool) -> dict[str, object]:
     prompt = image.prompt or "Uploaded image"
     alt = f"Image made from the prompt: {prompt}" if image.prompt else f"Uploaded image {image.id}"
@@ -73,7 +68,7 @@ def _item(image: ImageRecord, catalog: Catalog, server: bool) -> dict[str, objec
         "width": image.width,
         "height": image.height,
         "prompt": prompt,
-        "model": _model(catalog, image.model) if image.kind != "upload" else "upload",
+        "model": catalog.display_name(image.model, "—") if image.kind != "upload" else "upload",
         "cost": "free (cached)" if image.cached else format_usd(image.cost_micro_usd),
         "created_at": image.created_at,
         "date": _when(image.created_at),
