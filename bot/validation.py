@@ -15,6 +15,8 @@ from bot.errors import InvalidPrompt, InvalidRequest
 MIN_PROMPT = 3
 MAX_SEED = 2**32 - 1
 MAX_COUNT = 4
+# A request's metadata as compact UTF-8 JSON, at most: what Cloudflare Images stores per image.
+METADATA_LIMIT = 1024
 ASPECT_RATIOS = ("1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3")
 _WHITESPACE = re.compile(r"\s+")
 _MB = 1024 * 1024

@@ -25,10 +25,10 @@ import httpx
 from bot.cloudflare_api import CloudflareAPI, store_error
 from bot.errors import Conflict, NotFound, StoreError
 from bot.stores.base import StoredImage
+from bot.validation import METADATA_LIMIT
 
 log = logging.getLogger(__name__)
 
-METADATA_LIMIT = 1024
 _SHORT_VALUE = 32
 _FIND_PAGES = 3
 _FIND_PAGE_SIZE = 100

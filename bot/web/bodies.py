@@ -14,8 +14,8 @@ from pydantic_core import ErrorDetails
 
 from bot.batches import MAX_PROMPTS
 from bot.errors import InvalidRequest
+from bot.validation import METADATA_LIMIT
 
-METADATA_LIMIT = 1024  # bytes of compact UTF-8 JSON: what Cloudflare Images stores per image
 Body = TypeVar("Body", bound="StrictBody")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
