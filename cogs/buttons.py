@@ -85,6 +85,15 @@ class _ImageButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"i
     ) -> _ImageButton:
         return cls(match["id"])
 
+    async def start_run(self, interaction: discord.Interaction) -> tuple[ImageRecord, bool] | None:
+        """Before a button runs a new job: refuse privately outside the server's allowed
+        channels (None), else acknowledge (privately on a private result) and read the image."""
+        private = asks_privately(interaction)
+        if not await answers_here(interaction):
+            return None
+        await interaction.response.defer(thinking=True, ephemeral=private)
+        return await self.image(interaction), private
+
     async def image(self, interaction: discord.Interaction) -> ImageRecord:
         return await runtime_of(interaction).service.get_image(self.image_id)
 
@@ -100,11 +109,10 @@ class RerollButton(_ImageButton, template=rf"img:reroll:{IMAGE_ID}"):
 
     @guarded
     async def callback(self, interaction: discord.Interaction) -> None:
-        private = asks_privately(interaction)
-        if not await answers_here(interaction):
+        started = await self.start_run(interaction)
+        if started is None:
             return
-        await interaction.response.defer(thinking=True, ephemeral=private)
-        image = await self.image(interaction)
+        image, private = started
         runtime = runtime_of(interaction)
         request = rerun_request(interaction, image, private=private)
         label = model_name(runtime.catalog, image.model)
@@ -144,11 +152,10 @@ class VariationsButton(_ImageButton, template=rf"img:vary:{IMAGE_ID}"):
 
     @guarded
     async def callback(self, interaction: discord.Interaction) -> None:
-        private = asks_privately(interaction)
-        if not await answers_here(interaction):
+        started = await self.start_run(interaction)
+        if started is None:
             return
-        await interaction.response.defer(thinking=True, ephemeral=private)
-        image = await self.image(interaction)
+        image, private = started
         request = GenerateRequest(
             prompt=image.prompt or "a variation of this image",
             user_id=str(interaction.user.id),
