@@ -192,6 +192,13 @@ class Settings:
     max_concurrent_jobs: int = variable(
         "MAX_CONCURRENT_JOBS", Integer(1, 1024), "8", "jobs running at once overall"
     )
+    job_lease_seconds: int = variable(
+        "JOB_LEASE_SECONDS",
+        Integer(1, 3600),
+        "60",
+        "a process renews its lease every third of this; when one stops (killed, machine "
+        "lost), another closes its open jobs within about this long",
+    )
     discord_channel_messages_per_10s: int = variable(
         "DISCORD_CHANNEL_MESSAGES_PER_10S",
         Integer(0, 10_000),

@@ -1,8 +1,11 @@
-"""Crash recovery, run once at start-up: every job a crash left open is closed.
+"""Crash recovery: every job a stopped process left open is closed, by any live process.
 
-A job records the ids of its images before storing them, so for each open job we can ask the
-store what it holds: images found are recorded (marked ``recovered``) and charged, since the
-provider was paid for them; a job with nothing stored is refunded.
+It runs at start-up and then every half lease (``bot.leases``), over the *orphans*: open jobs
+whose process holds no live lease (it was killed, its machine was lost, or it stopped with work
+unfinished). Each is claimed first, so two processes never close the same job. A job records the
+ids of its images before storing them, so for each orphan we can ask the store what it holds:
+images found are recorded (marked ``recovered``) and charged, since the provider was paid for
+them; a job with nothing stored is refunded.
 """
 
 from __future__ import annotations
@@ -34,41 +37,50 @@ class CrashRecovery:
         self.store = store
 
     async def run(self) -> RecoveryReport:
-        """Settle or refund jobs a crash left open; record stored images nobody recorded."""
+        """Settle or refund the jobs stopped processes left open; record stored images nobody
+        recorded."""
         settled = refunded = recovered = 0
-        for job in await self.ledger.open_jobs():
-            recorded = [i for i in await self.ledger.images_for_job(job.id) if not i.cached]
-            known = {image.id for image in recorded}
-            if job.state == "storing":
-                for planned in job.planned_image_ids:
-                    if planned in known:
-                        continue
-                    record = await self._recover_image(job, planned)
-                    if record is not None:
-                        recorded.append(record)
-                        recovered += 1
-            if recorded and job.kind == "generate":
-                unit = Cost(job.params["unit_micro_usd"], job.params["unit_milli_neurons"])
-                made = len(recorded)
-                await self.ledger.settle(
-                    job.id, made, Cost(unit.micro_usd * made, unit.milli_neurons * made)
-                )
-                settled += 1
-            elif recorded:
-                await self.ledger.settle(job.id, 0, ZERO_COST)
-                settled += 1
-            else:
-                await self.ledger.refund(
-                    job.id, "interrupted", "The bot restarted before this finished."
-                )
-                refunded += 1
-            await self.ledger.note_job(job.id, "closed by crash recovery at start-up")
+        for job in await self.ledger.orphaned_jobs():
+            if not await self.ledger.claim_job(job.id):
+                continue  # another process took it, or it closed meanwhile
+            was_settled, images = await self._close(job)
+            settled += was_settled
+            refunded += not was_settled
+            recovered += images
         if settled or refunded:
             log.warning(
                 "crash recovery: %d job(s) settled, %d refunded, %d stored image(s) recorded",
                 settled, refunded, recovered,
             )  # fmt: skip
         return RecoveryReport(settled, refunded, recovered)
+
+    async def _close(self, job: Job) -> tuple[bool, int]:
+        """Settle what was made (True) or refund (False); how many stored images were found."""
+        recorded = [i for i in await self.ledger.images_for_job(job.id) if not i.cached]
+        known = {image.id for image in recorded}
+        found = 0
+        if job.state == "storing":
+            for planned in job.planned_image_ids:
+                if planned in known:
+                    continue
+                record = await self._recover_image(job, planned)
+                if record is not None:
+                    recorded.append(record)
+                    found += 1
+        if recorded and job.kind == "generate":
+            unit = Cost(job.params["unit_micro_usd"], job.params["unit_milli_neurons"])
+            made = len(recorded)
+            await self.ledger.settle(
+                job.id, made, Cost(unit.micro_usd * made, unit.milli_neurons * made)
+            )
+        elif recorded:
+            await self.ledger.settle(job.id, 0, ZERO_COST)
+        else:
+            await self.ledger.refund(
+                job.id, "interrupted", "The bot stopped before this finished."
+            )
+        await self.ledger.note_job(job.id, "closed by crash recovery (its process had stopped)")
+        return bool(recorded), found
 
     async def _recover_image(self, job: Job, image_id: str) -> ImageRecord | None:
         key = await self.store.find(image_id)

@@ -22,11 +22,13 @@ from bot.config import Settings
 from bot.errors import ConfigError, InvalidModel
 from bot.gallery import GalleryService
 from bot.gallery_links import GalleryLinks, gallery_secret
+from bot.leases import LeaseKeeper
 from bot.ledger import Ledger
 from bot.placeholders import PlaceholderService
 from bot.providers.base import ImageProvider
 from bot.providers.cloudflare import CloudflareProvider
 from bot.providers.local import LocalProvider
+from bot.recovery import CrashRecovery
 from bot.scheduler import JobScheduler
 from bot.server_admin import ServerAdmin
 from bot.service import ImageService
@@ -58,6 +60,7 @@ class Runtime:
     http: httpx.AsyncClient  # for addresses users give: uploads by URL, webhooks
     variants: VariantRenderer  # image variants for anyone with a URL, on a pool of their own
     gallery: GalleryService
+    leases: LeaseKeeper  # this process's lease; closes the jobs of processes that stopped
 
 
 def catalog_of(settings: Settings) -> Catalog:
@@ -133,8 +136,11 @@ async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIter
             http=outbound,
             allow_private_urls=settings.allow_private_urls,
         )
-        if recover:
-            await service.recover()
+        leases = LeaseKeeper(
+            ledger, CrashRecovery(ledger, store), float(settings.job_lease_seconds)
+        )
+        await leases.start(recover=recover)
+        stack.push_async_callback(leases.stop)
         admin = ServerAdmin(ledger, catalog, settings.default_model)
         batches = BatchService(
             service, ledger, outbound, allow_private_urls=settings.allow_private_urls
@@ -152,5 +158,5 @@ async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIter
         gallery = GalleryService(ledger, store, links, settings.public_base_url)
         yield Runtime(
             settings, catalog, ledger, provider, store, service, admin, ApiKeys(ledger),
-            batches, placeholders, outbound, variants, gallery,
+            batches, placeholders, outbound, variants, gallery, leases,
         )  # fmt: skip

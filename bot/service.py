@@ -22,7 +22,6 @@ from bot.ledger import ImageRecord, Ledger, UsageReport
 from bot.library import ImageLibrary
 from bot.presentation import shows_fresh_urls
 from bot.providers.base import ImageProvider
-from bot.recovery import CrashRecovery, RecoveryReport
 from bot.reports import PersonalUsage, ServerUsage, personal_usage, server_usage
 from bot.requests import GenerateRequest, GenerationResult, Remaining
 from bot.scheduler import JobScheduler
@@ -246,7 +245,7 @@ class ImageService:
     def models(self) -> list[ModelSpec]:
         return self.catalog.enabled_image_models()
 
-    # -- health and crash recovery ---------------------------------------------------------------
+    # -- health -----------------------------------------------------------------------------
 
     def health_checks(self) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
         """The parts a health endpoint checks, by name, each a cheap reachability call."""
@@ -255,7 +254,3 @@ class ImageService:
             ("provider", self.backends.provider.check),
             ("store", self.backends.store.check),
         ]
-
-    async def recover(self) -> RecoveryReport:
-        """Settle or refund jobs a crash left open; record stored images nobody recorded."""
-        return await CrashRecovery(self.ledger, self.backends.store).run()

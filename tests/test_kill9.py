@@ -1,5 +1,7 @@
-"""Kill -9 in the middle of a load, then start again: every open reservation is settled or
-refunded, and every image the store holds is recorded (the server runs as a real process)."""
+"""Kill -9 in the middle of a load: every open reservation is settled or refunded and every
+image the store holds is recorded, by the process started again or, without waiting for that,
+by another live process over the same database once the killed one's lease runs out (servers
+run as real processes)."""
 
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ def bot_env(data: Path, port: int, fake, store: str) -> dict[str, str]:  # type:
         "QUOTA_USER_DAILY_USD": "100",
         "MAX_CONCURRENT_JOBS": "16",
         "MAX_JOBS_PER_USER": "16",
+        "JOB_LEASE_SECONDS": "2",  # a killed process's jobs are others' to close after 2 s
     }
 
 
@@ -90,19 +93,11 @@ async def kill_mid_load(  # type: ignore[no-untyped-def]
     server.send_signal(signal.SIGKILL)
 
 
-@pytest.mark.parametrize("store", ["local", "cloudflare"])
-async def test_kill_9_mid_load_then_restart_leaves_nothing_unknown(
-    tmp_path, fake_cloudflare, store
-):
-    fake_cloudflare.latency = 0.4
-    fake_cloudflare.upload_reply_latency = 1.0  # a window where uploads landed unrecorded
-    data = tmp_path / "data"
-    data.mkdir()
-    env = bot_env(data, free_port(), fake_cloudflare, store)
-    key = await create_key(env, tmp_path)
-    server = await start_server(env, tmp_path)
+async def load_then_kill(  # type: ignore[no-untyped-def]
+    env: dict[str, str], key: str, server: asyncio.subprocess.Process, fake, store: str
+) -> None:
+    """60 generations at the server, killed mid-load (see ``kill_mid_load``)."""
     base = f"http://127.0.0.1:{env['WEB_PORT']}"
-
     client = httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=100))
 
     async def generate(n: int) -> int:
@@ -120,33 +115,87 @@ async def test_kill_9_mid_load_then_restart_leaves_nothing_unknown(
         # Kill when some are done and others still running (on Cloudflare: at least one upload
         # landed whose answer has not arrived, so it is stored but unrecorded), some queued.
         # Decided by what happened, not by a sleep, so a loaded machine cannot move the kill.
-        await kill_mid_load(server, requests, fake_cloudflare if store == "cloudflare" else None)
+        await kill_mid_load(server, requests, fake if store == "cloudflare" else None)
         await server.wait()
         statuses = await asyncio.gather(*requests)
     assert 0 in statuses and 201 in statuses  # the kill really was mid-load
 
-    log = tmp_path / "restart.log"
-    restarted = await start_server(env, tmp_path, log)  # crash recovery runs at start-up
+
+async def wait_for_recovery(log: Path) -> int:
+    """Until a live process's log says it closed the killed one's jobs (its lease is 2 s, the
+    sweep every 2/3 s); the stored images it recorded."""
+    for _ in range(600):
+        text = await asyncio.to_thread(log.read_text)
+        lines = [line for line in text.splitlines() if "crash recovery:" in line]
+        if lines:
+            return sum(int(line.split(" stored image(s) recorded")[0].split()[-1])
+                       for line in lines)  # fmt: skip
+        await asyncio.sleep(0.05)
+    raise AssertionError("no live process closed the killed process's jobs")
+
+
+async def assert_nothing_unknown(data: Path, fake, store: str) -> None:  # type: ignore[no-untyped-def]
+    ledger = await Ledger.open(data / "bot.sqlite3")
     try:
-        recovery = log.read_text()
-        assert "crash recovery:" in recovery  # the kill left jobs open, and they were closed
+        assert await ledger.audit() == {"counter_mismatches": 0, "open_jobs": 0}
+        if store == "local":
+            stored = {p.name for p in (data / "images").rglob("img_*") if not p.suffix}
+        else:
+            stored = set(fake.images)
+        recorded = await ledger.images_by_ids(sorted(stored))
+        assert {image.id for image in recorded} == stored  # nothing stored goes unrecorded
+        usage = await ledger.user_usage("77")
+        assert usage.images == sum(1 for image in recorded if not image.cached)
+        assert usage.micro_usd == sum(image.cost_micro_usd for image in recorded)
+    finally:
+        await ledger.close()
+
+
+@pytest.mark.parametrize("store", ["local", "cloudflare"])
+async def test_kill_9_mid_load_then_restart_leaves_nothing_unknown(
+    tmp_path, fake_cloudflare, store
+):
+    fake_cloudflare.latency = 0.4
+    fake_cloudflare.upload_reply_latency = 1.0  # a window where uploads landed unrecorded
+    data = tmp_path / "data"
+    data.mkdir()
+    env = bot_env(data, free_port(), fake_cloudflare, store)
+    key = await create_key(env, tmp_path)
+    server = await start_server(env, tmp_path)
+    await load_then_kill(env, key, server, fake_cloudflare, store)
+
+    log = tmp_path / "restart.log"
+    restarted = await start_server(env, tmp_path, log)  # recovery at start-up or a beat later
+    try:
+        recorded_after_crash = await wait_for_recovery(log)
         if store == "cloudflare":  # the first wave was uploaded but not yet recorded
-            recorded_after_crash = int(recovery.split(" stored image(s) recorded")[0].split()[-1])
             assert recorded_after_crash >= 1
-        ledger = await Ledger.open(data / "bot.sqlite3")
-        try:
-            assert await ledger.audit() == {"counter_mismatches": 0, "open_jobs": 0}
-            if store == "local":
-                stored = {p.name for p in (data / "images").rglob("img_*") if not p.suffix}
-            else:
-                stored = set(fake_cloudflare.images)
-            recorded = await ledger.images_by_ids(sorted(stored))
-            assert {image.id for image in recorded} == stored  # nothing stored goes unrecorded
-            usage = await ledger.user_usage("77")
-            assert usage.images == sum(1 for image in recorded if not image.cached)
-            assert usage.micro_usd == sum(image.cost_micro_usd for image in recorded)
-        finally:
-            await ledger.close()
+        await assert_nothing_unknown(data, fake_cloudflare, store)
     finally:
         restarted.terminate()
         await restarted.wait()
+
+
+@pytest.mark.parametrize("store", ["local", "cloudflare"])
+async def test_kill_9_of_one_process_its_jobs_are_closed_by_another_without_a_restart(
+    tmp_path, fake_cloudflare, store
+):
+    fake_cloudflare.latency = 0.4
+    fake_cloudflare.upload_reply_latency = 1.0
+    data = tmp_path / "data"
+    data.mkdir()
+    env = bot_env(data, free_port(), fake_cloudflare, store)
+    key = await create_key(env, tmp_path)
+    other_log = tmp_path / "other.log"
+    other = await start_server({**env, "WEB_PORT": str(free_port())}, tmp_path, other_log)
+    try:
+        server = await start_server(env, tmp_path)
+        await load_then_kill(env, key, server, fake_cloudflare, store)
+        # The killed process is never started again: the other one closes its jobs.
+        recorded_after_crash = await wait_for_recovery(other_log)
+        if store == "cloudflare":
+            assert recorded_after_crash >= 1
+        await assert_nothing_unknown(data, fake_cloudflare, store)
+    finally:
+        other.terminate()
+        await other.wait()

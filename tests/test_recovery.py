@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from bot.catalog import ZERO_COST, Cost
 from bot.config import Settings
-from bot.ledger.ledger import NewJob
+from bot.ledger.ledger import Ledger, NewJob
 from bot.ledger.records import new_id
 from bot.recovery import CrashRecovery, RecoveryReport
 from bot.requests import GenerateRequest
@@ -18,6 +18,12 @@ from tests.conftest import png
 
 SCHNELL = "@cf/black-forest-labs/flux-1-schnell"
 UNIT = Cost(634, 57_600)
+
+
+def stopped_process(ledger: Ledger) -> Ledger:
+    """The same database as a process that has since stopped sees it: the jobs it reserves
+    name an owner that holds no lease, so they are orphans for this process's recovery."""
+    return Ledger(ledger.database, ledger.defaults, instance_id="a-stopped-process")
 
 
 def generate_params(*image_ids: str) -> dict[str, object]:
@@ -36,7 +42,7 @@ async def test_recorded_images_count_once_and_only_the_unrecorded_are_recovered(
         template = made.images[0]
         recorded_id, stored_id, lost_id = new_id("img"), new_id("img"), new_id("img")
         ids = (recorded_id, stored_id, lost_id)
-        job = await ledger.reserve(
+        job = await stopped_process(ledger).reserve(
             NewJob("generate", "u1", "", Cost(3 * UNIT.micro_usd, 3 * UNIT.milli_neurons), 3,
                    SCHNELL, None, generate_params(*ids)),
             await ledger.limits_for("u1", ""),
@@ -71,7 +77,7 @@ async def test_an_upload_found_in_the_store_is_kept_and_not_charged(
         ledger, store = runtime.ledger, runtime.store
         image_id = new_id("img")
         data = png(30, 20)
-        job = await ledger.reserve(
+        job = await stopped_process(ledger).reserve(
             NewJob("upload", "u1", "", ZERO_COST, 0, None, None,
                    {"slots": [{"id": image_id}], "metadata": {"ref": "a-42"}}, bytes=len(data)),
             await ledger.limits_for("u1", ""),
@@ -96,7 +102,7 @@ async def test_jobs_that_stored_nothing_are_refunded_and_a_second_run_changes_no
         jobs = []
         for state in ("reserved", "generating", "storing"):
             planned = new_id("img")  # never stored
-            job = await ledger.reserve(
+            job = await stopped_process(ledger).reserve(
                 NewJob("generate", "u1", "", UNIT, 1, SCHNELL, None, generate_params(planned)),
                 limits,
             )

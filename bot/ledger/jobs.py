@@ -27,9 +27,9 @@ _OPEN = f"state IN {OPEN_STATES!r}"  # ('reserved', 'generating', 'storing')
 RESERVE_SQL = """
 INSERT INTO jobs (id, idempotency_key, kind, user_id, guild_id, day, model, state,
                   images, micro_usd, milli_neurons, params, request_fingerprint, bytes,
-                  hold_id, created_at, updated_at)
+                  hold_id, owner, created_at, updated_at)
 SELECT :id, :key, :kind, :user, :guild, :day, :model, 'reserved',
-       :images, :usd, :mn, :params, :fingerprint, :bytes, :hold, :now, :now
+       :images, :usd, :mn, :params, :fingerprint, :bytes, :hold, :owner, :now, :now
 FROM (SELECT 1) AS one
 LEFT JOIN usage_counters u ON u.day = :day AND u.scope = 'user' AND u.scope_id = :user_scope
 LEFT JOIN quota_resets r ON r.day = :day AND r.user_scope = :user_scope
@@ -121,10 +121,13 @@ def _job_from(
 class JobTable:
     """Reservations and every change of a job's state."""
 
-    def __init__(self, db: Database, usage: UsageCounters, images: ImageTable) -> None:
+    def __init__(
+        self, db: Database, usage: UsageCounters, images: ImageTable, owner: str
+    ) -> None:
         self._db = db
         self._usage = usage
         self._images = images
+        self._owner = owner  # this process's instance id (see ``leases``)
 
     async def reserve(self, new: NewJob, limits: Limits, hold: str | None) -> Job:
         """Atomically check every limit and reserve the estimate (see ``Ledger.reserve``)."""
@@ -155,6 +158,7 @@ class JobTable:
             "uploads": limits.user_uploads,
             "upload_bytes": limits.user_upload_bytes,
             "hold": hold,
+            "owner": self._owner,
         }
         sql = RESERVE_UPLOAD_SQL if new.kind == "upload" else RESERVE_SQL
         try:

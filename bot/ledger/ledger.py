@@ -23,6 +23,7 @@ from bot.ledger.batches import BatchTable
 from bot.ledger.database import Clock, Database, utc_now
 from bot.ledger.images import ImageTable
 from bot.ledger.jobs import UNDELIVERED_MESSAGE, DuplicateRequest, JobTable
+from bot.ledger.leases import Leases, new_instance_id
 from bot.ledger.placeholders import PlaceholderTable
 from bot.ledger.records import (
     ApiKey,
@@ -49,12 +50,15 @@ __all__ = [
 class Ledger:
     """Open with ``await Ledger.open(path, defaults)``; close with ``await ledger.close()``."""
 
-    def __init__(self, database: Database, defaults: QuotaDefaults) -> None:
+    def __init__(
+        self, database: Database, defaults: QuotaDefaults, instance_id: str | None = None
+    ) -> None:
         self.database = database
         self._policy = ServerPolicy(database, defaults)
         self._usage = UsageCounters(database)
         self._images = ImageTable(database)
-        self._jobs = JobTable(database, self._usage, self._images)
+        self.leases = Leases(database, instance_id or new_instance_id())
+        self._jobs = JobTable(database, self._usage, self._images, self.leases.instance_id)
         self._templates = TemplateTable(database)
         self._keys = ApiKeyTable(database)
         self._batches = BatchTable(database)
@@ -63,9 +67,14 @@ class Ledger:
 
     @classmethod
     async def open(
-        cls, path: Path, defaults: QuotaDefaults | None = None, clock: Clock = utc_now
+        cls,
+        path: Path,
+        defaults: QuotaDefaults | None = None,
+        clock: Clock = utc_now,
+        instance_id: str | None = None,
     ) -> Ledger:
-        return cls(await Database.open(path, clock), defaults or QuotaDefaults())
+        """``instance_id`` names this process in leases (default: host, pid and a random)."""
+        return cls(await Database.open(path, clock), defaults or QuotaDefaults(), instance_id)
 
     async def close(self) -> None:
         await self.database.close()
@@ -229,6 +238,14 @@ class Ledger:
 
     async def open_jobs(self) -> list[Job]:
         return await self._jobs.open_jobs()
+
+    async def orphaned_jobs(self) -> list[Job]:
+        """Open jobs no live process holds (see ``leases``)."""
+        return await self.leases.orphans()
+
+    async def claim_job(self, job_id: str) -> bool:
+        """Take over an orphaned job; False if another process took it first or it closed."""
+        return await self.leases.claim(job_id)
 
     async def note_job(self, job_id: str, note: str) -> None:
         await self._jobs.note(job_id, note)

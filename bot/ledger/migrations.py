@@ -288,4 +288,15 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (guild_id, channel_id)
     );
     """,
+    # 7: processes and their leases. Each job names the process running it (NULL: from before
+    # this, or a free job); a live process renews its lease, and any process closes the open
+    # jobs of one whose lease ran out (see ``leases``).
+    """
+    CREATE TABLE instances (
+        id TEXT PRIMARY KEY,
+        started_at TEXT NOT NULL,
+        lease_until TEXT NOT NULL
+    );
+    ALTER TABLE jobs ADD COLUMN owner TEXT;
+    """,
 )

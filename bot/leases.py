@@ -1,0 +1,66 @@
+"""This process's lease, renewed in the background, and the sweep that closes the jobs of
+processes whose lease ran out (``bot.recovery``), so a killed process's jobs are settled or
+refunded by the others within about one lease, without waiting for it to come back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from bot.errors import LedgerUnavailable
+from bot.ledger import Ledger
+from bot.recovery import CrashRecovery, RecoveryReport
+
+log = logging.getLogger(__name__)
+
+
+class LeaseKeeper:
+    """Start with ``await keeper.start()`` (registers, recovers once), stop with ``stop()``."""
+
+    def __init__(self, ledger: Ledger, recovery: CrashRecovery, lease_seconds: float) -> None:
+        self.ledger = ledger
+        self.recovery = recovery
+        self.lease_seconds = lease_seconds
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def instance_id(self) -> str:
+        return self.ledger.leases.instance_id
+
+    async def start(self, *, recover: bool = True) -> RecoveryReport:
+        await self.ledger.leases.register(self.lease_seconds)
+        report = await self.recovery.run() if recover else RecoveryReport()
+        self._task = asyncio.create_task(self._keep(), name="lease keeper")
+        return report
+
+    async def stop(self) -> None:
+        """Stop renewing and give the lease up: jobs still open become others' to close."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        with contextlib.suppress(LedgerUnavailable):
+            await self.ledger.leases.release()
+
+    async def sweep(self) -> RecoveryReport:
+        return await self.recovery.run()
+
+    async def _keep(self) -> None:
+        """Renew every third of a lease (two renewals may fail before it runs out); sweep for
+        orphans on the same beat."""
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            try:
+                if not await self.ledger.leases.renew(self.lease_seconds):
+                    log.error(
+                        "this process's lease had run out (stalled or cut off from the "
+                        "database for %.0f s); its open jobs may have been closed by others",
+                        self.lease_seconds,
+                    )
+                await self.sweep()
+            except LedgerUnavailable as exc:
+                log.warning("could not renew the lease now: %s", exc.code)
+            except Exception:
+                log.exception("the lease keeper's sweep failed; trying again next beat")
