@@ -96,6 +96,7 @@ async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIter
                 base_url=settings.cloudflare_api_base_url,
                 max_total_seconds=max(60.0, read * 2),
                 account_requests=settings.cloudflare_account_requests_per_5min,
+                max_connections=HTTP_LIMITS.max_connections or 64,
             )
         provider: ImageProvider = CloudflareProvider(api) if api else LocalProvider()
         store: ImageStore
