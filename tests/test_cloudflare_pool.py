@@ -10,6 +10,7 @@ import asyncio
 import httpx
 
 from bot.cloudflare_api import CloudflareAPI
+from bot.runtime import HTTP_LIMITS
 from tests.fakes.cloudflare import FakeCloudflare
 
 TOKEN = "cfut_pool-test-token"
@@ -55,3 +56,6 @@ async def test_no_more_calls_reach_httpx_than_the_pool_holds() -> None:
     assert len(fake.ai_requests()) == 20
     assert transport.most == 3  # without the semaphore: 20 (17 queued inside httpcore)
 
+
+def test_the_bots_pool_keeps_every_connection_alive() -> None:
+    assert HTTP_LIMITS.max_keepalive_connections == HTTP_LIMITS.max_connections
