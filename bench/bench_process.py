@@ -70,6 +70,19 @@ def peak_rss_mb(pid: int) -> float:
     return int(match.group(1)) / 1024 if match else 0.0
 
 
+async def probe_report(bot: asyncio.subprocess.Process, profile: str | None) -> None:
+    """SIGUSR1: the bot's loop probe logs its worst stall so far and starts over."""
+    if not profile:  # under py-spy the pid is py-spy's
+        bot.send_signal(signal.SIGUSR1)
+        await asyncio.sleep(0.2)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU the process has used so far (from /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def per_job(requests: dict[str, int], jobs: int) -> dict[str, float]:
     return {kind: round(n / jobs, 2) for kind, n in sorted(requests.items())}
 
@@ -87,6 +100,7 @@ async def one_run(running: int) -> dict[str, Any]:
                "CLOUDFLARE_API_BASE_URL": cf["api_base"],
                "CLOUDFLARE_IMAGE_DELIVERY_URL": cf["delivery_base"],
                "ALLOW_PRIVATE_URLS": "true", "LOOP_LAG_PROBE": "1"}  # fmt: skip
+        env["PYTHONPATH"] = os.environ.get("BENCH_BOT_ROOT", str(ROOT))  # another tree's bot
         profile = os.environ.get("BENCH_PYSPY")  # a path: py-spy records the bot (collapsed)
         spy = [str(Path(sys.executable).with_name("py-spy")), "record", "--format", "raw",
                "-r", "200", "-o", f"{profile}.{running}", "--"] if profile else []  # fmt: skip
@@ -103,7 +117,11 @@ async def one_run(running: int) -> dict[str, Any]:
                 await asyncio.sleep(0.01)
             await discord_fake.ask(op="burst", count=20)  # warm-up: connections, first imports
             await cloudflare.ask(op="reset")
+            await probe_report(bot, profile)  # the probe starts over: start-up is not counted
+            cpu_before = cpu_seconds(bot.pid)
             burst = await discord_fake.ask(op="burst", count=JOBS)
+            cpu = cpu_seconds(bot.pid) - cpu_before
+            await probe_report(bot, profile)  # the worst stall of the burst alone
             cf_counts = await cloudflare.ask(op="counts")
             rss = peak_rss_mb(bot.pid)
         finally:
@@ -114,17 +132,20 @@ async def one_run(running: int) -> dict[str, Any]:
                 sys.stderr.write(errors.decode(errors="replace")[-3000:])
             await discord_fake.stop()
             await cloudflare.stop()
-    stall = re.findall(rb"worst stall ([\d.]+) ms", errors)
+    reports = re.findall(rb"worst stall ([\d.]+) ms.*?\)(?: in (.*))?$", errors, re.M)
+    stall, where = reports[1] if len(reports) > 1 else (b"nan", b"")
     return {
         "jobs_per_s": JOBS / burst["seconds"],
         "ack_p99_ms": burst["ack_p99_ms"],
-        "worst_stall_ms": float(stall[-1]) if stall else float("nan"),
+        "worst_stall_ms": float(stall),
         "peak_rss_mb": rss,
+        "bot_cpu_ms_per_job": cpu * 1000 / JOBS,
         "discord_per_job": sum(burst["requests"].values()) / JOBS,
         "discord_429": burst["status_429"],
         "discord_kinds": per_job(burst["requests"], JOBS),
         "cloudflare_per_job": cf_counts["total"] / JOBS,
         "cloudflare_kinds": per_job(cf_counts["requests"], JOBS),
+        "stall_in": where.decode(errors="replace"),
     }
 
 
@@ -133,7 +154,7 @@ async def main() -> None:
     for _ in range(rounds):
         for running in (8, 200):
             figures = await one_run(running)
-            kinds = {k: figures.pop(k) for k in ("discord_kinds", "cloudflare_kinds")}
+            kinds = {k: figures.pop(k) for k in ("discord_kinds", "cloudflare_kinds", "stall_in")}
             print(f"200 /imagine, MAX_CONCURRENT_JOBS={running}: "
                   + ", ".join(f"{k} {v:,.1f}" for k, v in figures.items()), flush=True)  # fmt: skip
             print(f"  per job: {json.dumps(kinds)}", flush=True)

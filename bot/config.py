@@ -262,7 +262,7 @@ class Settings:
         "LOG_LEVEL", Choice(("debug", "info", "warning", "error"), upper=True), "INFO", "logs"
     )
     loop_lag_probe: bool = variable(
-        "LOOP_LAG_PROBE", Flag(), "false", "log the worst event-loop stall at exit"
+        "LOOP_LAG_PROBE", Flag(), "false", "log the worst event-loop stall at exit and on SIGUSR1"
     )
 
 

@@ -1,32 +1,95 @@
 """A cheap event-loop lag probe (LOOP_LAG_PROBE): a timer that should fire every 10 ms; how
-late it fires is how long something held the loop. The worst lag is logged when it stops."""
+late it fires is how long something held the loop. A watchdog thread names the stall: when the
+loop is late by more than ``SAMPLE_AFTER`` it samples the loop thread's stack (or notes that a
+garbage collection is running), so the log says *what* held the loop, not only how long.
+
+The worst stall (with its sample) is logged when the probe stops, and on SIGUSR1, which also
+starts the count over: a benchmark sends it after its warm-up and after its burst, so start-up
+imports are not mistaken for a stall under load.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
+import signal
+import sys
+import threading
 import time
+import traceback
 from collections.abc import AsyncIterator
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 TICK = 0.01
+SAMPLE_AFTER = 0.03  # a stall this long gets its stack sampled
+FRAMES = 4  # innermost frames kept in a sample
 
 
 class LoopLagProbe:
-    """Measures the loop's worst stall while running (``worst``, in seconds)."""
+    """Measures the loop's worst stall while running (``worst``, in seconds) and what the loop
+    was doing in it (``worst_where``); ``gc_worst`` is the longest garbage collection."""
 
     def __init__(self) -> None:
         self.worst = 0.0
+        self.worst_where = ""
+        self.gc_worst = 0.0
         self.ticks = 0
+        self._last_tick = time.perf_counter()
+        self._sample = ""  # what the current stall is doing, if sampled
+        self._gc_started: float | None = None
+        self._gc_generation = 0
+        self._loop_thread = threading.get_ident()
+        self._stop = threading.Event()
 
     async def run(self) -> None:
         while True:
             expected = time.perf_counter() + TICK
             await asyncio.sleep(TICK)
-            self.worst = max(self.worst, time.perf_counter() - expected)
+            now = time.perf_counter()
+            late = now - expected
+            if late > self.worst:
+                self.worst, self.worst_where = late, self._sample if late > SAMPLE_AFTER else ""
+            self._sample = ""
+            self._last_tick = now
             self.ticks += 1
+
+    def watch(self) -> None:
+        """The watchdog thread's body: sample the loop thread once per stall."""
+        while not self._stop.wait(TICK / 2):
+            if self._sample or time.perf_counter() - self._last_tick < TICK + SAMPLE_AFTER:
+                continue
+            if self._gc_started is not None:
+                self._sample = f"garbage collection of generation {self._gc_generation}"
+                continue
+            frame = sys._current_frames().get(self._loop_thread)
+            if frame is not None:
+                stack = reversed(traceback.extract_stack(frame)[-FRAMES:])
+                self._sample = " < ".join(
+                    f"{f.name} ({f.filename.rsplit('/', 1)[-1]}:{f.lineno})" for f in stack
+                )
+
+    def on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        """gc.callbacks hook: time each collection."""
+        if phase == "start":
+            self._gc_started, self._gc_generation = time.perf_counter(), info["generation"]
+        elif self._gc_started is not None:
+            self.gc_worst = max(self.gc_worst, time.perf_counter() - self._gc_started)
+            self._gc_started = None
+
+    def report(self, reset: bool = False) -> None:
+        """Log the worst stall so far (and what it was doing); ``reset`` starts over."""
+        log.warning("loop lag probe: worst stall %.1f ms over %d ticks (longest gc %.1f ms)%s",
+                    self.worst * 1000, self.ticks, self.gc_worst * 1000,
+                    f" in {self.worst_where}" if self.worst_where else "")  # fmt: skip
+        if reset:
+            self.worst, self.worst_where, self.gc_worst, self.ticks = 0.0, "", 0.0, 0
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 @contextlib.asynccontextmanager
@@ -37,11 +100,21 @@ async def loop_lag_probe(enabled: bool) -> AsyncIterator[LoopLagProbe | None]:
         return
     probe = LoopLagProbe()
     task = asyncio.create_task(probe.run())
+    watchdog = threading.Thread(target=probe.watch, name="loop-lag-watchdog", daemon=True)
+    watchdog.start()
+    gc.callbacks.append(probe.on_gc)
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # not on every platform
+        loop.add_signal_handler(signal.SIGUSR1, probe.report, True)
     try:
         yield probe
     finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGUSR1)
+        gc.callbacks.remove(probe.on_gc)
+        probe.stop()
+        watchdog.join()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        log.warning("loop lag probe: worst stall %.1f ms over %d ticks",
-                    probe.worst * 1000, probe.ticks)  # fmt: skip
+        probe.report()

@@ -39,7 +39,10 @@ from bot.variants import VariantRenderer
 
 log = logging.getLogger(__name__)
 
-HTTP_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=32)
+# Every connection may stay open: httpcore closes an idle connection whenever the pool holds
+# more than max_keepalive_connections (of any state), so a smaller keep-alive figure reconnects
+# on most calls under load. CloudflareAPI never hands httpx more calls than max_connections.
+HTTP_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=64)
 
 
 OUTBOUND_TIMEOUT = httpx.Timeout(15.0, connect=5.0)
@@ -99,6 +102,7 @@ async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIter
                 base_url=settings.cloudflare_api_base_url,
                 max_total_seconds=max(60.0, read * 2),
                 account_requests=settings.cloudflare_account_requests_per_5min,
+                max_connections=HTTP_LIMITS.max_connections or 64,
             )
         provider: ImageProvider = CloudflareProvider(api) if api else LocalProvider()
         store: ImageStore

@@ -1,9 +1,14 @@
-"""The event-loop lag probe (LOOP_LAG_PROBE) sees a stall and logs it, and costs nothing off."""
+"""The event-loop lag probe (LOOP_LAG_PROBE) sees a stall, names what held the loop, logs it
+(at exit and on SIGUSR1, which starts over), and costs nothing off."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import os
+import signal
+import threading
 import time
 
 import pytest
@@ -21,6 +26,41 @@ async def test_a_blocking_call_shows_as_the_worst_stall(caplog: pytest.LogCaptur
     assert probe.worst >= 0.15
     assert probe.ticks > 0
     assert "worst stall" in caplog.text
+    # The watchdog sampled the loop thread inside the stall: the frame that blocked it.
+    assert "test_a_blocking_call_shows_as_the_worst_stall" in probe.worst_where
+    assert "test_loop_probe.py" in caplog.text
+
+
+async def test_sigusr1_reports_and_starts_over(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "bot.loop_probe")
+    async with loop_lag_probe(True) as probe:
+        assert probe is not None
+        await asyncio.sleep(0.05)
+        time.sleep(0.1)  # noqa: ASYNC251 - a stall before the signal
+        await asyncio.sleep(0.05)
+        assert probe.worst >= 0.05
+        os.kill(os.getpid(), signal.SIGUSR1)
+        for _ in range(100):
+            if "worst stall" in caplog.text:
+                break
+            await asyncio.sleep(0.01)
+        assert "worst stall" in caplog.text
+        assert probe.worst < 0.05  # counted again from the signal on
+    assert caplog.text.count("worst stall") == 2  # the signal's report and the exit's
+    assert not any(t.name == "loop-lag-watchdog" for t in threading.enumerate())
+
+
+async def test_garbage_collections_are_timed() -> None:
+    async with loop_lag_probe(True) as probe:
+        assert probe is not None
+        garbage = [[i] for i in range(200_000)]
+        for item in garbage:
+            item.append(item)  # cycles: only the collector frees them
+        del garbage, item
+        gc.collect()
+        await asyncio.sleep(0.02)
+    assert probe.gc_worst > 0
+    assert probe.on_gc not in gc.callbacks
 
 
 async def test_off_by_default_no_task_no_log(caplog: pytest.LogCaptureFixture) -> None:
