@@ -42,6 +42,16 @@ async def with_cancel_button(interaction, stage: str):
     )
 
 
+async def one_waiting(fake, runtime, *, first: bool = True):
+    """A second job waiting behind a first (started here unless ``first`` is False): its
+    interaction, its progress message with the ❌ button, and its job id."""
+    if first:
+        await imagine(fake, runtime, "the first picture")
+    second = await imagine(fake, runtime, "the second picture")
+    queued = await with_cancel_button(second, "In the queue")
+    return second, queued, job_id_of(queued)
+
+
 async def press(fake, message, user, **who):
     click = await fake.click(message, cancel_id(message), user=user, **who)
     await click.wait_for_callback()
@@ -81,9 +91,7 @@ async def test_cancel_while_queued_refunds_and_says_cancelled_and_twice_is_once(
     runtime, provider = gated
     await bot_harness.start(ImageBot(runtime))
     first = await imagine(fake_discord, runtime, "the first picture")
-    second = await imagine(fake_discord, runtime, "the second picture")
-    queued = await with_cancel_button(second, "In the queue")
-    job_id = job_id_of(queued)
+    second, queued, job_id = await one_waiting(fake_discord, runtime, first=False)
     job = await job_of(runtime, job_id)
     assert job.state == "reserved" and job.micro_usd > 0
 
@@ -135,10 +143,7 @@ async def test_cancel_while_generating_delivers_privately_and_charges(
 async def test_a_stranger_is_refused_and_an_admin_may_cancel(fake_discord, bot_harness, gated):
     runtime, _ = gated
     await bot_harness.start(ImageBot(runtime))
-    await imagine(fake_discord, runtime, "the first picture")
-    second = await imagine(fake_discord, runtime, "the second picture")
-    queued = await with_cancel_button(second, "In the queue")
-    job_id = job_id_of(queued)
+    second, queued, job_id = await one_waiting(fake_discord, runtime)
     stranger = fake_discord.add_user("stranger")
 
     _, refusal = await press(fake_discord, queued, stranger)
@@ -160,10 +165,7 @@ async def test_a_stranger_is_refused_and_an_admin_may_cancel(fake_discord, bot_h
 async def test_the_button_works_after_a_restart(fake_discord, bot_harness, gated, monkeypatch):
     runtime, _ = gated
     await bot_harness.start(ImageBot(runtime))
-    await imagine(fake_discord, runtime, "the first picture")
-    second = await imagine(fake_discord, runtime, "the second picture")
-    queued = await with_cancel_button(second, "In the queue")
-    job_id = job_id_of(queued)
+    _, queued, job_id = await one_waiting(fake_discord, runtime)
     monkeypatch.setattr(bot.discord_bot, "SHUTDOWN_GRACE_SECONDS", 0.1)  # the jobs are stopped
     await bot_harness.restart(ImageBot(runtime), expect_sync=False)
     assert (await job_of(runtime, job_id)).state == "refunded"
