@@ -43,6 +43,7 @@ EXTENSIONS: tuple[str, ...] = (
     "cogs.channels",
     "cogs.apikeys",
     "cogs.gallery",
+    "cogs.queue",
 )
 
 

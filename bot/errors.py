@@ -140,6 +140,16 @@ class Busy(BotError):
     http_status = 429
 
 
+class JobCancelled(BotError):
+    """Its owner (or an admin) cancelled the job before the provider was called: refunded."""
+
+    code = "cancelled"
+    http_status = 409
+
+    def __init__(self) -> None:
+        super().__init__("Cancelled before the image was generated: nothing was charged.")
+
+
 class ProviderError(BotError):
     """The image provider failed. Subclasses say whether it is worth trying again later."""
 

@@ -27,6 +27,7 @@ class Progress:
     position: int | None = None
     started_at: datetime | None = None
     eta: datetime | None = None
+    job_id: str | None = None  # the reserved job (a Cancel button carries it)
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -91,7 +92,44 @@ class GenerationResult:
     job_id: str
     replayed: bool = False
     failed: int = 0
+    withdrawn: bool = False  # cancelled once generating: delivered to its owner privately
 
     @property
     def cached(self) -> bool:
         return all(image.cached for image in self.images)
+
+
+@dataclass(frozen=True)
+class Cancellation:
+    """What a cancel did. ``outcome``: ``cancelled`` (before the provider call: refunded),
+    ``too_late`` (generating: still made, charged, delivered privately), ``already`` (cancelled
+    before), ``ended`` (not running; ``state`` says how it ended: settled or refunded)."""
+
+    outcome: str
+    job_id: str
+    user_id: str
+    state: str = ""
+    refunded_micro_usd: int = 0
+
+
+@dataclass(frozen=True)
+class QueuedJob:
+    """One of a user's jobs in flight, for /queue."""
+
+    job_id: str
+    model: str
+    prompt: str
+    stage: str  # 'queued' | 'generating' | 'storing'
+    position: int | None  # in the bot's queue, while queued
+    eta: datetime
+    withdrawn: bool = False
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    """A user's jobs in one server, and that server's queue."""
+
+    jobs: list[QueuedJob]
+    waiting_here: int  # jobs of this server waiting for a slot
+    running_here: int  # jobs of this server generating or storing
+    waiting_all: int  # the whole bot's queue

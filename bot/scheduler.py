@@ -1,7 +1,8 @@
 """Job slots: at most N jobs running per user and M overall; the rest wait in a bounded queue.
 
 Waiters are served first-come first-served among those allowed to run (a user at their limit
-does not hold up others behind them). Each waiter learns its position whenever it changes.
+does not hold up others behind them). Each waiter learns its position whenever it changes; a
+``Ticket`` reads that position at any time and lets the waiter leave the line (a cancel).
 """
 
 from __future__ import annotations
@@ -23,6 +24,30 @@ class _Waiter:
     future: asyncio.Future[None]
     on_position: PositionCallback | None
     position: int = field(default=0)
+
+
+class Ticket:
+    """One request's place in line: its position while it waits, and a way to leave."""
+
+    def __init__(self) -> None:
+        self._waiter: _Waiter | None = None
+        self._scheduler: JobScheduler | None = None
+
+    @property
+    def position(self) -> int | None:
+        """1 for the next to run; None when not waiting (running, done, or never queued)."""
+        waiter = self._waiter
+        return waiter.position if waiter is not None and not waiter.future.done() else None
+
+    def leave(self, reason: BaseException) -> bool:
+        """Leave the line at once; the waiting ``slot`` raises ``reason``. False (and nothing
+        done) when not waiting."""
+        waiter, scheduler = self._waiter, self._scheduler
+        if waiter is None or scheduler is None or waiter.future.done():
+            return False
+        scheduler._withdraw(waiter)
+        waiter.future.set_exception(reason)
+        return True
 
 
 class JobScheduler:
@@ -51,7 +76,10 @@ class JobScheduler:
 
     @asynccontextmanager
     async def slot(
-        self, user_id: str, on_position: PositionCallback | None = None
+        self,
+        user_id: str,
+        on_position: PositionCallback | None = None,
+        ticket: Ticket | None = None,
     ) -> AsyncIterator[None]:
         """Hold a running slot for the body. Busy when the queue is full."""
         # Waiters left in the queue are all blocked by a limit (releases start any that can
@@ -59,7 +87,7 @@ class JobScheduler:
         if self._can_run(user_id):
             self._start(user_id)
         else:
-            await self._wait(user_id, on_position)
+            await self._wait(user_id, on_position, ticket)
         try:
             yield
         finally:
@@ -69,7 +97,9 @@ class JobScheduler:
             self._total_running -= 1
             self._wake()
 
-    async def _wait(self, user_id: str, on_position: PositionCallback | None) -> None:
+    async def _wait(
+        self, user_id: str, on_position: PositionCallback | None, ticket: Ticket | None
+    ) -> None:
         if len(self._waiting) >= self.max_queue:
             raise Busy(
                 f"The bot is busy: {len(self._waiting)} jobs are already waiting. "
@@ -77,11 +107,14 @@ class JobScheduler:
             )
         waiter = _Waiter(user_id, asyncio.get_running_loop().create_future(), on_position)
         self._waiting.append(waiter)
+        if ticket is not None:
+            ticket._waiter, ticket._scheduler = waiter, self
         self._announce(len(self._waiting) - 1)
         try:
             await waiter.future
         except BaseException:
-            if waiter.future.done() and not waiter.future.cancelled():
+            future = waiter.future
+            if future.done() and not future.cancelled() and future.exception() is None:
                 # Granted a slot just as we were cancelled: hand it back.
                 self._running[user_id] -= 1
                 if not self._running[user_id]:
@@ -93,6 +126,12 @@ class JobScheduler:
                 self._waiting.remove(waiter)
                 self._announce(index)
             raise
+
+    def _withdraw(self, waiter: _Waiter) -> None:
+        """Take a waiter out of the line (a ticket leaving) and tell those behind it."""
+        index = self._waiting.index(waiter)
+        self._waiting.pop(index)
+        self._announce(index)
 
     def _wake(self) -> None:
         """Start every waiter that may run now, in queue order; tell the rest their place."""

@@ -23,7 +23,7 @@ from bot.library import ImageLibrary
 from bot.presentation import shows_fresh_urls
 from bot.providers.base import ImageProvider
 from bot.reports import PersonalUsage, ServerUsage, personal_usage, server_usage
-from bot.requests import GenerateRequest, GenerationResult, Remaining
+from bot.requests import Cancellation, GenerateRequest, GenerationResult, QueueStatus, Remaining
 from bot.scheduler import JobScheduler
 from bot.stores.base import ImageStore
 
@@ -105,6 +105,19 @@ class ImageService:
         """Refuse new work, let running jobs finish for up to ``grace_seconds``, then cancel
         the rest (each cancelled job refunds itself). Returns how many were cancelled."""
         return await self.generation.drain(grace_seconds)
+
+    async def cancel_job(
+        self, job_id: str, *, requester_id: str, guild_id: str, is_admin: bool = False
+    ) -> Cancellation:
+        """Cancel a job (its owner, or an admin of its server): refunded before the provider
+        call, else still made, charged and delivered privately (``bot/generation/live.py``)."""
+        return await self.generation.cancel(
+            job_id, requester_id=requester_id, guild_id=guild_id, is_admin=is_admin
+        )
+
+    def queue_status(self, user_id: str, guild_id: str) -> QueueStatus:
+        """A user's jobs in flight in one server, with places and ETAs, and its queue length."""
+        return self.generation.queue_status(user_id, guild_id)
 
     async def _upload_start(self, request: GenerateRequest) -> ImageRecord:
         """A starting image given as bytes becomes the user's upload (idempotent with it)."""

@@ -7,18 +7,15 @@ the runtime through the bot that received the click (``cogs.common.runtime_of``,
 
 from __future__ import annotations
 
-import functools
 import re
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 import discord
 
 from bot.catalog import IMAGE_TO_IMAGE
-from bot.discord_bot import report_error
 from bot.requests import GenerateRequest, ImageRecord
 from bot.runtime import Runtime
-from cogs.common import answers_here, guild_key, is_admin, role_ids_of, runtime_of
+from cogs.common import answers_here, guarded, guild_key, is_admin, role_ids_of, runtime_of
 from cogs.delivery import InteractionLink
 from cogs.render import details_embed, model_name
 from cogs.replies import generate_and_reply
@@ -42,22 +39,6 @@ def image_buttons(runtime: Runtime, image: ImageRecord) -> list[discord.ui.Dynam
         buttons.append(VariationsButton(image.id))
     buttons += [EditButton(image.id), DetailsButton(image.id), DeleteButton(image.id)]
     return buttons
-
-
-ButtonCallback = Callable[[Any, discord.Interaction], Coroutine[Any, Any, None]]
-
-
-def guarded(callback: ButtonCallback) -> ButtonCallback:
-    """Button callbacks are outside the command tree's on_error: report errors the same way."""
-
-    @functools.wraps(callback)
-    async def wrapper(self: Any, interaction: discord.Interaction) -> None:
-        try:
-            await callback(self, interaction)
-        except Exception as error:
-            await report_error(interaction, error)
-
-    return wrapper
 
 
 class _ImageButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"img:_:{IMAGE_ID}"):
@@ -267,8 +248,6 @@ class DeleteButton(_ImageButton, template=rf"img:delete:{IMAGE_ID}"):
             attachments=kept_files,
             view=view if kept else None,
         )
-
-
 
 
 BUTTONS = (RerollButton, VariationsButton, EditButton, DetailsButton, DeleteButton)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
+import functools
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.discord_bot import ImageBot
+from bot.discord_bot import ImageBot, report_error
 from bot.runtime import Runtime
 from cogs.limits import clip as clip  # re-exported: the cogs' one way to shorten text
 
@@ -120,3 +121,19 @@ async def answers_here(interaction: discord.Interaction) -> bool:
         f"Image commands work in <#{allowed}> on this server.", ephemeral=True
     )
     return False
+
+
+ButtonCallback = Callable[[Any, discord.Interaction], Coroutine[Any, Any, None]]
+
+
+def guarded(callback: ButtonCallback) -> ButtonCallback:
+    """Button callbacks are outside the command tree's on_error: report errors the same way."""
+
+    @functools.wraps(callback)
+    async def wrapper(self: Any, interaction: discord.Interaction) -> None:
+        try:
+            await callback(self, interaction)
+        except Exception as error:
+            await report_error(interaction, error)
+
+    return wrapper

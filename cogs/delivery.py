@@ -4,7 +4,9 @@ A result counts as delivered when Discord accepted a message that shows it. The 
 that asked is tried first; when it can no longer carry the result (token expired or unknown,
 "thinking" message deleted, a refusal, a 429 that outlasted discord.py's retries) the result
 goes to the channel, mentioning only the requester, or by DM when the channel refuses. A
-private result never goes to the channel. When every way fails the service refunds the job.
+private result never goes to the channel. A result set ``aside`` (its job was cancelled while
+generating) leaves the public reply alone: an ephemeral followup on the owner's interaction, or
+a DM. When every way fails the service refunds the job.
 
 Discord accepts an interaction token for 15 minutes from the interaction's creation; after
 that, or once its message is gone, every call on it fails and counts toward the 10,000 invalid
@@ -137,6 +139,7 @@ async def deliver(
     *,
     private: bool,
     channel_turn: Callable[[], Awaitable[None]],
+    aside: bool = False,
 ) -> str:
     """Show every part of the result one way or another; the way it went (the last way any
     part needed, from ``WAYS``), or ``undelivered`` when Discord refused every way for a part.
@@ -146,7 +149,8 @@ async def deliver(
     for index, part in enumerate(message.parts):
         for candidate in WAYS[WAYS.index(way) :]:  # a way that failed is not tried again
             try:
-                if await _send(candidate, link, message, index, part, private, channel_turn):
+                if await _send(candidate, link, message, index, part, private or aside,
+                               channel_turn, aside):  # fmt: skip
                     way = candidate
                     break
             except LinkClosed:
@@ -166,16 +170,21 @@ async def _send(
     part: MessagePart,
     private: bool,
     channel_turn: Callable[[], Awaitable[None]],
+    aside: bool = False,
 ) -> bool:
-    """Send one part one way; False if that way does not apply (no channel, or private)."""
+    """Send one part one way; False if that way does not apply (no channel, or private). Set
+    ``aside``, even the first part is an ephemeral followup instead of the reply's edit."""
     interaction, notes = link.interaction, message.notes if index == 0 else []
     embeds, files, view = part.embeds, part.attachments(), part.view()
     if way == "interaction":
         if link.usable:
             await channel_turn()
-        if index == 0:
+        if index == 0 and not aside:
             await link.edit(content="\n".join(notes) or None, embeds=embeds, attachments=files,
                             view=view)  # fmt: skip
+        elif index == 0:
+            await link.follow(content="\n".join(notes) or None, embeds=embeds, files=files,
+                              view=view, ephemeral=True)  # fmt: skip
         else:
             await link.follow(embeds=embeds, files=files, view=view, ephemeral=private)
         return True

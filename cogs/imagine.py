@@ -14,6 +14,7 @@ from bot.requests import GenerateRequest
 from bot.runtime import Runtime
 from bot.validation import ASPECT_RATIOS, MAX_SEED
 from cogs.buttons import BUTTONS, image_view
+from cogs.cancel import CancelButton
 from cogs.common import answers_here, bot_runtime, guild_key, role_ids_of
 from cogs.limits import fit_choices
 from cogs.progress import ProgressBoard
@@ -131,5 +132,5 @@ class Imagine(commands.Cog):
 
 
 async def setup(bot: commands.Bot) -> None:
-    bot.add_dynamic_items(*BUTTONS)
+    bot.add_dynamic_items(*BUTTONS, CancelButton)
     await bot.add_cog(Imagine(bot_runtime(bot)))

@@ -24,6 +24,7 @@ from datetime import timedelta
 import discord
 
 from bot.requests import Progress
+from cogs.cancel import cancel_view
 from cogs.delivery import DeliveryError, InteractionLink, LinkClosed, describe, late_note
 from cogs.render import progress_text
 
@@ -36,7 +37,8 @@ CHANNEL_WINDOW = 10.0  # DISCORD_CHANNEL_MESSAGES_PER_10S counts over this windo
 
 
 class ProgressMessage:
-    """One job's progress on its interaction's reply; ``update`` is the service's callback."""
+    """One job's progress on its interaction's reply, with a ❌ Cancel button once the job is
+    reserved; ``update`` is the service's callback."""
 
     def __init__(
         self,
@@ -97,11 +99,14 @@ class ProgressMessage:
         self._sending = asyncio.create_task(self._send())
 
     async def _send(self) -> None:
-        text = self.text()
+        text, job_id = self.text(), self._latest.job_id if self._latest else None
         try:
             if text is not None and text != self._shown and not self._closed:
                 self._shown = text
-                await self.link.edit(content=text)
+                if job_id is None:
+                    await self.link.edit(content=text)
+                else:
+                    await self.link.edit(content=text, view=cancel_view(job_id))
         except LinkClosed:
             pass
         except DeliveryError as error:

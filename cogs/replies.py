@@ -15,10 +15,11 @@ from dataclasses import replace
 import discord
 from discord.ext import commands
 
-from bot.errors import InvalidImage
+from bot.errors import InvalidImage, JobCancelled
 from bot.money import format_usd
 from bot.requests import GenerateRequest, GenerationResult, ImageRecord
 from bot.runtime import Runtime
+from cogs.cancel import WITHDRAWN, show_cancelled
 from cogs.common import runtime_of
 from cogs.delivery import InteractionLink, MessagePart, ResultMessage, deliver
 from cogs.progress import ProgressBoard
@@ -84,6 +85,11 @@ async def generate_and_reply(
     )
     try:
         result = await runtime.service.generate(replace(request, progress=progress.update))
+    except JobCancelled:  # by its owner or an admin, with the ❌ button: refunded
+        await progress.close()
+        await board.result_turn(interaction.channel_id)
+        await show_cancelled(link)
+        return
     finally:
         await progress.close()
     try:
@@ -91,7 +97,12 @@ async def generate_and_reply(
     except Exception:
         await runtime.service.refund_undelivered(result.job_id)  # nothing can show it
         raise
-    way = await deliver(link, message, private=request.private,
+    # Cancelled once generating: charged, and shown only to its owner, never in the channel.
+    aside = result.withdrawn and not request.private and interaction.guild_id is not None
+    if aside:
+        await board.result_turn(interaction.channel_id)
+        await show_cancelled(link, WITHDRAWN)
+    way = await deliver(link, message, private=request.private, aside=aside,
                         channel_turn=lambda: board.result_turn(interaction.channel_id))  # fmt: skip
     if way != "undelivered":
         await runtime.service.record_delivery(result.job_id, way)

@@ -2,7 +2,9 @@
 
 ``generate`` reads top to bottom: replay a known request → plan (validate, template, model,
 price) → look in the cache → join an identical request in flight (single-flight) → enhance →
-reserve → wait for a slot → generate → store → record and settle (or refund).
+reserve → wait for a slot → generate → store → record and settle (or refund). A reserved job
+is live (``live.py``) until its charge is written: ``cancel`` takes it out of the line, and the
+pipeline checks for a cancel at each step boundary before the provider call.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from bot import imaging
 from bot.backends import Backends
 from bot.catalog import ZERO_COST, Cost
 from bot.days import next_utc_midnight
-from bot.errors import BotError, Busy
+from bot.errors import BotError, Busy, JobCancelled
 from bot.generation.enhancement import PromptEnhancer
+from bot.generation.live import LiveJob, LiveJobs
 from bot.generation.plan import Plan, Planner, Slot, slot_of
 from bot.generation.progress import position_reporter, report
 from bot.generation.records import hit_records, new_job, total_cost
@@ -28,7 +31,7 @@ from bot.ledger import ImageRecord, Job, Ledger
 from bot.ledger.ledger import DuplicateRequest
 from bot.ledger.records import new_id
 from bot.providers.base import GeneratedImage, ImageRequest
-from bot.requests import GenerateRequest, GenerationResult, Remaining
+from bot.requests import Cancellation, GenerateRequest, GenerationResult, QueueStatus, Remaining
 from bot.scheduler import JobScheduler
 from bot.stores.base import store_metadata
 
@@ -57,6 +60,7 @@ class GenerationPipeline:
         self._flights = SingleFlight()
         self._by_key: dict[str, asyncio.Future[None]] = {}
         self._active: set[asyncio.Task[Any]] = set()
+        self.live = LiveJobs(ledger, scheduler.max_running)
         self.closing = False
 
     async def generate(self, request: GenerateRequest) -> GenerationResult:
@@ -84,6 +88,19 @@ class GenerationPipeline:
         await asyncio.gather(*pending, return_exceptions=True)
         return len(pending)
 
+    async def cancel(
+        self, job_id: str, *, requester_id: str, guild_id: str, is_admin: bool
+    ) -> Cancellation:
+        """Cancel a job for its owner or an admin of its server (Forbidden for anyone else);
+        see ``Cancellation`` for the outcomes. Idempotent: a second cancel says ``already``."""
+        return await self.live.cancel_job(
+            job_id, requester_id=requester_id, guild_id=guild_id, is_admin=is_admin
+        )
+
+    def queue_status(self, user_id: str, guild_id: str) -> QueueStatus:
+        """The user's live jobs in this server (state, place, ETA) and the server's queue."""
+        return self.live.status(user_id, guild_id, self.scheduler.waiting)
+
     async def remaining(
         self, user_id: str, guild_id: str, role_ids: Sequence[str] = ()
     ) -> Remaining:
@@ -101,8 +118,11 @@ class GenerationPipeline:
         joined = self._flights.joinable(plan, [s for s in slots if s.index not in hits])
         own = [s for s in slots if s.index not in hits and s.index not in joined]
         if not own:
-            for index, future in joined.items():
-                hits[index] = await future
+            try:
+                for index, future in joined.items():
+                    hits[index] = await future
+            except JobCancelled:  # its owner cancelled the job we joined: make our own
+                return await self._generate(request)
             return await self._free_result(request, plan, slots, hits)
         # Claimed with no await since the cache check, so an identical request arriving now
         # joins this one instead of generating again.
@@ -154,8 +174,17 @@ class GenerationPipeline:
         done = asyncio.get_running_loop().create_future()
         if request.idempotency_key:
             self._by_key[request.idempotency_key] = done
+        live = self.live.add(job.id, request.user_id, request.guild_id, plan.spec.id,
+                             plan.prompt, plan.spec.typical_seconds)  # fmt: skip
         try:
-            produced, failures = await self._run_job(request, plan, job, own, prompt_used)
+            try:
+                produced, failures = await self._run_job(request, plan, job, own, prompt_used, live)
+            except JobCancelled:
+                if enhance_job is not None:  # nothing is charged for a cancelled job
+                    await self.ledger.refund(enhance_job, JobCancelled.code)
+                raise
+            finally:
+                self.live.written(live)
             for slot in own:
                 if slot.index in produced:
                     futures[slot.index].set_result(produced[slot.index])
@@ -165,6 +194,7 @@ class GenerationPipeline:
                 except BotError as exc:
                     failures.append(exc)
         finally:
+            self.live.forget(live)
             done.set_result(None)
             if request.idempotency_key:
                 self._by_key.pop(request.idempotency_key, None)
@@ -180,24 +210,35 @@ class GenerationPipeline:
             remaining=await self.remaining(request.user_id, request.guild_id, request.role_ids),
             job_id=job.id,
             failed=len(failures),
+            withdrawn=live.withdrawn,
         )
 
     async def _run_job(
-        self, request: GenerateRequest, plan: Plan, job: Job, own: list[Slot], prompt_used: str
+        self,
+        request: GenerateRequest,
+        plan: Plan,
+        job: Job,
+        own: list[Slot],
+        prompt_used: str,
+        live: LiveJob,
     ) -> tuple[dict[int, ImageRecord], list[BotError]]:
-        """Generate, store and record each own image; settle for what was made, else refund."""
+        """Wait in line, then generate, store and record each own image; settle for what was
+        made, else refund (a cancel before the provider call: JobCancelled, refunded)."""
         produced: dict[int, ImageRecord] = {}
         failures: list[BotError] = []
+        reporter = position_reporter(request, job.id)
         try:
-            async with self.scheduler.slot(request.user_id, position_reporter(request)):
-                report(request, "generating", plan.spec)
+            async with self.scheduler.slot(request.user_id, reporter, live.ticket):
+                self.live.start(live)  # raises JobCancelled if cancelled while in line
+                report(request, "generating", plan.spec, job.id)
                 generated = await asyncio.gather(
                     *(self._generate_one(plan, slot, prompt_used) for slot in own),
                     return_exceptions=True,
                 )
                 image_ids = [entry["id"] for entry in job.params["slots"]]
                 await self.ledger.set_state(job.id, "storing", image_ids)
-                report(request, "storing", plan.spec)
+                live.stage = "storing"
+                report(request, "storing", plan.spec, job.id)
                 stored = await asyncio.gather(
                     *(
                         self._store_one(request, plan, job, image_id, result)
@@ -228,7 +269,7 @@ class GenerationPipeline:
             await self.ledger.refund(job.id, first.code, first.user_message)
             raise first
         await self.ledger.settle(job.id, len(produced), plan.cost_of(len(produced)))
-        report(request, "done", plan.spec)
+        report(request, "done", plan.spec, job.id)
         return produced, failures
 
     async def _generate_one(self, plan: Plan, slot: Slot, prompt_used: str) -> GeneratedImage:
@@ -291,7 +332,7 @@ class GenerationPipeline:
         except DuplicateRequest as duplicate:
             check_same_request(duplicate.job, request_fingerprint(request))
             return await self.result_of(duplicate.job, request.guild_id, replayed=True)
-        report(request, "done", plan.spec)
+        report(request, "done", plan.spec, job.id)
         images = [records[index] for index in sorted(records)]
         return GenerationResult(
             images=images,

@@ -10,21 +10,21 @@ from bot.catalog import ModelSpec
 from bot.requests import GenerateRequest, Progress
 
 
-def position_reporter(request: GenerateRequest) -> Callable[[int], None] | None:
-    """A callback for the scheduler's queue position, or None."""
+def position_reporter(request: GenerateRequest, job_id: str) -> Callable[[int], None] | None:
+    """A callback for the scheduler's queue position of job ``job_id``, or None."""
     progress = request.progress
     if progress is None:
         return None
 
     def report(position: int) -> None:
-        progress(Progress("queued", position=position))
+        progress(Progress("queued", position=position, job_id=job_id))
 
     return report
 
 
-def report(request: GenerateRequest, stage: str, spec: ModelSpec) -> None:
+def report(request: GenerateRequest, stage: str, spec: ModelSpec, job_id: str) -> None:
     if request.progress is None:
         return
     now = datetime.now(UTC)
     eta = now + timedelta(seconds=spec.typical_seconds) if stage == "generating" else None
-    request.progress(Progress(stage, started_at=now, eta=eta))
+    request.progress(Progress(stage, started_at=now, eta=eta, job_id=job_id))
