@@ -23,6 +23,7 @@ from bot.errors import ConfigError, InvalidModel
 from bot.gallery import GalleryService
 from bot.gallery_links import GalleryLinks, gallery_secret
 from bot.ledger import Ledger
+from bot.metrics import Metrics
 from bot.placeholders import PlaceholderService
 from bot.providers.base import ImageProvider
 from bot.providers.cloudflare import CloudflareProvider
@@ -58,6 +59,7 @@ class Runtime:
     http: httpx.AsyncClient  # for addresses users give: uploads by URL, webhooks
     variants: VariantRenderer  # image variants for anyone with a URL, on a pool of their own
     gallery: GalleryService
+    metrics: Metrics  # this runtime's own Prometheus registry (GET /metrics)
 
 
 def catalog_of(settings: Settings) -> Catalog:
@@ -80,6 +82,7 @@ def check_catalog(settings: Settings, catalog: Catalog) -> None:
 async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIterator[Runtime]:
     catalog = catalog_of(settings)
     check_catalog(settings, catalog)
+    metrics = Metrics()
     async with AsyncExitStack() as stack:
         api: CloudflareAPI | None = None
         if "cloudflare" in (settings.image_provider, settings.image_store):
@@ -96,6 +99,7 @@ async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIter
                 base_url=settings.cloudflare_api_base_url,
                 max_total_seconds=max(60.0, read * 2),
                 account_requests=settings.cloudflare_account_requests_per_5min,
+                metrics=metrics,
             )
         provider: ImageProvider = CloudflareProvider(api) if api else LocalProvider()
         store: ImageStore
@@ -111,7 +115,7 @@ async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIter
             upload_micro_usd = settings.images_storage_micro_usd
         else:
             store = LocalImageStore(settings.data_dir / "images", settings.public_base_url)
-        ledger = await Ledger.open(settings.database_path, settings.quotas)
+        ledger = await Ledger.open(settings.database_path, settings.quotas, metrics=metrics)
         stack.push_async_callback(ledger.close)
         outbound = await stack.enter_async_context(
             httpx.AsyncClient(timeout=OUTBOUND_TIMEOUT, follow_redirects=False)
@@ -132,6 +136,7 @@ async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIter
             upload_micro_usd=upload_micro_usd,
             http=outbound,
             allow_private_urls=settings.allow_private_urls,
+            metrics=metrics,
         )
         if recover:
             await service.recover()
@@ -152,5 +157,5 @@ async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIter
         gallery = GalleryService(ledger, store, links, settings.public_base_url)
         yield Runtime(
             settings, catalog, ledger, provider, store, service, admin, ApiKeys(ledger),
-            batches, placeholders, outbound, variants, gallery,
+            batches, placeholders, outbound, variants, gallery, metrics,
         )  # fmt: skip

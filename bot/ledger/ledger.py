@@ -38,6 +38,7 @@ from bot.ledger.records import (
 from bot.ledger.reports import Reports
 from bot.ledger.servers import LimitRule, Policy, ServerPolicy, TemplateTable
 from bot.ledger.usage import UsageCounters, user_scope
+from bot.metrics import Metrics
 from bot.refusals import quota_exceeded
 
 __all__ = [
@@ -63,9 +64,14 @@ class Ledger:
 
     @classmethod
     async def open(
-        cls, path: Path, defaults: QuotaDefaults | None = None, clock: Clock = utc_now
+        cls,
+        path: Path,
+        defaults: QuotaDefaults | None = None,
+        clock: Clock = utc_now,
+        *,
+        metrics: Metrics | None = None,
     ) -> Ledger:
-        return cls(await Database.open(path, clock), defaults or QuotaDefaults())
+        return cls(await Database.open(path, clock, metrics), defaults or QuotaDefaults())
 
     async def close(self) -> None:
         await self.database.close()
@@ -83,6 +89,10 @@ class Ledger:
 
     async def ping(self) -> None:
         await self.database.ping()
+
+    async def check_schema(self) -> None:
+        """LedgerUnavailable unless the schema is exactly the one this code migrates to."""
+        await self.database.check_schema()
 
     def now_iso(self) -> str:
         return self.database.now_iso()
@@ -229,6 +239,10 @@ class Ledger:
 
     async def open_jobs(self) -> list[Job]:
         return await self._jobs.open_jobs()
+
+    async def job_states(self) -> dict[str, int]:
+        """How many jobs are in each state: open ones of any day, finished ones of today."""
+        return await self._jobs.state_counts()
 
     async def note_job(self, job_id: str, note: str) -> None:
         await self._jobs.note(job_id, note)
