@@ -2,6 +2,7 @@
 
 - (none)   run the Discord bot and the built-in web server
 - serve    run only the web server (hosts local-store images)
+- sync     sync the slash commands over REST (no gateway) and exit
 - imagine  generate an image and print its hosted URL
 - models   the catalog with prices
 - usage    a day's totals
@@ -64,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--json", action="store_true")
 
     commands.add_parser("serve", help="run only the built-in web server and HTTP API")
+    commands.add_parser(
+        "sync", help="sync the slash commands (if they changed) over REST, then exit"
+    )
 
     apikey = commands.add_parser("apikey", help="manage HTTP API keys")
     actions = apikey.add_subparsers(dest="action", required=True)
@@ -88,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet = ("imagine", "models", "usage", "apikey")
     env_level = "WARNING" if args.command in quiet else settings.log_level
     configure_logging(env_level, _secrets(settings))
-    if args.command is None and not settings.discord_token:
+    if args.command in (None, "sync") and not settings.discord_token:
         print(
             "DISCORD_TOKEN is not set: put the bot's token in the environment or .env to run "
             "the Discord bot (try 'python -m bot imagine \"a prompt\"' without one).",
@@ -127,7 +131,8 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "models":
         return _print_models(catalog_of(settings), args.json)
     log.info("backends: %s", settings.backend_reason)
-    async with open_runtime(settings) as runtime:
+    # A sync touches no job: it must not settle or refund what running processes hold.
+    async with open_runtime(settings, recover=args.command != "sync") as runtime:
         if args.command == "imagine":
             return await _imagine(runtime, args)
         if args.command == "usage":
@@ -136,6 +141,12 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
             return await _serve(runtime)
         if args.command == "apikey":
             return await _apikey(runtime, args)
+        if args.command == "sync":
+            from bot.discord_bot import sync_only
+
+            written = await sync_only(runtime)
+            print(f"commands synced: {', '.join(written)}" if written else "commands unchanged")
+            return 0
         from bot.discord_bot import run_discord
 
         await run_discord(runtime)

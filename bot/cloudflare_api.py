@@ -50,6 +50,7 @@ from bot.errors import (
     StoreError,
 )
 from bot.http_headers import full_jitter, is_json, retry_after_seconds
+from bot.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -206,8 +207,10 @@ class CloudflareAPI:
         max_connections: int = 64,
         sleep: Sleep = asyncio.sleep,
         clock: Clock = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         self._http = http
+        self._metrics = metrics or Metrics()
         self._account_id = account_id
         self._token = api_token
         self._base_url = base_url.rstrip("/")
@@ -261,9 +264,11 @@ class CloudflareAPI:
         attempt = 0
         while True:
             attempt += 1
+            wanted = self._clock()
             if rate_limited:
                 await self.limiter.acquire()
             async with self.account.slot(kind), self._connections:
+                self._metrics.limiter_wait_seconds.labels(kind).observe(self._clock() - wanted)
                 if deadline is None:
                     deadline = self._clock() + self.max_total_seconds
                 outcome = await self._attempt(
@@ -277,6 +282,7 @@ class CloudflareAPI:
                     params=params,
                     expect=expect,
                 )
+            self._count(kind, outcome)
             if isinstance(outcome, httpx.Response):
                 return outcome
             failure = self._note_account_block(replace(outcome, attempts=attempt))
@@ -315,6 +321,14 @@ class CloudflareAPI:
             )
             if not paused:
                 await self._sleep(delay)
+
+    def _count(self, kind: CallKind, outcome: httpx.Response | Failure) -> None:
+        """One attempt in /metrics: its HTTP status, or why no answer came."""
+        if isinstance(outcome, httpx.Response):
+            status = str(outcome.status_code)
+        else:
+            status = str(outcome.status) if outcome.status else outcome.reason
+        self._metrics.cloudflare_responses.labels(kind, status).inc()
 
     def _note_account_block(self, failure: Failure) -> Failure:
         """A rate-limit 429 may mean the whole account is blocked: pause every call for its

@@ -17,12 +17,14 @@ from typing import Any, Literal
 from dotenv import dotenv_values
 
 from bot.config_values import (
+    MAX_SHARDS,
     Addresses,
     Choice,
     FilePath,
     Flag,
     Integer,
     Kind,
+    ShardIds,
     Snowflake,
     Snowflakes,
     Text,
@@ -123,6 +125,14 @@ class Settings:
     )
     discord_allow_user_install: bool = variable(
         "DISCORD_ALLOW_USER_INSTALL", Flag(), "false", "offer the commands to user installs"
+    )
+    # Unset: one gateway connection, as discord.py chooses. Set: discord.py's AutoShardedBot
+    # runs SHARD_IDS (all of SHARD_COUNT when unset) in this process; see "Running at scale".
+    shard_count: int | None = variable(
+        "SHARD_COUNT", Integer(1, MAX_SHARDS), None, "shards of the whole bot, all processes"
+    )
+    shard_ids: tuple[int, ...] | None = variable(
+        "SHARD_IDS", ShardIds(), None, "the shards this process runs (all when unset)"
     )
     admin_ids: frozenset[int] = variable(
         "BOT_ADMIN_IDS", Snowflakes(), None, "user ids treated as admins everywhere"
@@ -265,6 +275,12 @@ class Settings:
         "LOOP_LAG_PROBE", Flag(), "false", "log the worst event-loop stall at exit and on SIGUSR1"
     )
 
+    @property
+    def syncs_commands(self) -> bool:
+        """Whether this process syncs the slash commands: only the one holding shard 0 (or an
+        unsharded bot), so N shard processes never race to overwrite them."""
+        return self.shard_ids is None or 0 in self.shard_ids
+
 
 def declared_variables(settings_class: type[Any] = Settings) -> Iterator[Variable]:
     """Every declared variable, nested groups (QuotaDefaults) included, in declaration order."""
@@ -345,9 +361,17 @@ def _choose_backends(settings: Settings) -> Settings:
 
 
 
+def _check_shards(count: int | None, ids: tuple[int, ...] | None) -> None:
+    if ids is not None and count is None:
+        raise ConfigError("SHARD_IDS", "needs SHARD_COUNT (the number of shards in all)")
+    if ids is not None and count is not None and ids[-1] >= count:
+        raise ConfigError("SHARD_IDS", "must be below SHARD_COUNT (shards count from 0)")
+
+
 def load_settings(env: Mapping[str, str]) -> Settings:
     """Build Settings from raw variables; ConfigError on the first bad one."""
     values = _read_group(Settings, env)
+    _check_shards(values["shard_count"], values["shard_ids"])
     if values["database_path"] is None:
         values["database_path"] = values["data_dir"] / "bot.sqlite3"
     if values["public_base_url"] is None:

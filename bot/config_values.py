@@ -15,6 +15,7 @@ from bot.money import usd_to_micro
 
 TRUE_SPELLINGS = ("true", "1", "yes", "on")
 FALSE_SPELLINGS = ("false", "0", "no", "off")
+MAX_SHARDS = 65_536  # far beyond any bot (Discord wants a shard per 1,000-2,500 servers)
 FLAG_SPELLINGS = ", ".join(f"{t}/{f}" for t, f in zip(TRUE_SPELLINGS, FALSE_SPELLINGS, strict=True))
 
 
@@ -111,6 +112,26 @@ class Snowflakes(Kind):
         if not all(p.isdigit() for p in parts):
             raise ConfigError(name, "must be Discord ids (digits) separated by commas")
         return frozenset(int(p) for p in parts)
+
+
+class ShardIds(Kind):
+    """Shard numbers as ``0,1``, ``0-3`` or both (``0-3,8``): sorted, each once."""
+
+    def parse(self, name: str, raw: str) -> tuple[int, ...]:
+        found: list[int] = []
+        for part in (p.strip() for p in raw.split(",")):
+            low, dash, high = part.partition("-")
+            if not low.strip().isdigit() or (dash and not high.strip().isdigit()):
+                raise ConfigError(name, "must be shard numbers such as 0,1 or 0-3")
+            first, last = int(low), int(high) if dash else int(low)
+            if last >= MAX_SHARDS:
+                raise ConfigError(name, f"must be shard numbers below {MAX_SHARDS}")
+            if last < first:
+                raise ConfigError(name, "has a range that goes down (write 0-3, not 3-0)")
+            found += range(first, last + 1)
+        if len(set(found)) != len(found):
+            raise ConfigError(name, "lists a shard more than once")
+        return tuple(sorted(found))
 
 
 class Addresses(Kind):

@@ -51,7 +51,7 @@ class ImageDeletion:
             if not owner and not is_admin:
                 raise Forbidden("Only the person who made this image or an admin can delete it.")
             copy = await self._rehome_the_others(image) if owner else None
-            await self.store.delete(image.storage_key)
+            await self.backends.delete(image.storage_key)
             if copy is not None:  # a cache hit recorded while the bytes were being copied
                 await self.ledger.move_storage(image.storage_key, copy.key, copy.url,
                                               except_id=image.id)  # fmt: skip
@@ -73,8 +73,8 @@ class ImageDeletion:
         if not others:
             return None
         heir = others[0]
-        data = await self.store.get(image.storage_key)
-        copy = await self.store.put(
+        data = await self.backends.get(image.storage_key)
+        copy = await self.backends.put(
             new_id("img"),
             data,
             image.content_type,

@@ -4,7 +4,9 @@
 anything unexpected is logged with a reference id the user can quote. Nothing the bot sends
 pings anyone unless it says so (``AllowedMentions.none()`` is the client default), and the
 commands are offered only where the operator allows (servers; DMs and user installs when
-``DISCORD_ALLOW_DMS`` / ``DISCORD_ALLOW_USER_INSTALL`` say so), checked here too.
+``DISCORD_ALLOW_DMS`` / ``DISCORD_ALLOW_USER_INSTALL`` say so), checked here too. With
+``SHARD_COUNT`` the bot is discord.py's AutoShardedBot running ``SHARD_IDS``; only the process
+holding shard 0 syncs the commands (``sync_only`` is ``python -m bot sync``).
 """
 
 from __future__ import annotations
@@ -131,7 +133,17 @@ class ImageTree(app_commands.CommandTree[Any]):
 
 
 class ImageBot(commands.Bot):
-    def __init__(self, runtime: Runtime, extensions: tuple[str, ...] = EXTENSIONS) -> None:
+    """The bot on one gateway connection (``ShardedImageBot`` runs shards). ``sync`` None
+    syncs the commands only where the settings say (shard 0's process, or no sharding)."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        extensions: tuple[str, ...] = EXTENSIONS,
+        *,
+        sync: bool | None = None,
+        **options: Any,
+    ) -> None:
         contexts, installs = command_places(runtime.settings)
         super().__init__(
             command_prefix=commands.when_mentioned,
@@ -141,9 +153,12 @@ class ImageBot(commands.Bot):
             allowed_mentions=discord.AllowedMentions.none(),
             allowed_contexts=contexts,
             allowed_installs=installs,
+            http_trace=runtime.metrics.discord_trace(),  # counts Discord's 429s for /metrics
+            **options,
         )
         self.runtime = runtime
         self._extensions = extensions
+        self._sync = runtime.settings.syncs_commands if sync is None else sync
 
     async def close(self) -> None:
         """Let running jobs finish (or refund them after a grace period), then disconnect."""
@@ -157,7 +172,43 @@ class ImageBot(commands.Bot):
         for extension in self._extensions:
             await self.load_extension(extension)
         settings = self.runtime.settings
-        await sync_commands(self.tree, settings.data_dir, settings.discord_guild_id)
+        if self._sync:
+            await sync_commands(self.tree, settings.data_dir, settings.discord_guild_id)
+        else:
+            log.info("commands: left to the process holding shard 0 (or 'python -m bot sync')")
+
+
+class ShardedImageBot(ImageBot, commands.AutoShardedBot):
+    """The bot running SHARD_IDS of SHARD_COUNT shards (discord.py's AutoShardedBot): Discord
+    sends each shard the servers with ``(guild_id >> 22) % SHARD_COUNT == shard``, DMs to 0."""
+
+    def __init__(
+        self, runtime: Runtime, extensions: tuple[str, ...] = EXTENSIONS, **options: Any
+    ) -> None:
+        settings = runtime.settings
+        ids = list(settings.shard_ids) if settings.shard_ids is not None else None
+        super().__init__(
+            runtime, extensions, shard_count=settings.shard_count, shard_ids=ids, **options
+        )
+
+
+def make_bot(runtime: Runtime, **options: Any) -> ImageBot:
+    """The bot the settings ask for: sharded when SHARD_COUNT is set, else one connection."""
+    if runtime.settings.shard_count is not None:
+        return ShardedImageBot(runtime, **options)
+    return ImageBot(runtime, **options)
+
+
+async def sync_only(runtime: Runtime) -> list[str]:
+    """``python -m bot sync``: log in over REST (no gateway), sync the commands if their schema
+    changed, and stop. Returns the scopes written."""
+    token = runtime.settings.discord_token
+    assert token is not None
+    bot = ImageBot(runtime, sync=False)
+    async with bot:
+        await bot.login(token)  # runs setup_hook: the cogs load, nothing is synced there
+        settings = runtime.settings
+        return await sync_commands(bot.tree, settings.data_dir, settings.discord_guild_id)
 
 
 async def run_discord(runtime: Runtime) -> None:
@@ -165,7 +216,7 @@ async def run_discord(runtime: Runtime) -> None:
     token = runtime.settings.discord_token
     assert token is not None
     runner = await start_web_server(runtime)
-    bot = ImageBot(runtime)
+    bot = make_bot(runtime)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, lambda: asyncio.ensure_future(bot.close()))

@@ -24,6 +24,7 @@ class LeaseKeeper:
         self.recovery = recovery
         self.lease_seconds = lease_seconds
         self._task: asyncio.Task[None] | None = None
+        self._sweeps = True
 
     @property
     def instance_id(self) -> str:
@@ -31,6 +32,7 @@ class LeaseKeeper:
 
     async def start(self, *, recover: bool = True) -> RecoveryReport:
         await self.ledger.leases.register(self.lease_seconds)
+        self._sweeps = recover  # a runtime that recovers nothing (``sync``) only holds a lease
         report = await self.recovery.run() if recover else RecoveryReport()
         self._task = asyncio.create_task(self._keep(), name="lease keeper")
         return report
@@ -59,7 +61,8 @@ class LeaseKeeper:
                         "database for %.0f s); its open jobs may have been closed by others",
                         self.lease_seconds,
                     )
-                await self.sweep()
+                if self._sweeps:
+                    await self.sweep()
             except LedgerUnavailable as exc:
                 log.warning("could not renew the lease now: %s", exc.code)
             except Exception:

@@ -95,7 +95,7 @@ class ImageLibrary:
 
     async def image_bytes(self, image: ImageRecord) -> bytes:
         """The original bytes of a recorded image."""
-        return await self.store.get(image.storage_key)
+        return await self.backends.get(image.storage_key)
 
     async def bytes_to_attach(self, image: ImageRecord) -> bytes | None:
         """The bytes when the image's URL cannot be fetched from the internet (so a front
@@ -117,7 +117,7 @@ class ImageLibrary:
         """What the built-in web server serves; NotFound when not held here (or not at all)."""
         if not self.store.hosted_here:
             raise NotFound("Images are hosted elsewhere.")
-        return await self.store.get(image_id)
+        return await self.backends.get(image_id)
 
     async def still_hosted(self, image_id: str) -> bool:
         """False once the image is gone from the store (a cached variant must not outlive it)."""
@@ -193,7 +193,7 @@ class ImageLibrary:
             return (await self.ledger.images_for_job(duplicate.job.id))[0]
         try:
             await self.ledger.set_state(job.id, "storing", [image_id])
-            stored = await self.store.put(
+            stored = await self.backends.put(
                 image_id, data, info.content_type,
                 store_metadata(image_id, user_id, guild_id, None, None),
             )  # fmt: skip
@@ -234,7 +234,7 @@ class ImageLibrary:
             await self.ledger.add_image(record)
         except BaseException:
             try:
-                await self.store.delete(record.storage_key)
+                await self.backends.delete(record.storage_key)
             except Exception:  # crash recovery finds it through the job's planned ids
                 log.warning("could not remove unrecorded image %s from the store", record.id)
             raise

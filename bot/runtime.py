@@ -24,6 +24,7 @@ from bot.gallery import GalleryService
 from bot.gallery_links import GalleryLinks, gallery_secret
 from bot.leases import LeaseKeeper
 from bot.ledger import Ledger
+from bot.metrics import Metrics
 from bot.placeholders import PlaceholderService
 from bot.providers.base import ImageProvider
 from bot.providers.cloudflare import CloudflareProvider
@@ -64,6 +65,7 @@ class Runtime:
     variants: VariantRenderer  # image variants for anyone with a URL, on a pool of their own
     gallery: GalleryService
     leases: LeaseKeeper  # this process's lease; closes the jobs of processes that stopped
+    metrics: Metrics  # this runtime's own Prometheus registry (GET /metrics)
 
 
 def catalog_of(settings: Settings) -> Catalog:
@@ -86,6 +88,7 @@ def check_catalog(settings: Settings, catalog: Catalog) -> None:
 async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIterator[Runtime]:
     catalog = catalog_of(settings)
     check_catalog(settings, catalog)
+    metrics = Metrics()
     async with AsyncExitStack() as stack:
         api: CloudflareAPI | None = None
         if "cloudflare" in (settings.image_provider, settings.image_store):
@@ -103,6 +106,7 @@ async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIter
                 max_total_seconds=max(60.0, read * 2),
                 account_requests=settings.cloudflare_account_requests_per_5min,
                 max_connections=HTTP_LIMITS.max_connections or 64,
+                metrics=metrics,
             )
         provider: ImageProvider = CloudflareProvider(api) if api else LocalProvider()
         store: ImageStore
@@ -118,7 +122,7 @@ async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIter
             upload_micro_usd = settings.images_storage_micro_usd
         else:
             store = LocalImageStore(settings.data_dir / "images", settings.public_base_url)
-        ledger = await Ledger.open(settings.database_path, settings.quotas)
+        ledger = await Ledger.open(settings.database_path, settings.quotas, metrics=metrics)
         stack.push_async_callback(ledger.close)
         outbound = await stack.enter_async_context(
             httpx.AsyncClient(timeout=OUTBOUND_TIMEOUT, follow_redirects=False)
@@ -139,6 +143,7 @@ async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIter
             upload_micro_usd=upload_micro_usd,
             http=outbound,
             allow_private_urls=settings.allow_private_urls,
+            metrics=metrics,
         )
         leases = LeaseKeeper(
             ledger, CrashRecovery(ledger, store), float(settings.job_lease_seconds)
@@ -162,5 +167,5 @@ async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIter
         gallery = GalleryService(ledger, store, links, settings.public_base_url)
         yield Runtime(
             settings, catalog, ledger, provider, store, service, admin, ApiKeys(ledger),
-            batches, placeholders, outbound, variants, gallery, leases,
+            batches, placeholders, outbound, variants, gallery, leases, metrics,
         )  # fmt: skip

@@ -20,6 +20,7 @@ from bot.generation.enhancement import PromptEnhancer
 from bot.generation.plan import Planner
 from bot.ledger import ImageRecord, Ledger, UsageReport
 from bot.library import ImageLibrary
+from bot.metrics import Metrics
 from bot.presentation import shows_fresh_urls
 from bot.providers.base import ImageProvider
 from bot.reports import PersonalUsage, ServerUsage, personal_usage, server_usage
@@ -43,11 +44,14 @@ class ImageService:
         upload_micro_usd: int = 0,
         http: httpx.AsyncClient | None = None,
         allow_private_urls: bool = False,
+        metrics: Metrics | None = None,
     ) -> None:
         self.ledger = ledger
         self.catalog = catalog
         self.scheduler = scheduler
-        self.backends = Backends(provider, store)
+        self.metrics = metrics = metrics or Metrics()
+        metrics.watch_queue(lambda: scheduler.waiting, lambda: scheduler.running)
+        self.backends = Backends(provider, store, metrics)
         self.library = ImageLibrary(
             ledger, self.backends, upload_micro_usd=upload_micro_usd, http=http,
             allow_private_urls=allow_private_urls,
@@ -140,6 +144,7 @@ class ImageService:
     async def record_delivery(self, job_id: str, way: str) -> None:
         """Note how a result reached its user (``DELIVERY_WAYS``): shown in Details."""
         await self.ledger.set_delivery(job_id, way)
+        self.metrics.deliveries.labels(way).inc()
 
     async def refund_undelivered(self, job_id: str) -> int:
         """A result no way could show is not charged: its job (and the prompt enhancement
@@ -154,6 +159,7 @@ class ImageService:
         for each in jobs:
             if await self.ledger.refund_undelivered(each.id):
                 refunded += each.micro_usd
+        self.metrics.deliveries.labels("undelivered").inc()
         return refunded
 
     async def delivery_of(self, job_id: str | None) -> str | None:
@@ -264,6 +270,12 @@ class ImageService:
         """The parts a health endpoint checks, by name, each a cheap reachability call."""
         return [
             ("database", self.ledger.ping),
+            ("migrations", self.ledger.check_schema),
             ("provider", self.backends.provider.check),
             ("store", self.backends.store.check),
         ]
+
+    async def refresh_metrics(self) -> None:
+        """Read what /metrics takes from the ledger (jobs by state), just before a scrape."""
+        self.metrics.set_jobs(await self.ledger.job_states())
+

@@ -156,6 +156,7 @@ def _exercise(live: LiveServer) -> list[tuple[str, str, int, requests.Response]]
         call("GET", page, params={"t": server_link})
         call("GET", page, params={"t": server_link[:-2]})  # altered: 403
     call("GET", "/healthz")
+    call("GET", "/metrics")
     ledger = live.runtime.ledger
 
     async def locked() -> None:

@@ -224,7 +224,7 @@ async def test_healthz_on_the_local_backends(client: httpx.AsyncClient) -> None:
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "ok"
-    assert body["checks"] == {"database": "ok", "provider": "ok", "store": "ok"}
+    assert body["checks"] == {"database": "ok", "migrations": "ok", "provider": "ok", "store": "ok"}
 
 
 @pytest.mark.parametrize(
@@ -252,7 +252,8 @@ async def test_healthz_is_503_when_cloudflare_fails(
                 assert healthy.status_code == 200
                 assert healthy.json() == {
                     "status": "ok",
-                    "checks": {"database": "ok", "provider": "ok", "store": "ok"},
+                    "checks": {"database": "ok", "migrations": "ok", "provider": "ok",
+                               "store": "ok"},
                 }
 
                 fake_cloudflare.inject(kind, path_contains=path_contains)

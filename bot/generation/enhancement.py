@@ -47,7 +47,7 @@ class PromptEnhancer:
         except DuplicateRequest:
             return plan.prompt, ZERO_COST, None
         try:
-            answer = await self.backends.provider.complete(
+            answer = await self.backends.complete(
                 spec, enhance.SYSTEM_PROMPT, plan.prompt, max_tokens=enhance.MAX_TOKENS
             )
         except ProviderError as exc:

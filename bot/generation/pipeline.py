@@ -273,7 +273,7 @@ class GenerationPipeline:
         return produced, failures
 
     async def _generate_one(self, plan: Plan, slot: Slot, prompt_used: str) -> GeneratedImage:
-        return await self.backends.provider.generate(
+        return await self.backends.generate(
             ImageRequest(
                 model=plan.spec,
                 prompt=prompt_used,
@@ -300,7 +300,7 @@ class GenerationPipeline:
             raise generated
         width, height = imaging.image_size(generated.data)  # header only: microseconds
         store, provider = self.backends.store, self.backends.provider
-        stored = await store.put(
+        stored = await self.backends.put(
             image_id,
             generated.data,
             generated.content_type,

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +32,7 @@ from bot.ledger.group_commit import GroupCommit
 from bot.ledger.migrations import MIGRATIONS
 from bot.ledger.records import utc_day
 from bot.logs import quiet_chatty_libraries
+from bot.metrics import Metrics
 from bot.refusals import database_unavailable
 
 log = logging.getLogger(__name__)
@@ -72,15 +74,22 @@ class Database:
 
     CHECKPOINT_SECONDS = 1.0
 
-    def __init__(self, connection: aiosqlite.Connection, clock: Clock) -> None:
+    def __init__(
+        self, connection: aiosqlite.Connection, clock: Clock, metrics: Metrics | None = None
+    ) -> None:
         self.connection = connection
         self.clock = clock
+        seconds = (metrics or Metrics()).ledger_seconds
+        self._read_seconds = seconds.labels("read")
+        self._write_seconds = seconds.labels("write")
         self._writes = GroupCommit(connection)
         self._checkpointer: asyncio.Task[None] | None = None
         self._retries: set[asyncio.Task[None]] = set()
 
     @classmethod
-    async def open(cls, path: Path, clock: Clock = utc_now) -> Database:
+    async def open(
+        cls, path: Path, clock: Clock = utc_now, metrics: Metrics | None = None
+    ) -> Database:
         path.parent.mkdir(parents=True, exist_ok=True)
         quiet_chatty_libraries()  # the driver logs statement parameters (secrets, prompts)
         connection = await aiosqlite.connect(path, isolation_level=None)
@@ -92,7 +101,7 @@ class Database:
             await connection.execute("PRAGMA foreign_keys = ON")
             # Checkpoints run in the background (below), not inside a writer's commit.
             await connection.execute("PRAGMA wal_autocheckpoint = 0")
-            database = cls(connection, clock)
+            database = cls(connection, clock, metrics)
             await database._migrate()
         except BaseException:
             await connection.close()
@@ -107,7 +116,8 @@ class Database:
         if self._checkpointer is not None:
             self._checkpointer.cancel()
             await asyncio.gather(self._checkpointer, return_exceptions=True)
-        with contextlib.suppress(sqlite3.Error):
+        # ValueError: the driver's connection is already gone; there is nothing to flush.
+        with contextlib.suppress(sqlite3.Error, ValueError):
             await self.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         await self.connection.close()
 
@@ -139,6 +149,15 @@ class Database:
     async def ping(self) -> None:
         await self.scalar("SELECT 1")
 
+    async def check_schema(self) -> None:
+        """Readiness: the schema is the one this code migrates to (not behind, not ahead)."""
+        version = await self.schema_version()
+        if version != len(MIGRATIONS):
+            raise LedgerUnavailable(
+                f"The database schema is at version {version}; this code expects "
+                f"{len(MIGRATIONS)}."
+            )
+
     # -- statements ------------------------------------------------------------------------
 
     async def scalar(self, sql: str, params: Params = ()) -> int:
@@ -150,15 +169,19 @@ class Database:
         return rows[0] if rows else None
 
     async def all(self, sql: str, params: Params = ()) -> list[Any]:
+        started = time.perf_counter()
         try:
             return list(await self.connection.execute_fetchall(sql, params))
         except sqlite3.OperationalError as exc:
             raise _unavailable(exc) from None
+        finally:
+            self._read_seconds.observe(time.perf_counter() - started)
 
     async def write(self, sql: str, params: Params = ()) -> int:
         """One atomic statement (group-committed), its changed row count; retried briefly if
         another process holds the database, then LedgerUnavailable."""
         for attempt in range(3):
+            started = time.perf_counter()
             try:
                 return await self._writes.write(sql, params)
             except sqlite3.IntegrityError as exc:
@@ -166,7 +189,9 @@ class Database:
             except sqlite3.OperationalError as exc:
                 if not _is_lock(exc) or attempt == 2:
                     raise _unavailable(exc) from None
-                await asyncio.sleep(0.05 * (attempt + 1))
+            finally:
+                self._write_seconds.observe(time.perf_counter() - started)
+            await asyncio.sleep(0.05 * (attempt + 1))
         raise AssertionError("unreachable")
 
     async def write_eventually(self, sql: str, params: Params, what: str) -> int | None:

@@ -24,6 +24,13 @@ from bot.refusals import quota_exceeded
 UNDELIVERED_MESSAGE = "Discord would not show that result anywhere, so it was not charged."
 _OPEN = f"state IN {OPEN_STATES!r}"  # ('reserved', 'generating', 'storing')
 
+STATE_COUNTS_SQL = f"""
+SELECT state, COUNT(*) AS n FROM jobs WHERE {_OPEN} GROUP BY state
+UNION ALL
+SELECT state, COUNT(*) AS n FROM jobs WHERE day = :day AND state IN ('settled', 'refunded')
+GROUP BY state
+"""  # noqa: S608
+
 RESERVE_SQL = """
 INSERT INTO jobs (id, idempotency_key, kind, user_id, guild_id, day, model, state,
                   images, micro_usd, milli_neurons, params, request_fingerprint, bytes,
@@ -229,6 +236,12 @@ class JobTable:
 
     async def open_jobs(self) -> list[Job]:
         return [Job.from_row(r) for r in await self._db.all(OPEN_JOBS_SQL)]
+
+    async def state_counts(self) -> dict[str, int]:
+        """Jobs per state (two index lookups, for /metrics): open ones of every day, settled
+        and refunded ones of today."""
+        rows = await self._db.all(STATE_COUNTS_SQL, {"day": self._db.today()})
+        return {str(row["state"]): int(row["n"]) for row in rows}
 
     async def note(self, job_id: str, note: str) -> None:
         await self._db.write(NOTE_JOB_SQL, (note, job_id))

@@ -39,6 +39,7 @@ from bot.ledger.records import (
 from bot.ledger.reports import Reports
 from bot.ledger.servers import LimitRule, Policy, ServerPolicy, TemplateTable
 from bot.ledger.usage import UsageCounters, user_scope
+from bot.metrics import Metrics
 from bot.refusals import quota_exceeded
 
 __all__ = [
@@ -72,9 +73,12 @@ class Ledger:
         defaults: QuotaDefaults | None = None,
         clock: Clock = utc_now,
         instance_id: str | None = None,
+        *,
+        metrics: Metrics | None = None,
     ) -> Ledger:
         """``instance_id`` names this process in leases (default: host, pid and a random)."""
-        return cls(await Database.open(path, clock), defaults or QuotaDefaults(), instance_id)
+        database = await Database.open(path, clock, metrics)
+        return cls(database, defaults or QuotaDefaults(), instance_id)
 
     async def close(self) -> None:
         await self.database.close()
@@ -92,6 +96,10 @@ class Ledger:
 
     async def ping(self) -> None:
         await self.database.ping()
+
+    async def check_schema(self) -> None:
+        """LedgerUnavailable unless the schema is exactly the one this code migrates to."""
+        await self.database.check_schema()
 
     def now_iso(self) -> str:
         return self.database.now_iso()
@@ -246,6 +254,10 @@ class Ledger:
     async def claim_job(self, job_id: str) -> bool:
         """Take over an orphaned job; False if another process took it first or it closed."""
         return await self.leases.claim(job_id)
+
+    async def job_states(self) -> dict[str, int]:
+        """How many jobs are in each state: open ones of any day, finished ones of today."""
+        return await self._jobs.state_counts()
 
     async def note_job(self, job_id: str, note: str) -> None:
         await self._jobs.note(job_id, note)

@@ -1,4 +1,4 @@
-"""The built-in web server's own pages: local-store images and the health check.
+"""The built-in web server's own pages: local-store images, the readiness check and metrics.
 
 ``GET /images/{id}/{variant}`` serves what the local store holds, as the original (``public``)
 or resized with the Cloudflare variant grammar (``w=…,h=…,fit=…``), with long-lived caching
@@ -15,6 +15,7 @@ from aiohttp import web
 
 from bot import imaging
 from bot.errors import BotError, NotFound
+from bot.metrics import CONTENT_TYPE
 from bot.public import Health
 from bot.web.http import json_response
 from bot.web.limits import RUNTIME_KEY, check_anonymous_rate
@@ -61,6 +62,8 @@ async def serve_image(request: web.Request) -> web.StreamResponse:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """Readiness: the database answers, its schema is the one this code migrates to, and the
+    provider and store are reachable; 503 names the check that failed (never a secret)."""
     runtime = request.app[RUNTIME_KEY]
     checks: dict[str, str] = {}
     healthy = True
@@ -74,3 +77,15 @@ async def healthz(request: web.Request) -> web.Response:
             log.warning("health check %s failed: %s", name, type(exc).__name__)
     health = Health(status="ok" if healthy else "degraded", checks=checks)
     return json_response(health.to_json(), status=200 if healthy else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """This process's metrics in Prometheus' text format (jobs by state read from the ledger
+    now; a database that does not answer leaves the last values and is logged)."""
+    runtime = request.app[RUNTIME_KEY]
+    try:
+        await runtime.service.refresh_metrics()
+    except Exception as exc:
+        log.warning("metrics: jobs by state not refreshed: %s", type(exc).__name__)
+    body = runtime.metrics.exposition()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

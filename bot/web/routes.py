@@ -23,7 +23,7 @@ from bot.public import (
 )
 from bot.web import api, gallery
 from bot.web.bodies import BatchBody, GenerateBody, TemplateBody, UploadUrlBody, parse_body
-from bot.web.hosting import healthz, serve_image
+from bot.web.hosting import healthz, metrics, serve_image
 from bot.web.http import Handler, json_response, read_json
 from bot.web.openapi import Operation, Reply, openapi_document
 
@@ -62,8 +62,15 @@ ROUTES: tuple[Operation, ...] = (
         errors=(400, 404, 429), public=True,
     ),
     Operation(
-        "GET", "/healthz", healthz, "Database, provider and store reachable",
-        {200: Reply("OK", Health), 503: Reply("Degraded", Health)}, public=True,
+        "GET", "/healthz", healthz,
+        "Ready: database reachable, migrations current, provider and store reachable",
+        {200: Reply("OK", Health), 503: Reply("Degraded: the failed check named", Health)},
+        public=True,
+    ),
+    Operation(
+        "GET", "/metrics", metrics, "This process's metrics in Prometheus' text format",
+        {200: Reply("The metrics", media={"text/plain": {"schema": {"type": "string"}}})},
+        public=True,
     ),
     Operation(
         "POST", "/api/generate", api.generate, "Generate one image",

@@ -41,6 +41,12 @@ Copied from real Discord at its edges (see /work/shared/reference/discord-protoc
   Discord (title 1-45, 1-5 rows of one text input each, labels 1-45, lengths 0-4000);
   ``submit_modal`` sends the MODAL_SUBMIT (type 5) with the message of the clicked button.
 - Optional: ``ack_deadline=3.0`` makes interactions acknowledged later than that unknown (10062).
+- Sharding: ``GET /gateway/bot`` recommends ``recommended_shards`` (with a session_start_limit);
+  IDENTIFY may carry ``shard: [id, count]`` (absent: ``[0, 1]``). Each connection gets only its
+  shard's guilds, ``(guild_id >> 22) % count`` (READY, GUILD_CREATE, interactions); DMs go to
+  shard 0. A shard outside ``0 ≤ id < count`` is closed with 4010 (Invalid shard); more than
+  ``max_guilds_per_shard`` (2,500) guilds on one shard is closed with 4011 (Sharding required).
+  ``FakeInteraction.shard`` is the shard id it was sent to.
 
 Fixtures ``fake_discord`` and ``bot_harness``: ``pytest_plugins = ("tests.fakes.discord",)``.
 """
@@ -395,6 +401,7 @@ class FakeInteraction(_Waitable):
         self.expired = False  # expire(): the token is dead whatever its age
         self.dead = False  # a webhook call on this token was answered 401 or 404
         self.calls_after_dead = 0  # webhook calls made on the token after that answer
+        self.shard: int | None = None  # the shard id of the connection it was sent to
 
     def expire(self) -> None:
         """End the token's life now: its webhook calls answer 401 50027 from here on."""
@@ -520,6 +527,8 @@ class _GatewaySession:
         self.ws = ws
         self.seq = 0
         self.session_id: str | None = None
+        self.shard: tuple[int, int] | None = None  # (id, count) once identified or resumed
+        self.dispatched: list[str] = []  # event names sent, in order (GUILD_CREATE:<id> too)
         self._lock = asyncio.Lock()
 
     async def send(self, payload: dict[str, Any]) -> None:
@@ -530,6 +539,11 @@ class _GatewaySession:
         async with self._lock:
             self.seq += 1
             await self.ws.send_str(json.dumps({"op": 0, "t": event, "s": self.seq, "d": data}))
+            self.dispatched.append(f"{event}:{data['id']}" if event == "GUILD_CREATE" else event)
+
+    @property
+    def live(self) -> bool:
+        return self.shard is not None and not self.ws.closed
 
 
 # -- the fake ---------------------------------------------------------------------------------
@@ -554,6 +568,8 @@ class FakeDiscord(_Waitable):
         request_size_limit: int = REQUEST_SIZE_LIMIT,
         ack_deadline: float | None = None,
         heartbeat_interval_ms: int = 41_250,
+        recommended_shards: int = 1,
+        max_guilds_per_shard: int = 2500,
     ) -> None:
         super().__init__()
         self.token = token
@@ -566,6 +582,8 @@ class FakeDiscord(_Waitable):
         self.request_size_limit = request_size_limit
         self.ack_deadline = ack_deadline
         self.heartbeat_interval_ms = heartbeat_interval_ms
+        self.recommended_shards = recommended_shards
+        self.max_guilds_per_shard = max_guilds_per_shard
         self._ids = itertools.count(1)
         self.application_id = self.snowflake()
         self.bot_user = FakeUser(self.snowflake(), "ImageBot", BOT_PERMISSIONS, bot=True)
@@ -595,17 +613,26 @@ class FakeDiscord(_Waitable):
         self._dm_channels: dict[int, FakeChannel] = {}  # user id → the bot's DM with them
         self._private_channels: set[int] = set()  # user-install contexts the bot is not in
         self._sessions: list[_GatewaySession] = []
-        self._session: _GatewaySession | None = None
-        self._resumable: dict[str, int] = {}  # closed session id → last seq
+        self._resumable: dict[str, tuple[int, tuple[int, int]]] = {}  # closed id → (seq, shard)
         self._runner: web.AppRunner | None = None
 
-    def snowflake(self) -> int:
+    def snowflake(self, shard: tuple[int, int] | None = None) -> int:
+        """A new id; with ``shard`` (id, count), one whose guild would be on that shard."""
         ms = int(time.time() * 1000) - _DISCORD_EPOCH_MS
+        if shard is not None:
+            ms += (shard[0] - ms) % shard[1]  # a few ms ahead at most, still unique (low bits)
         return (ms << 22) | (next(self._ids) & 0x3FFFFF)
 
-    def add_guild(self, name: str, channels: Sequence[str] = ("general",)) -> FakeGuild:
-        """A guild with text channels, @everyone and Admin roles, and every known user."""
-        guild = FakeGuild(self.snowflake(), name, owner_id=self.owner.id)
+    def add_guild(
+        self,
+        name: str,
+        channels: Sequence[str] = ("general",),
+        *,
+        shard: tuple[int, int] | None = None,
+    ) -> FakeGuild:
+        """A guild with text channels, @everyone and Admin roles, and every known user; on
+        ``shard`` (id, count) when given (its id decides it: ``(id >> 22) % count``)."""
+        guild = FakeGuild(self.snowflake(shard), name, owner_id=self.owner.id)
         guild.channels = [
             FakeChannel(self.snowflake(), ch, guild.id, 0, i) for i, ch in enumerate(channels)
         ]
@@ -699,7 +726,27 @@ class FakeDiscord(_Waitable):
 
     @property
     def connected(self) -> bool:
-        return self._session is not None and not self._session.ws.closed
+        return any(session.live for session in self._sessions)
+
+    def shard_of(self, guild_id: int | None, count: int) -> int:
+        """The shard Discord sends a guild's events to (DMs: shard 0)."""
+        return 0 if guild_id is None else (guild_id >> 22) % count
+
+    def sessions(self, shard: int | None = None) -> list[_GatewaySession]:
+        """The live gateway connections (of one shard id), oldest first."""
+        live = [s for s in self._sessions if s.live]
+        return [s for s in live if s.shard and s.shard[0] == shard] if shard is not None else live
+
+    def _session_for(self, guild_id: int | None) -> _GatewaySession:
+        """The connection Discord would send this guild's (or a DM's) events to: the newest
+        live one whose shard is the guild's under that connection's shard count."""
+        for session in reversed(self.sessions()):
+            assert session.shard is not None
+            shard_id, count = session.shard
+            if self.shard_of(guild_id, count) == shard_id:
+                return session
+        where = f"guild {guild_id}" if guild_id is not None else "DMs"
+        raise RuntimeError(f"no bot is connected to the fake gateway for the shard of {where}")
 
     async def __aenter__(self) -> FakeDiscord:
         _raise_file_limit()
@@ -966,10 +1013,10 @@ class FakeDiscord(_Waitable):
     async def _dispatch(
         self, payload: dict[str, Any], source: FakeMessage | None = None
     ) -> FakeInteraction:
-        session = self._session
-        if session is None or session.ws.closed:
-            raise RuntimeError("no bot is connected to the fake gateway")
+        guild_id = payload.get("guild_id")
+        session = self._session_for(int(guild_id) if guild_id else None)
         interaction = FakeInteraction(payload, source)
+        interaction.shard = session.shard[0] if session.shard else None
         self.interactions[interaction.id] = interaction
         self._by_token[interaction.token] = interaction
         interaction.dispatched_at = time.monotonic()
@@ -1071,6 +1118,7 @@ class FakeDiscord(_Waitable):
         if window is not None:
             response.headers.update(window.headers(now))
         response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+        response.headers["X-RateLimit-Scope"] = "user"  # every 429 says whose limit it was
         if hook is not None:
             note = f"429: retry after {retry_after:.3f}s"
             hook._record(Event("rate_limited", now, body or {}, error=note))
@@ -1088,8 +1136,11 @@ class FakeDiscord(_Waitable):
         return json_response(info | {"team": None, "summary": "", "rpc_origins": []})
 
     async def _gateway_info(self, request: web.Request) -> web.Response:
+        if not request.path.endswith("/bot"):  # GET /gateway: only the url
+            return json_response({"url": self.gateway_url})
         limit = {"total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1}
-        return json_response({"url": self.gateway_url, "shards": 1, "session_start_limit": limit})
+        info = {"url": self.gateway_url, "shards": self.recommended_shards}
+        return json_response(info | {"session_start_limit": limit})
 
     async def _attachment(self, request: web.Request) -> web.Response:
         blob = self.blobs.get(int(request.match_info["file_id"]))
@@ -1379,10 +1430,8 @@ class FakeDiscord(_Waitable):
                     await self._resume(session, message["d"])
         finally:
             self._sessions.remove(session)
-            if session.session_id is not None:
-                self._resumable[session.session_id] = session.seq
-            if self._session is session:
-                self._session = None
+            if session.session_id is not None and session.shard is not None:
+                self._resumable[session.session_id] = (session.seq, session.shard)
             self._notify()
         return ws
 
@@ -1390,27 +1439,43 @@ class FakeDiscord(_Waitable):
         if data.get("token") != self.token:
             await session.ws.close(code=4004, message=b"Authentication failed.")
             return
+        shard = data.get("shard", [0, 1])
+        valid = (
+            isinstance(shard, list) and len(shard) == 2
+            and all(isinstance(n, int) and not isinstance(n, bool) for n in shard)
+            and shard[1] >= 1 and 0 <= shard[0] < shard[1]
+        )  # fmt: skip
+        if not valid:
+            await session.ws.close(code=4010, message=b"Invalid shard.")
+            return
+        shard_id, count = shard
+        guilds = [g for g in self.guilds if self.shard_of(g.id, count) == shard_id]
+        if len(guilds) > self.max_guilds_per_shard:
+            await session.ws.close(code=4011, message=b"Sharding required.")
+            return
         self.identify_count += 1
         session.session_id = secrets.token_hex(16)
-        self._session = session
+        session.shard = (shard_id, count)
         ready: dict[str, Any] = {"v": 10, "session_id": session.session_id}
         ready["user"] = self.bot_user.payload() | {"verified": True, "mfa_enabled": False}
-        ready["guilds"] = [{"id": str(g.id), "unavailable": True} for g in self.guilds]
+        ready["guilds"] = [{"id": str(g.id), "unavailable": True} for g in guilds]
         ready["resume_gateway_url"] = self.gateway_url
         ready["application"] = {"id": str(self.application_id), "flags": 0}
+        ready["shard"] = [shard_id, count]
         await session.dispatch("READY", ready | {"private_channels": [], "relationships": []})
-        for guild in self.guilds:
+        for guild in guilds:
             await session.dispatch("GUILD_CREATE", guild.payload())
         self._notify()
 
     async def _resume(self, session: _GatewaySession, data: dict[str, Any]) -> None:
-        seq = self._resumable.pop(data.get("session_id", ""), None)
-        if data.get("token") != self.token or seq is None:
+        closed = self._resumable.pop(data.get("session_id", ""), None)
+        if data.get("token") != self.token or closed is None:
             await session.send({"op": 9, "d": False})  # invalid session: identify again
             return
-        session.session_id, session.seq = data["session_id"], seq
-        self._session = session
+        session.session_id = data["session_id"]
+        session.seq, session.shard = closed
         await session.dispatch("RESUMED", {})
+        self._notify()
 
 
 # -- pointing discord.py at the fake, running bots ----------------------------------------------
