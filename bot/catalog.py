@@ -31,6 +31,7 @@ from bot.money import (
 TEXT_TO_IMAGE = "text-to-image"
 IMAGE_TO_IMAGE = "image-to-image"
 TEXT_GENERATION = "text-generation"
+CONTENT_MODERATION = "content-moderation"  # can be MODERATION_MODEL (Llama Guard)
 
 TILE_SIDE = 512
 # Per image, for a model whose price Cloudflare does not publish and the operator did not set.

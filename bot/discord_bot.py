@@ -41,6 +41,7 @@ EXTENSIONS: tuple[str, ...] = (
     "cogs.usage",
     "cogs.quota",
     "cogs.channels",
+    "cogs.content",
     "cogs.apikeys",
     "cogs.gallery",
 )

@@ -18,7 +18,14 @@ from bot.catalog import IMAGE_TO_IMAGE
 from bot.discord_bot import report_error
 from bot.requests import GenerateRequest, ImageRecord
 from bot.runtime import Runtime
-from cogs.common import answers_here, guild_key, is_admin, role_ids_of, runtime_of
+from cogs.common import (
+    age_restricted,
+    answers_here,
+    guild_key,
+    is_admin,
+    role_ids_of,
+    runtime_of,
+)
 from cogs.delivery import InteractionLink
 from cogs.render import details_embed, model_name
 from cogs.replies import generate_and_reply
@@ -133,6 +140,7 @@ def rerun_request(
         user_id=str(interaction.user.id),
         guild_id=guild_key(interaction),
         role_ids=role_ids_of(interaction.user),
+        age_restricted=age_restricted(interaction),
         model=image.model,
         negative_prompt=image.negative_prompt if prompt is None else negative_prompt,
         width=image.width,
@@ -161,6 +169,7 @@ class VariationsButton(_ImageButton, template=rf"img:vary:{IMAGE_ID}"):
             user_id=str(interaction.user.id),
             guild_id=guild_key(interaction),
             role_ids=role_ids_of(interaction.user),
+            age_restricted=age_restricted(interaction),
             image_id=image.id,
             strength=0.6,
             fresh=True,
