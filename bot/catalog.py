@@ -105,6 +105,11 @@ class Cost:
     def __add__(self, other: Cost) -> Cost:
         return Cost(self.micro_usd + other.micro_usd, self.milli_neurons + other.milli_neurons)
 
+    def at_most(self, limit: Cost) -> Cost:
+        """Never more than ``limit`` in either unit (an actual charge within its reservation)."""
+        return Cost(min(self.micro_usd, limit.micro_usd),
+                    min(self.milli_neurons, limit.milli_neurons))  # fmt: skip
+
 
 ZERO_COST = Cost(0, 0)
 

@@ -13,24 +13,11 @@ import pytest
 from bot.discord_bot import ImageBot
 from bot.runtime import open_runtime
 from tests.fakes.discord import MANAGE_GUILD, CommandHidden
+from tests.test_discord_roles_channels import reply, run, text_of
 
 GUARD = "@cf/meta/llama-guard-3-8b"
 IMAGE_USD = 634  # FLUX.1 schnell, 1024×1024, 4 steps
 REFUSAL = "refused by the server's content rules"
-
-
-async def run(fake, name, options=None, user=None, **extra):  # type: ignore[no-untyped-def]
-    interaction = await fake.slash(name, options or {}, user=user or fake.member, **extra)
-    await interaction.wait_for_callback()
-    return interaction
-
-
-def text_of(message) -> str:  # type: ignore[no-untyped-def]
-    return message.content + " ".join(str(e) for e in message.embeds)
-
-
-async def reply(interaction, needle: str):  # type: ignore[no-untyped-def]
-    return await interaction.wait_for_message(lambda m: needle in text_of(m))
 
 
 async def made(interaction):  # type: ignore[no-untyped-def]

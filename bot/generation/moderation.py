@@ -85,9 +85,7 @@ class ContentModerator:
             raise
         actual = Cost.from_nano_usd(
             spec.price.tokens_nano_usd(verdict.input_tokens, verdict.output_tokens)
-        )
-        actual = Cost(min(actual.micro_usd, estimate.micro_usd),
-                      min(actual.milli_neurons, estimate.milli_neurons))  # fmt: skip
+        ).at_most(estimate)
         await self.ledger.settle(job.id, 0, actual)
         await self.ledger.note_job(job.id, NOTE_PREFIX + ",".join(verdict.categories or ("safe",)))
         if not verdict.safe:
