@@ -42,6 +42,7 @@ def bot_env(data: Path, port: int, fake, store: str) -> dict[str, str]:  # type:
         "QUOTA_USER_DAILY_USD": "100",
         "MAX_CONCURRENT_JOBS": "16",
         "MAX_JOBS_PER_USER": "16",
+        "MODERATION_MODEL": "off",  # the books below are the images' alone
     }
 
 
