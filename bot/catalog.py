@@ -31,6 +31,7 @@ from bot.money import (
 TEXT_TO_IMAGE = "text-to-image"
 IMAGE_TO_IMAGE = "image-to-image"
 TEXT_GENERATION = "text-generation"
+CONTENT_MODERATION = "content-moderation"  # can be MODERATION_MODEL (Llama Guard)
 
 TILE_SIDE = 512
 # Per image, for a model whose price Cloudflare does not publish and the operator did not set.
@@ -103,6 +104,11 @@ class Cost:
 
     def __add__(self, other: Cost) -> Cost:
         return Cost(self.micro_usd + other.micro_usd, self.milli_neurons + other.milli_neurons)
+
+    def at_most(self, limit: Cost) -> Cost:
+        """Never more than ``limit`` in either unit (an actual charge within its reservation)."""
+        return Cost(min(self.micro_usd, limit.micro_usd),
+                    min(self.milli_neurons, limit.milli_neurons))  # fmt: skip
 
 
 ZERO_COST = Cost(0, 0)

@@ -69,7 +69,10 @@ RETRYABLE_STATUSES = frozenset({408, 429})
 NOT_ACCOUNT_LIMIT_CODES = frozenset({CODE_OUT_OF_CAPACITY, CODE_DAILY_ALLOCATION})
 
 
-FLAGGED_MESSAGE = "The image service refused this prompt or flagged the image. Try rewording it."
+FLAGGED_MESSAGE = (
+    "This prompt was refused by the image service's own content filter (or it flagged the "
+    "image). The image was not charged. Try rewording it."
+)
 AUTH_MESSAGE = "The bot's Cloudflare credentials were refused; the operator needs to check them."
 PAID_PLAN_MESSAGE = (
     "This model needs the Workers Paid plan on the bot's Cloudflare account. Pick another model "

@@ -183,6 +183,13 @@ class Settings:
     enhance_model: str = variable(
         "ENHANCE_MODEL", Text(), "@cf/meta/llama-3.1-8b-instruct-fp8-fast", "prompt rewriter"
     )
+    # None: prompts are never checked (the server's content rule then has nothing to enforce).
+    moderation_model: str | None = variable(
+        "MODERATION_MODEL",
+        Text(off_allowed=True),
+        "@cf/meta/llama-guard-3-8b",
+        "checks prompts against the server's content rules; off: no check",
+    )
     models_file: Path | None = variable("MODELS_FILE", FilePath(), None, "catalog overrides")
     # None: such models hidden until priced.
     unpublished_model_micro_usd: int | None = variable(

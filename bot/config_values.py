@@ -31,8 +31,11 @@ class Kind:
 @dataclass(frozen=True)
 class Text(Kind):
     min_length: int = 0  # for secrets that must be long enough to be secret
+    off_allowed: bool = False  # ``off`` (any case) means None
 
-    def parse(self, name: str, raw: str) -> str:
+    def parse(self, name: str, raw: str) -> str | None:
+        if self.off_allowed and raw.lower() == "off":
+            return None
         if len(raw) < self.min_length:
             raise ConfigError(name, f"must be at least {self.min_length} characters (or unset)")
         return raw

@@ -43,6 +43,7 @@ EXTENSIONS: tuple[str, ...] = (
     "cogs.usage",
     "cogs.quota",
     "cogs.channels",
+    "cogs.content",
     "cogs.apikeys",
     "cogs.gallery",
     "cogs.queue",

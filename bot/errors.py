@@ -187,11 +187,31 @@ class DailyAllocationExhausted(ProviderError):
         self.resets_at = resets_at
 
 
+class ContentRefused(Forbidden):
+    """The server's content rules refused the prompt (the moderation model named ``category``,
+    e.g. S12). No image was made or charged; only the check itself was."""
+
+    code = "content_refused"
+
+    def __init__(self, categories: tuple[str, ...], names: str, charged: str | None) -> None:
+        cost = f" Only the content check was charged ({charged})." if charged else ""
+        super().__init__(
+            f"This prompt was refused by the server's content rules: {names}.{cost}",
+            category=categories[0] if categories else "unsafe",
+            categories=list(categories),
+        )
+        self.categories = categories
+
+
 class ContentFlagged(ProviderError):
-    """The provider refused the prompt or flagged the output (Cloudflare 3030)."""
+    """The provider refused the prompt or flagged the output (Cloudflare 3030): a refusal,
+    shown as one (never as a failed generation), and not charged."""
 
     code = "content_flagged"
-    http_status = 400
+    http_status = 403
+
+    def __init__(self, user_message: str) -> None:
+        super().__init__(user_message, category="flagged")
 
 
 class ProviderRejected(ProviderError):

@@ -14,8 +14,9 @@ from bot.ledger import Job
 from bot.requests import GenerateRequest
 from bot.validation import clean_text
 
-# Not part of what was asked: the key itself, and how the answer is delivered or paid for.
-_NOT_THE_REQUEST = frozenset({"idempotency_key", "allowance_hold"})
+# Not part of what was asked: the key itself, how the answer is delivered or paid for, and
+# the channel's age restriction (where it was asked; it only decides whether it is checked).
+_NOT_THE_REQUEST = frozenset({"idempotency_key", "allowance_hold", "age_restricted"})
 
 
 def _digest(parts: dict[str, Any]) -> str:

@@ -60,6 +60,9 @@ class GenerateRequest:
     metadata: dict[str, Any] = field(default_factory=dict)  # any JSON object (≤ 1 KB)
     allowance_hold: str | None = None  # the job holding a batch's allowance, drawn on first
     role_ids: tuple[str, ...] = ()  # the member's roles in the server: they pick the limits
+    # Asked in an age-restricted channel (a thread: its parent's flag); False in DMs, the API
+    # and the CLI. With the server's rule allowing it, the prompt is then not moderated.
+    age_restricted: bool = False
     progress: ProgressCallback | None = field(default=None, compare=False, repr=False)
 
 

@@ -16,7 +16,7 @@ import httpx
 from bot import imaging
 from bot.api_keys import ApiKeys
 from bot.batches import BatchService
-from bot.catalog import Catalog, load_catalog
+from bot.catalog import CONTENT_MODERATION, Catalog, load_catalog
 from bot.cloudflare_api import CloudflareAPI
 from bot.config import Settings
 from bot.errors import ConfigError, InvalidModel
@@ -82,6 +82,15 @@ def check_catalog(settings: Settings, catalog: Catalog) -> None:
         raise ConfigError("DEFAULT_MODEL", "is not an enabled model in the catalog") from None
     if not spec.text_to_image:
         raise ConfigError("DEFAULT_MODEL", "must be a text-to-image model")
+    if settings.moderation_model is not None:  # never silently unchecked
+        try:
+            moderator = catalog.get(settings.moderation_model)
+        except InvalidModel:
+            raise ConfigError(
+                "MODERATION_MODEL", "is not an enabled model in the catalog (or set it to off)"
+            ) from None
+        if CONTENT_MODERATION not in moderator.capabilities:
+            raise ConfigError("MODERATION_MODEL", "must be a content-moderation model")
 
 
 @asynccontextmanager
@@ -139,6 +148,7 @@ async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIter
             ),
             default_model=settings.default_model,
             enhance_model=settings.enhance_model,
+            moderation_model=settings.moderation_model,
             cache_scope=settings.cache_scope,
             upload_micro_usd=upload_micro_usd,
             http=outbound,

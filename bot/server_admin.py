@@ -1,5 +1,5 @@
 """What a server's admins manage: templates, quota overrides (per member and per role), the
-prompt blocklist and the channels generation answers in.
+prompt blocklist, the content rule and the channels generation answers in.
 
 Fronts call these; permissions are decided here from two facts the front supplies (who asks,
 and whether they are an admin), so a rule means the same in Discord and over HTTP.
@@ -17,7 +17,7 @@ from bot.days import next_utc_midnight
 from bot.errors import Forbidden, InvalidRequest, NotFound
 from bot.ledger import Ledger, Limits, Template, Usage
 from bot.ledger.records import new_id
-from bot.ledger.servers import DEFAULT_RULE
+from bot.ledger.servers import ADULT_CONTENT_RULES, DEFAULT_RULE
 from bot.ledger.servers import LimitRule as LimitRule  # re-exported: fronts word the rule
 from bot.requests import Remaining
 from bot.validation import ASPECT_RATIOS, clean_prompt, clean_text, resolve_steps
@@ -43,6 +43,7 @@ class QuotaStatus:
     resets_at: datetime
     images_rule: LimitRule = DEFAULT_RULE
     usd_rule: LimitRule = DEFAULT_RULE
+    adult_content: str = "off"
 
     @property
     def left(self) -> Remaining:
@@ -134,8 +135,9 @@ class ServerAdmin:
         guild_used = await self.ledger.usage("guild", guild_id) if guild_id else Usage()
         resets = next_utc_midnight(self.ledger.clock())
         return QuotaStatus(
-            policy.limits, policy.usage, guild_used, resets, policy.images_rule, policy.usd_rule
-        )
+            policy.limits, policy.usage, guild_used, resets, policy.images_rule, policy.usd_rule,
+            policy.adult_content,
+        )  # fmt: skip
 
     async def set_role_quota(
         self, *, guild_id: str, role_id: str, daily_images: int | None, daily_micro_usd: int | None
@@ -200,6 +202,18 @@ class ServerAdmin:
             raise InvalidRequest("term", "That term is not on this server's blocklist.")
         await self.ledger.set_blocklist(guild_id, kept)
         return kept
+
+    # -- content rule -----------------------------------------------------------------------
+
+    async def adult_content(self, guild_id: str) -> str:
+        """'off' (every prompt is checked) or 'age_restricted' (unchecked in age-restricted
+        channels); outside a server always 'off'."""
+        return await self.ledger.adult_content(guild_id) if guild_id else "off"
+
+    async def set_adult_content(self, guild_id: str, rule: str) -> None:
+        if rule not in ADULT_CONTENT_RULES:
+            raise InvalidRequest("adult_content", "Choose off or age-restricted channels only.")
+        await self.ledger.set_adult_content(guild_id, rule)
 
     # -- where generation answers ------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from bot.backends import Backends
 from bot.catalog import Catalog, ModelSpec
 from bot.generation import GenerationPipeline
 from bot.generation.enhancement import PromptEnhancer
+from bot.generation.moderation import ContentModerator, moderation_key
 from bot.generation.plan import Planner
 from bot.ledger import ImageRecord, Ledger, UsageReport
 from bot.library import ImageLibrary
@@ -40,6 +41,7 @@ class ImageService:
         scheduler: JobScheduler,
         default_model: str,
         enhance_model: str,
+        moderation_model: str | None = None,
         cache_scope: str = "guild",
         upload_micro_usd: int = 0,
         http: httpx.AsyncClient | None = None,
@@ -66,6 +68,7 @@ class ImageService:
             scheduler=scheduler,
             planner=planner,
             enhancer=PromptEnhancer(ledger, catalog, self.backends, enhance_model),
+            moderator=ContentModerator(ledger, catalog, self.backends, moderation_model),
             record_or_unstore=self.library.record_or_unstore,
         )
 
@@ -147,14 +150,15 @@ class ImageService:
         self.metrics.deliveries.labels(way).inc()
 
     async def refund_undelivered(self, job_id: str) -> int:
-        """A result no way could show is not charged: its job (and the prompt enhancement
-        made for it) refunded with reason ``undelivered``; its images stay in the owner's
-        list. Returns the micro-dollars given back (0 if nothing was settled)."""
+        """A result no way could show is not charged: its job (and the prompt enhancement and
+        content check made for it) refunded with reason ``undelivered``; its images stay in the
+        owner's list. Returns the micro-dollars given back (0 if nothing was settled)."""
         job = await self.ledger.get_job(job_id)
         jobs = [job] if job is not None else []
         if job is not None and job.idempotency_key:
-            enhancement = await self.ledger.job_by_key(f"{job.idempotency_key}:enhance")
-            jobs += [enhancement] if enhancement is not None else []
+            for key in (f"{job.idempotency_key}:enhance", moderation_key(job.idempotency_key)):
+                step = await self.ledger.job_by_key(key or "")
+                jobs += [step] if step is not None else []
         refunded = 0
         for each in jobs:
             if await self.ledger.refund_undelivered(each.id):

@@ -15,7 +15,15 @@ import discord
 from bot.catalog import IMAGE_TO_IMAGE
 from bot.requests import GenerateRequest, ImageRecord
 from bot.runtime import Runtime
-from cogs.common import answers_here, guarded, guild_key, is_admin, role_ids_of, runtime_of
+from cogs.common import (
+    age_restricted,
+    answers_here,
+    guarded,
+    guild_key,
+    is_admin,
+    role_ids_of,
+    runtime_of,
+)
 from cogs.delivery import InteractionLink
 from cogs.render import details_embed, model_name
 from cogs.replies import generate_and_reply
@@ -114,6 +122,7 @@ def rerun_request(
         user_id=str(interaction.user.id),
         guild_id=guild_key(interaction),
         role_ids=role_ids_of(interaction.user),
+        age_restricted=age_restricted(interaction),
         model=image.model,
         negative_prompt=image.negative_prompt if prompt is None else negative_prompt,
         width=image.width,
@@ -142,6 +151,7 @@ class VariationsButton(_ImageButton, template=rf"img:vary:{IMAGE_ID}"):
             user_id=str(interaction.user.id),
             guild_id=guild_key(interaction),
             role_ids=role_ids_of(interaction.user),
+            age_restricted=age_restricted(interaction),
             image_id=image.id,
             strength=0.6,
             fresh=True,

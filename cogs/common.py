@@ -108,6 +108,15 @@ def channel_ids(interaction: discord.Interaction) -> tuple[str, ...]:
     return tuple(str(i) for i in (interaction.channel_id, parent) if i)
 
 
+def age_restricted(interaction: discord.Interaction) -> bool:
+    """Whether the interaction happens in an age-restricted channel (Discord's ``nsfw`` flag;
+    a thread follows its parent). Never in DMs; an unknown channel counts as not restricted."""
+    if not interaction.guild_id:
+        return False
+    is_nsfw = getattr(interaction.channel, "is_nsfw", None)
+    return bool(is_nsfw()) if callable(is_nsfw) else False
+
+
 async def answers_here(interaction: discord.Interaction) -> bool:
     """Whether generation and uploads answer in this channel (the server's allow list, if it
     has one); if not, says privately where they do. Call it before anything is deferred or

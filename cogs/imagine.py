@@ -15,7 +15,13 @@ from bot.runtime import Runtime
 from bot.validation import ASPECT_RATIOS, MAX_SEED
 from cogs.buttons import BUTTONS, image_view
 from cogs.cancel import CancelButton
-from cogs.common import answers_here, bot_runtime, guild_key, role_ids_of
+from cogs.common import (
+    age_restricted,
+    answers_here,
+    bot_runtime,
+    guild_key,
+    role_ids_of,
+)
 from cogs.limits import fit_choices
 from cogs.progress import ProgressBoard
 from cogs.render import model_name
@@ -78,6 +84,7 @@ class Imagine(commands.Cog):
             user_id=str(interaction.user.id),
             guild_id=guild_key(interaction),
             role_ids=role_ids_of(interaction.user),
+            age_restricted=age_restricted(interaction),
             model=model,
             template=template,
             negative_prompt=negative_prompt,

@@ -63,9 +63,22 @@ async def quota_embed(
         inline=False,
     )
     embed.add_field(
+        name="Content rules",
+        value=content_rule_text(runtime, status.adult_content),
+        inline=False,
+    )
+    embed.add_field(
         name="Resets", value=discord.utils.format_dt(status.resets_at, "R"), inline=False
     )
     return fit_embeds([embed])[0]
+
+
+def content_rule_text(runtime: Runtime, adult_content: str) -> str:
+    if runtime.settings.moderation_model is None:
+        return "no content check on this bot (MODERATION_MODEL=off)"
+    if adult_content == "age_restricted":
+        return "adult content in age-restricted channels only; prompts elsewhere are checked"
+    return "adult content off: every prompt is checked"
 
 
 def rule_text(rule: LimitRule) -> str:

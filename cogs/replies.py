@@ -59,7 +59,7 @@ async def result_message(
     ]
     notes = []
     if result.cached:
-        notes.append("♻️ Found in the cache: this one was free.")
+        notes.append("♻️ Found in the cache: the image was free.")
     if result.failed:
         notes.append(f"⚠️ {result.failed} image(s) failed and were not charged.")
     if runtime.service.renders_previews:

@@ -109,10 +109,11 @@ class CountingProvider(LocalProvider):
 
 @pytest.fixture
 def make_settings(tmp_path: Path) -> Callable[..., Settings]:
-    """Settings from a clean environment: DATA_DIR is the test's own folder."""
+    """Settings from a clean environment: DATA_DIR is the test's own folder. Prompts are not
+    moderated unless a test asks (``MODERATION_MODEL=...``), so charges elsewhere stay exact."""
 
     def build(**env: Any) -> Settings:
-        values = {"DATA_DIR": str(tmp_path / "data"), "WEB_PORT": "0"}
+        values = {"DATA_DIR": str(tmp_path / "data"), "WEB_PORT": "0", "MODERATION_MODEL": "off"}
         values.update({k: str(v) for k, v in env.items()})
         return load_settings(values)
 

@@ -32,8 +32,10 @@ SUBPROCESS_TIMEOUT = 60
 def run_bot(
     cwd: Path, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """``python -m bot ARGS`` in ``cwd`` with a clean environment and a timeout."""
+    """``python -m bot ARGS`` in ``cwd`` with a clean environment and a timeout; prompts are
+    not moderated unless ``env`` says so (the prices below are the images' alone)."""
     clean = {"PATH": os.environ.get("PATH", os.defpath), "HOME": str(cwd)}
+    clean["MODERATION_MODEL"] = "off"
     clean.update(env or {})
     return subprocess.run(  # noqa: S603 (fixed argv, no shell)
         [sys.executable, "-m", "bot", *args],
@@ -74,6 +76,17 @@ def assert_png_file(path: Path, root: Path) -> None:
 
 
 # --------------------------------------------------------------------------- happy path
+
+
+def test_the_default_checks_prompts_and_charges_the_check(tmp_path: Path) -> None:
+    """With MODERATION_MODEL at its default, the embedded stand-in refuses in one line (exit 1,
+    the category named, no image) and a fine prompt's cost includes its check."""
+    default = {"MODERATION_MODEL": "@cf/meta/llama-guard-3-8b"}
+    refused = run_bot(tmp_path, "imagine", "a nude portrait", env=default)
+    line = one_line_error(refused, 1)
+    assert "Sexual content (S12)" in line and "$0.000113" in line
+    made = run_json(tmp_path, "imagine", "a lighthouse at dusk", env=default)
+    assert made["cost_micro_usd"] == 634 + 113  # the image, and its check
 
 
 def test_imagine_cache_fresh_users_usage_and_models(tmp_path: Path) -> None:

@@ -45,6 +45,7 @@ def bot_env(data: Path, port: int, fake, store: str) -> dict[str, str]:  # type:
         "MAX_CONCURRENT_JOBS": "16",
         "MAX_JOBS_PER_USER": "16",
         "JOB_LEASE_SECONDS": "2",  # a killed process's jobs are others' to close after 2 s
+        "MODERATION_MODEL": "off",  # the books below are the images' alone
     }
 
 

@@ -59,9 +59,7 @@ class PromptEnhancer:
             raise
         actual = Cost.from_nano_usd(
             spec.price.tokens_nano_usd(answer.input_tokens, answer.output_tokens)
-        )
-        actual = Cost(min(actual.micro_usd, estimate.micro_usd),
-                      min(actual.milli_neurons, estimate.milli_neurons))  # fmt: skip
+        ).at_most(estimate)
         await self.ledger.settle(job.id, 0, actual)
         text = enhance.tidy_answer(answer.text, plan.prompt, plan.spec.max_prompt_chars)
         return text, actual, job.id

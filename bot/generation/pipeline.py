@@ -1,8 +1,10 @@
 """The generation pipeline, in the order it runs.
 
 ``generate`` reads top to bottom: replay a known request → plan (validate, template, model,
-price) → look in the cache → join an identical request in flight (single-flight) → enhance →
-reserve → wait for a slot → generate → store → record and settle (or refund). A reserved job
+price) → check the content (the server's rules; ``moderation``) → look in the cache → join an
+identical request in flight (single-flight) → enhance → reserve → wait for a slot → generate →
+store → record and settle (or refund). The content check comes before the cache, so a cached
+image is never handed to a request its rules would refuse. A reserved job
 is live (``live.py``) until its charge is written: ``cancel`` takes it out of the line, and the
 pipeline checks for a cancel at each step boundary before the provider call.
 """
@@ -21,6 +23,7 @@ from bot.days import next_utc_midnight
 from bot.errors import BotError, Busy, JobCancelled
 from bot.generation.enhancement import PromptEnhancer
 from bot.generation.live import LiveJob, LiveJobs
+from bot.generation.moderation import Checked, ContentModerator
 from bot.generation.plan import Plan, Planner, Slot, slot_of
 from bot.generation.progress import position_reporter, report
 from bot.generation.records import hit_records, new_job, total_cost
@@ -49,6 +52,7 @@ class GenerationPipeline:
         scheduler: JobScheduler,
         planner: Planner,
         enhancer: PromptEnhancer,
+        moderator: ContentModerator,
         record_or_unstore: RecordOrUnstore,
     ) -> None:
         self.ledger = ledger
@@ -56,6 +60,7 @@ class GenerationPipeline:
         self.scheduler = scheduler
         self.planner = planner
         self.enhancer = enhancer
+        self.moderator = moderator
         self._record_or_unstore = record_or_unstore
         self._flights = SingleFlight()
         self._by_key: dict[str, asyncio.Future[None]] = {}
@@ -113,6 +118,7 @@ class GenerationPipeline:
             if replayed is not None:
                 return replayed
         plan = await self.planner.plan(request)
+        checked = await self.moderator.check(request, plan)
         slots = [slot_of(plan, i) for i in range(plan.count)]
         hits = await self._cached(plan, slots, request.fresh)
         joined = self._flights.joinable(plan, [s for s in slots if s.index not in hits])
@@ -123,12 +129,12 @@ class GenerationPipeline:
                     hits[index] = await future
             except JobCancelled:  # its owner cancelled the job we joined: make our own
                 return await self._generate(request)
-            return await self._free_result(request, plan, slots, hits)
+            return await self._free_result(request, plan, slots, hits, checked)
         # Claimed with no await since the cache check, so an identical request arriving now
         # joins this one instead of generating again.
         futures = self._flights.claim(plan, own)
         try:
-            return await self._paid_result(request, plan, own, hits, joined, futures)
+            return await self._paid_result(request, plan, own, hits, joined, futures, checked)
         except BaseException as exc:
             self._flights.fail(futures, exc)
             raise
@@ -153,6 +159,7 @@ class GenerationPipeline:
         hits: dict[int, ImageRecord],
         joined: Flights,
         futures: Flights,
+        checked: Checked,
     ) -> GenerationResult:
         prompt_used, enhance_cost, enhance_job = plan.prompt, ZERO_COST, None
         if request.enhance:
@@ -168,8 +175,10 @@ class GenerationPipeline:
             assert replayed is not None
             return replayed
         except BaseException:
-            if enhance_job is not None:  # no image, so the enhancement is not charged either
-                await self.ledger.refund(enhance_job, "not_used")
+            # no image, so neither the enhancement nor the content check is charged
+            for job_id in (enhance_job, checked.job_id):
+                if job_id is not None:
+                    await self.ledger.refund(job_id, "not_used")
             raise
         done = asyncio.get_running_loop().create_future()
         if request.idempotency_key:
@@ -206,7 +215,7 @@ class GenerationPipeline:
             prompt=plan.prompt,
             prompt_used=prompt_used,
             enhanced=request.enhance,
-            cost=total_cost(produced.values()) + enhance_cost,
+            cost=total_cost(produced.values()) + enhance_cost + checked.cost,
             remaining=await self.remaining(request.user_id, request.guild_id, request.role_ids),
             job_id=job.id,
             failed=len(failures),
@@ -318,7 +327,12 @@ class GenerationPipeline:
         return record
 
     async def _free_result(
-        self, request: GenerateRequest, plan: Plan, slots: list[Slot], hits: dict[int, ImageRecord]
+        self,
+        request: GenerateRequest,
+        plan: Plan,
+        slots: list[Slot],
+        hits: dict[int, ImageRecord],
+        checked: Checked,
     ) -> GenerationResult:
         ids = {slot.index: new_id("img") for slot in slots}
         job_id = new_id("job")
@@ -339,11 +353,13 @@ class GenerationPipeline:
             prompt=plan.prompt,
             prompt_used=images[0].prompt_used or plan.prompt,
             enhanced=False,
-            cost=ZERO_COST,
-            # a free hit changes nothing since the policy was read
-            remaining=Remaining.of(plan.limits, plan.usage, next_utc_midnight(self.ledger.clock())),
+            cost=checked.cost,
+            # a free hit changes nothing since the policy was read (a content check may have)
+            remaining=await self.remaining(request.user_id, request.guild_id, request.role_ids)
+            if checked.job_id else
+            Remaining.of(plan.limits, plan.usage, next_utc_midnight(self.ledger.clock())),
             job_id=job.id,
-        )
+        )  # fmt: skip
 
     async def _replay(self, request: GenerateRequest) -> GenerationResult | None:
         """The first result of a request seen before; waits if it is still running.

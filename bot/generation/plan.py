@@ -59,6 +59,7 @@ class Plan:
     unit_cost: Cost
     limits: Limits  # read once while planning, checked again atomically by the reservation
     usage: Usage  # the user's usage when the policy was read
+    adult_content: str = "off"  # the server's content rule (bot.ledger.servers)
 
     def cost_of(self, images: int) -> Cost:
         unit = self.unit_cost
@@ -138,6 +139,7 @@ class Planner:
             unit_cost=spec.image_cost(width, height, resolved_steps, input_size),
             limits=policy.limits,
             usage=policy.usage,
+            adult_content=policy.adult_content,
         )
 
     def choose_model(self, model_id: str | None, has_image: bool) -> ModelSpec:

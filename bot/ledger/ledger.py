@@ -123,7 +123,8 @@ class Ledger:
         return policy.limits, policy.usage
 
     async def policy(self, user_id: str, guild_id: str, role_ids: Sequence[str] = ()) -> Policy:
-        """The user's limits (and their rules), today's usage and the server's blocklist."""
+        """The user's limits (and their rules), today's usage, the server's blocklist and
+        content rule."""
         return await self._policy.policy(user_id, guild_id, role_ids)
 
     async def set_role_quota(
@@ -167,6 +168,13 @@ class Ledger:
 
     async def set_blocklist(self, guild_id: str, terms: list[str]) -> None:
         await self._policy.set_blocklist(guild_id, terms)
+
+    async def adult_content(self, guild_id: str) -> str:
+        """The server's content rule: 'off' or 'age_restricted' (``ADULT_CONTENT_RULES``)."""
+        return await self._policy.adult_content(guild_id)
+
+    async def set_adult_content(self, guild_id: str, rule: str) -> None:
+        await self._policy.set_adult_content(guild_id, rule)
 
     # -- usage ----------------------------------------------------------------------------
 

@@ -299,4 +299,10 @@ MIGRATIONS: tuple[str, ...] = (
     );
     ALTER TABLE jobs ADD COLUMN owner TEXT;
     """,
+    # 8: a server's content rule: 'off' (every prompt is checked by the moderation model) or
+    # 'age_restricted' (adult content allowed in age-restricted channels, unchecked there).
+    """
+    ALTER TABLE guild_settings ADD COLUMN adult_content TEXT NOT NULL DEFAULT 'off'
+        CHECK (adult_content IN ('off', 'age_restricted'));
+    """,
 )

@@ -77,6 +77,7 @@ class Job:
     fingerprint: str | None = None  # of the normalised request, to spot a reused key
     bytes: int = 0  # an upload's size
     delivery: str | None = None  # how the result reached its user (see DELIVERY_WAYS)
+    note: str | None = None  # e.g. a content check's verdict ("moderation:S12")
 
     @classmethod
     def from_row(cls, row: Any) -> Job:
@@ -100,6 +101,7 @@ class Job:
             fingerprint=row["request_fingerprint"],
             bytes=row["bytes"],
             delivery=row["delivery"],
+            note=row["note"],
         )
 
     @property

@@ -1,5 +1,6 @@
 """Templates and server policy: per-server, per-role and per-user quota overrides, the
-blocklist, the channels generation answers in, and the limits they resolve to.
+blocklist, the content rule, the channels generation answers in, and the limits they resolve
+to.
 
 SQLite-specific: ``LIKE`` is case-insensitive for ASCII and template names are
 ``COLLATE NOCASE`` (PostgreSQL: ``ILIKE`` and a ``lower(name)`` unique index); the blocklist is
@@ -21,7 +22,7 @@ from bot.ledger.usage import user_scope
 POLICY_SQL = """
 SELECT u.daily_images, u.daily_micro_usd, g.user_daily_images, g.user_daily_micro_usd,
        g.daily_micro_usd, c.images - COALESCE(r.images, 0),
-       c.micro_usd - COALESCE(r.micro_usd, 0), c.milli_neurons, g.blocklist
+       c.micro_usd - COALESCE(r.micro_usd, 0), c.milli_neurons, g.blocklist, g.adult_content
 FROM (SELECT 1) AS one LEFT JOIN user_quotas u ON u.guild_id = ? AND u.user_id = ?
 LEFT JOIN guild_settings g ON g.guild_id = ?
 LEFT JOIN usage_counters c ON c.day = ? AND c.scope = 'user' AND c.scope_id = ?
@@ -46,6 +47,13 @@ INSERT INTO guild_settings (guild_id, blocklist, updated_at) VALUES (?, ?, ?)
 ON CONFLICT (guild_id) DO UPDATE SET blocklist = excluded.blocklist,
     updated_at = excluded.updated_at
 """
+SET_ADULT_CONTENT_SQL = """
+INSERT INTO guild_settings (guild_id, adult_content, updated_at) VALUES (?, ?, ?)
+ON CONFLICT (guild_id) DO UPDATE SET adult_content = excluded.adult_content,
+    updated_at = excluded.updated_at
+"""
+ADULT_CONTENT_SQL = "SELECT adult_content FROM guild_settings WHERE guild_id = ?"
+ADULT_CONTENT_RULES = ("off", "age_restricted")
 ROLE_QUOTAS_SQL = (
     "SELECT role_id, daily_images, daily_micro_usd FROM role_quotas "
     "WHERE guild_id = ? AND role_id IN ({marks}) ORDER BY role_id"
@@ -91,6 +99,7 @@ class Policy:
     blocklist: list[str]
     images_rule: LimitRule = DEFAULT_RULE
     usd_rule: LimitRule = DEFAULT_RULE
+    adult_content: str = "off"  # one of ADULT_CONTENT_RULES
 
 
 RoleLimit = tuple[str, int | None]  # (role id, its limit, None where the role sets none)
@@ -150,7 +159,7 @@ class ServerPolicy:
         )
         usage = Usage(row[5] or 0, row[6] or 0, row[7] or 0)
         blocklist = json.loads(row[8]) if row[8] else []
-        return Policy(limits, usage, blocklist, images_rule, usd_rule)
+        return Policy(limits, usage, blocklist, images_rule, usd_rule, row[9] or "off")
 
     async def role_quotas(
         self, guild_id: str, role_ids: Sequence[str]
@@ -203,6 +212,13 @@ class ServerPolicy:
 
     async def set_blocklist(self, guild_id: str, terms: list[str]) -> None:
         await self._db.write(SET_BLOCKLIST_SQL, (guild_id, json.dumps(terms), self._db.now_iso()))
+
+    async def adult_content(self, guild_id: str) -> str:
+        row = await self._db.one(ADULT_CONTENT_SQL, (guild_id,))
+        return str(row[0]) if row else "off"
+
+    async def set_adult_content(self, guild_id: str, rule: str) -> None:
+        await self._db.write(SET_ADULT_CONTENT_SQL, (guild_id, rule, self._db.now_iso()))
 
 
 class TemplateTable:

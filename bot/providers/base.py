@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from bot.catalog import ModelSpec
+from bot.moderation import Verdict
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,8 @@ class ImageProvider(Protocol):
     # True when every model honours the seed (so a record may show it); otherwise only models
     # whose catalog entry says ``supports_seed``.
     honours_every_seed: bool
+    # True when ``moderate`` can check a prompt (the content rules need it).
+    moderates: bool
 
     async def generate(self, request: ImageRequest) -> GeneratedImage:
         """Generate one image. Raises a ``bot.errors.ProviderError`` subclass on failure."""
@@ -62,6 +65,10 @@ class ImageProvider(Protocol):
         self, model: ModelSpec, system: str, user: str, *, max_tokens: int
     ) -> TextCompletion:
         """Run a text model (prompt enhancement). Raises ``ProviderError`` on failure."""
+        ...
+
+    async def moderate(self, model: ModelSpec, text: str) -> Verdict:
+        """Check ``text`` with a moderation model (Llama Guard). Raises ``ProviderError``."""
         ...
 
     async def check(self) -> None:

@@ -9,6 +9,11 @@ A JSON body that does not parse is retried once by CloudflareAPI as a server fau
 envelope that parses but holds no valid base64 image, and bytes that are not an image, raise a
 plain ``ProviderError`` at once (the service answered, just not with an image; retrying the same
 request is unlikely to help and would be billed again).
+
+The moderation model (Llama Guard 3, ``moderate``) takes ``messages`` (roles alternating user /
+assistant), ``max_tokens``, ``temperature`` and ``response_format``; asked for ``json_object``
+its ``result.response`` is ``{"safe", "categories"}``, otherwise Llama Guard's text; both are
+read (``bot.moderation.verdict_of``), and ``result.usage`` gives the tokens billed.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from bot.cloudflare_api import CloudflareAPI
 from bot.errors import InvalidRequest, ProviderError
 from bot.http_headers import is_json, media_type
 from bot.imaging import sniff_format
+from bot.moderation import MAX_TOKENS, Verdict, estimate_input_tokens, verdict_of
 from bot.providers.base import GeneratedImage, ImageRequest, TextCompletion
 
 log = logging.getLogger(__name__)
@@ -63,6 +69,7 @@ class CloudflareProvider:
     name = "cloudflare"
     previews_only = False
     honours_every_seed = False
+    moderates = True
 
     def __init__(self, api: CloudflareAPI) -> None:
         self._api = api
@@ -135,6 +142,30 @@ class CloudflareProvider:
         if not isinstance(output_tokens, int):
             output_tokens = math.ceil(len(text) / 4)
         return TextCompletion(text=text, input_tokens=input_tokens, output_tokens=output_tokens)
+
+    async def moderate(self, model: ModelSpec, text: str) -> Verdict:
+        """Llama Guard on one user message; asked for its JSON verdict, its text form read too."""
+        body = {
+            "messages": [{"role": "user", "content": text}],
+            "max_tokens": MAX_TOKENS,
+            "temperature": 0,
+            "response_format": {"type": "json_object"},
+        }
+        response = await self._api.request("POST", f"/ai/run/{model.id}", json=body, expect="json")
+        result = response.json().get("result")
+        verdict = verdict_of(result.get("response")) if isinstance(result, dict) else None
+        if verdict is None:
+            raise ProviderError("The content check returned a malformed response.")
+        usage = result.get("usage") if isinstance(result, dict) else None
+        usage = usage if isinstance(usage, dict) else {}
+        input_tokens, output_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        return Verdict(
+            safe=verdict[0],
+            categories=verdict[1],
+            input_tokens=input_tokens if isinstance(input_tokens, int) else
+            estimate_input_tokens(text),
+            output_tokens=output_tokens if isinstance(output_tokens, int) else MAX_TOKENS,
+        )  # fmt: skip
 
     async def check(self) -> None:
         await self._api.request("GET", "/ai/models/search", params={"per_page": 1}, attempts=1)

@@ -11,6 +11,7 @@ import asyncio
 from bot import imaging
 from bot.catalog import ModelSpec
 from bot.enhance import offline_enhance
+from bot.moderation import Verdict, offline_verdict
 from bot.providers.base import GeneratedImage, ImageRequest, TextCompletion
 
 
@@ -18,6 +19,7 @@ class LocalProvider:
     name = "local"
     previews_only = True
     honours_every_seed = True  # the same (prompt, seed, size) always draws the same picture
+    moderates = True  # a word list per Llama Guard category (bot.moderation), not a model
 
     async def generate(self, request: ImageRequest) -> GeneratedImage:
         seed = request.seed if request.seed is not None else 0
@@ -48,6 +50,9 @@ class LocalProvider:
     ) -> TextCompletion:
         text = offline_enhance(user)
         return TextCompletion(text=text, input_tokens=0, output_tokens=0)
+
+    async def moderate(self, model: ModelSpec, text: str) -> Verdict:
+        return offline_verdict(text)
 
     async def check(self) -> None:
         return None

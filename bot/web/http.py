@@ -17,6 +17,8 @@ from aiohttp import web
 from bot.errors import (
     BotError,
     Busy,
+    ContentFlagged,
+    ContentRefused,
     InvalidModel,
     InvalidRequest,
     ProviderError,
@@ -90,6 +92,9 @@ def bot_error_response(exc: BotError) -> web.Response:
     if isinstance(exc, QuotaExceeded):
         details.update(limit=exc.limit, resets_at=exc.resets_at.isoformat())
         return error_response(403, "Quota exceeded", details)
+    if isinstance(exc, ContentRefused | ContentFlagged):  # a refusal, not a failure
+        details.update((k, v) for k, v in exc.details.items() if k not in details)
+        return error_response(403, "Content refused", details)
     if isinstance(exc, RateLimited):
         headers["Retry-After"] = str(exc.retry_after)
         return error_response(429, "Too many requests", details, headers)

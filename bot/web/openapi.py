@@ -21,7 +21,7 @@ REF = "#/components/schemas/{model}"
 ERROR_TEXTS = {
     400: "Invalid input",
     401: "Missing or wrong API key",
-    403: "Forbidden or over quota",
+    403: "Forbidden, over quota, or the content refused",
     404: "Not found",
     409: "Conflict",
     413: "Body too large (every multipart part counts)",

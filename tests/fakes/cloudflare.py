@@ -9,6 +9,10 @@ Like Cloudflare, it holds the token to ``account_limit`` API requests per ``acco
 seconds across every route (1,200 per 5 minutes; tests shrink the window): the request over it
 is answered 429 with Retry-After, and so is every call for ``account_block_seconds`` after.
 ``api_requests`` counts the authenticated API requests, ``account_429s`` those refused so.
+
+Its Llama Guard (``@cf/meta/llama-guard-3-8b``) answers as Workers AI does, deciding by the
+words of the conversation (``GUARD_WORDS``), and records each text in ``guard_checks``;
+Cloudflare's own flagged-content refusal is the injectable fault ``3030``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import hmac
 import io
 import json
 import random
+import re
 import time
 import uuid
 from collections import deque
@@ -79,7 +84,17 @@ MODELS: dict[str, FakeModel] = {
     "@cf/black-forest-labs/flux-2-klein-4b": _FLUX2,
     "@cf/black-forest-labs/flux-2-klein-9b": _FLUX2,
     "@cf/meta/llama-3.1-8b-instruct-fp8-fast": FakeModel("json", "text"),
+    "@cf/meta/llama-guard-3-8b": FakeModel("json", "guard"),
 }
+
+# How the fake Llama Guard decides, deterministically: a category per word (whole words, any
+# case). Its own table, not the bot's offline stand-in, so tests see two independent judges.
+GUARD_WORDS: dict[str, str] = {
+    "gore": "S1", "murderous": "S1", "heist": "S2", "nude": "S12", "nudity": "S12",
+    "erotic": "S12", "hateful": "S10", "genocide": "S10", "self-harm": "S11", "anthrax": "S9",
+}  # fmt: skip
+GUARD_FIELDS = frozenset({"messages", "max_tokens", "temperature", "response_format"})
+GUARD_TEMPLATE_TOKENS = 212  # Llama Guard's own instructions, billed as input
 
 
 BODY = web.RequestKey("body", object)
@@ -179,6 +194,7 @@ class FakeCloudflare:
         self.random = random.Random(seed)
         self.meta_key = "meta"  # Images answers carry metadata under this key
         self.text_usage = True  # include result.usage in text-model answers
+        self.guard_checks: list[str] = []  # every text Llama Guard was asked about
         self.calls: list[Call] = []
         self.account_limit = 1200
         self.account_window = 300.0
@@ -366,6 +382,8 @@ class FakeCloudflare:
             return envelope_error(400, 3003, "Bad input: body is not a JSON object")
         if model.output == "text":
             return self._complete(body)
+        if model.output == "guard":
+            return self._guard(body)
         if model.allowed is not None and (unknown := set(body) - model.allowed):
             return envelope_error(400, 3003, f"Bad input: unknown fields {sorted(unknown)}")
         prompt = body.get("prompt")
@@ -415,6 +433,38 @@ class FakeCloudflare:
         if self.text_usage:
             result["usage"] = {"prompt_tokens": 21, "completion_tokens": 9, "total_tokens": 30}
         return ok(result)
+
+    def _guard(self, body: dict[str, Any]) -> web.Response:
+        """Llama Guard 3 as Workers AI answers it: ``result.response`` is the JSON verdict when
+        ``response_format`` asks for ``json_object``, else Llama Guard's text (``safe``, or
+        ``unsafe`` and a line of categories); ``result.usage`` counts the tokens billed."""
+        if unknown := set(body) - GUARD_FIELDS:
+            return envelope_error(400, 3003, f"Bad input: unknown fields {sorted(unknown)}")
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return envelope_error(400, 3003, "Bad input: messages required")
+        for i, message in enumerate(messages):
+            role = message.get("role") if isinstance(message, dict) else None
+            if role != ("user", "assistant")[i % 2] or not isinstance(message.get("content"), str):
+                return envelope_error(400, 3003, "Bad input: roles must alternate user/assistant")
+        temperature = body.get("temperature", 0.6)
+        if not isinstance(temperature, int | float) or not 0 <= temperature <= 5:
+            return envelope_error(400, 3003, "Bad input: temperature must be 0-5")
+        fmt = body.get("response_format")
+        if fmt is not None and fmt != {"type": "json_object"}:
+            return envelope_error(400, 3003, "Bad input: response_format.type must be json_object")
+        text = " ".join(m["content"] for m in messages)
+        words = re.findall(r"[\w-]+", text.casefold())
+        codes = sorted({GUARD_WORDS[w] for w in words if w in GUARD_WORDS},
+                       key=lambda c: int(c[1:]))  # fmt: skip
+        self.guard_checks.append(text)
+        response: Any = {"safe": not codes, "categories": codes}
+        if fmt is None:
+            response = "unsafe\n" + ",".join(codes) if codes else "safe"
+        usage = {"prompt_tokens": GUARD_TEMPLATE_TOKENS + len(words),
+                 "completion_tokens": 12 if codes else 6}  # fmt: skip
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        return ok({"response": response, "usage": usage})
 
     async def _models_search(self, request: web.Request) -> web.Response:
         per_page = int(request.query.get("per_page", "50"))

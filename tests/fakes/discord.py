@@ -28,6 +28,8 @@ Copied from real Discord at its edges (see /work/shared/reference/discord-protoc
   and value 1,024, footer 2,048, author 256, 6,000 over all embeds of a message (400 50035); empty
   message 50006; files up to ``attachment_size_limit`` each and ``request_size_limit`` (25 MiB)
   per request (413 40005); 25 autocomplete choices with names and values of 1-100 characters.
+- Channels carry Discord's age-restricted flag (``FakeChannel.nsfw``) in GUILD_CREATE and in
+  each interaction's ``channel`` object; threads carry none (they follow their parent).
 - Channel messages need ``FakeChannel.can_send`` (else 403 50013); DMs need
   ``FakeUser.accepts_dms`` (else 403 50007). ``delete_message`` is a moderator deleting one.
 - Mentions: each message records the ``allowed_mentions`` it was sent with and ``mentions``, the
@@ -183,7 +185,9 @@ class FakeUser:
 @dataclass
 class FakeChannel:
     """A guild text channel, a thread in one (type 11, ``parent_id``), or (type 1, no guild)
-    the bot's DM channel with ``recipient``."""
+    the bot's DM channel with ``recipient``. ``nsfw`` is Discord's age-restricted flag: sent
+    for text channels (in GUILD_CREATE and in each interaction's ``channel``); a thread has no
+    flag of its own, it follows its parent, as in Discord."""
 
     id: int
     name: str
@@ -193,6 +197,7 @@ class FakeChannel:
     can_send: bool = True  # False: the bot's messages here answer 403 50013
     recipient: FakeUser | None = None
     parent_id: int | None = None  # a thread's channel
+    nsfw: bool = False  # age-restricted (set before the bot connects: GUILD_CREATE carries it)
 
     def payload(self, permissions: int | None = None) -> dict[str, Any]:
         if self.recipient is not None:
@@ -204,7 +209,7 @@ class FakeChannel:
                 "last_message_id": None,
             }
         data: dict[str, Any] = {"id": str(self.id), "type": self.type, "name": self.name}
-        data |= {"position": self.position, "guild_id": str(self.guild_id), "nsfw": False}
+        data |= {"position": self.position, "guild_id": str(self.guild_id)}
         data |= {"permission_overwrites": [], "rate_limit_per_user": 0}
         data |= dict.fromkeys(("parent_id", "topic", "last_message_id"))
         if self.type == 11:  # PUBLIC_THREAD: discord.py builds a Thread from these
@@ -212,6 +217,8 @@ class FakeChannel:
             data |= {"member_count": 1, "message_count": 0, "flags": 0}
             data["thread_metadata"] = {"archived": False, "auto_archive_duration": 1440} | {
                 "archive_timestamp": "2024-01-01T00:00:00+00:00", "locked": False}
+        else:
+            data["nsfw"] = self.nsfw
         if permissions is not None:
             data["permissions"] = str(permissions)
         return data
@@ -652,6 +659,13 @@ class FakeDiscord(_Waitable):
         for member in members:
             member.role_ids.append(int(role["id"]))
         return role
+
+    def add_channel(self, guild: FakeGuild, name: str, *, nsfw: bool = False) -> FakeChannel:
+        """Another text channel (``nsfw``: age-restricted). Add it before the bot connects:
+        discord.py learns channels from GUILD_CREATE."""
+        channel = FakeChannel(self.snowflake(), name, guild.id, 0, len(guild.channels), nsfw=nsfw)
+        guild.channels.append(channel)
+        return channel
 
     def add_thread(self, parent: FakeChannel, name: str) -> FakeChannel:
         """A public thread in ``parent`` (its messages go to the thread's own id)."""
