@@ -4,6 +4,7 @@ open by a gate, so a job stays queued or generating for as long as a test needs.
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import pytest
@@ -135,6 +136,11 @@ async def test_cancel_while_generating_delivers_privately_and_charges(
     assert not [m for m in public_messages(fake_discord) if m.embeds]  # never in the channel
     image = await runtime.ledger.get_image(private.embeds[0]["footer"]["text"])
     job = await runtime.ledger.get_job(image.job_id)
+    for _ in range(200):  # the delivery is recorded once Discord has answered the message
+        if job.delivery is not None:
+            break
+        await asyncio.sleep(0.02)
+        job = await runtime.ledger.get_job(image.job_id)
     assert job.state == "settled" and job.delivery == "interaction" and job.micro_usd > 0
     usage = await usage_of(runtime, fake_discord, fake_discord.member)
     assert (usage.images, usage.micro_usd) == (1, job.micro_usd)
