@@ -18,6 +18,8 @@ from bot.catalog import Catalog, ModelSpec
 from bot.generation import GenerationPipeline
 from bot.generation.enhancement import PromptEnhancer
 from bot.generation.plan import Planner
+from bot.grids import GridComposer
+from bot.imaging import Grid
 from bot.ledger import ImageRecord, Ledger, UsageReport
 from bot.library import ImageLibrary
 from bot.presentation import shows_fresh_urls
@@ -57,6 +59,7 @@ class ImageService:
             ledger, catalog, default_model=default_model, cache_scope=cache_scope,
             upload_start=self._upload_start, visible_start=self._visible_start,
         )  # fmt: skip
+        self.grids = GridComposer(self.library)
         self.generation = GenerationPipeline(
             ledger=ledger,
             backends=self.backends,
@@ -212,6 +215,10 @@ class ImageService:
 
     def local_file(self, image: ImageRecord) -> Path | None:
         return self.library.local_file(image)
+
+    async def grid(self, images: Sequence[ImageRecord], *, max_bytes: int) -> Grid:
+        """2 to 4 images as one numbered picture for a front to show (not stored, not charged)."""
+        return await self.grids.compose(images, max_bytes=max_bytes)
 
     # -- quotas and reports --------------------------------------------------------------------
 
