@@ -19,6 +19,8 @@ from bot.generation import GenerationPipeline
 from bot.generation.enhancement import PromptEnhancer
 from bot.generation.moderation import ContentModerator, moderation_key
 from bot.generation.plan import Planner
+from bot.grids import GridComposer
+from bot.imaging import Grid
 from bot.ledger import ImageRecord, Ledger, UsageReport
 from bot.library import ImageLibrary
 from bot.metrics import Metrics
@@ -62,6 +64,7 @@ class ImageService:
             ledger, catalog, default_model=default_model, cache_scope=cache_scope,
             upload_start=self._upload_start, visible_start=self._visible_start,
         )  # fmt: skip
+        self.grids = GridComposer(self.library)
         self.generation = GenerationPipeline(
             ledger=ledger,
             backends=self.backends,
@@ -234,6 +237,10 @@ class ImageService:
 
     def local_file(self, image: ImageRecord) -> Path | None:
         return self.library.local_file(image)
+
+    async def grid(self, images: Sequence[ImageRecord], *, max_bytes: int) -> Grid:
+        """2 to 4 images as one numbered picture for a front to show (not stored, not charged)."""
+        return await self.grids.compose(images, max_bytes=max_bytes)
 
     # -- quotas and reports --------------------------------------------------------------------
 

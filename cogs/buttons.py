@@ -43,7 +43,7 @@ def image_view(runtime: Runtime, images: list[ImageRecord]) -> discord.ui.View:
 
 def image_buttons(runtime: Runtime, image: ImageRecord) -> list[discord.ui.DynamicItem[Any]]:
     buttons: list[discord.ui.DynamicItem[Any]] = [RerollButton(image.id)]
-    if any(IMAGE_TO_IMAGE in m.capabilities for m in runtime.catalog.enabled_image_models()):
+    if can_vary(runtime):
         buttons.append(VariationsButton(image.id))
     buttons += [EditButton(image.id), DetailsButton(image.id), DeleteButton(image.id)]
     return buttons
@@ -58,15 +58,15 @@ class _ImageButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"i
     style = discord.ButtonStyle.secondary
 
     def __init__(self, image_id: str) -> None:
-        super().__init__(
-            discord.ui.Button(
-                label=self.label,
-                emoji=self.emoji,
-                style=self.style,
-                custom_id=f"img:{self.action}:{image_id}",
-            )
-        )
+        super().__init__(self.button(image_id))
         self.image_id = image_id
+
+    def button(self, image_id: str) -> discord.ui.Button[Any]:
+        """The button itself; its custom_id must match the class's template."""
+        return discord.ui.Button(
+            label=self.label, emoji=self.emoji, style=self.style,
+            custom_id=f"img:{self.action}:{image_id}",
+        )  # fmt: skip
 
     @classmethod
     async def from_custom_id(
@@ -137,28 +137,38 @@ def rerun_request(
     )
 
 
+def can_vary(runtime: Runtime) -> bool:
+    """Variations need an enabled image-to-image model."""
+    return any(IMAGE_TO_IMAGE in m.capabilities for m in runtime.catalog.enabled_image_models())
+
+
 class VariationsButton(_ImageButton, template=rf"img:vary:{IMAGE_ID}"):
     action, label, emoji = "vary", "Variations", "🎨"
 
     @guarded
     async def callback(self, interaction: discord.Interaction) -> None:
-        started = await self.start_run(interaction)
-        if started is None:
-            return
-        image, private = started
-        request = GenerateRequest(
-            prompt=image.prompt or "a variation of this image",
-            user_id=str(interaction.user.id),
-            guild_id=guild_key(interaction),
-            role_ids=role_ids_of(interaction.user),
-            age_restricted=age_restricted(interaction),
-            image_id=image.id,
-            strength=0.6,
-            fresh=True,
-            private=private,
-            idempotency_key=f"discord:{interaction.id}",
-        )
-        await generate_and_reply(interaction, request, "image-to-image", image_view)
+        await run_variations(self, interaction)
+
+
+async def run_variations(button: _ImageButton, interaction: discord.Interaction) -> None:
+    """Image-to-image from the button's image, for whoever clicked (🎨 and the grid's V1-V4)."""
+    started = await button.start_run(interaction)
+    if started is None:
+        return
+    image, private = started
+    request = GenerateRequest(
+        prompt=image.prompt or "a variation of this image",
+        user_id=str(interaction.user.id),
+        guild_id=guild_key(interaction),
+        role_ids=role_ids_of(interaction.user),
+        age_restricted=age_restricted(interaction),
+        image_id=image.id,
+        strength=0.6,
+        fresh=True,
+        private=private,
+        idempotency_key=f"discord:{interaction.id}",
+    )
+    await generate_and_reply(interaction, request, "image-to-image", image_view)
 
 
 class EditButton(_ImageButton, template=rf"img:edit:{IMAGE_ID}"):

@@ -1,7 +1,8 @@
 """/imagine: generate from a prompt, with every option the models take.
 
 The command defers before anything else, then replies through ``cogs.replies`` (progress,
-delivery, refunds); the buttons on the result live in ``cogs.buttons``.
+delivery, refunds); the buttons on the result live in ``cogs.buttons``, and those under a grid
+(2 to 4 images in one picture, unless ``separate``) in ``cogs.grid``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from cogs.common import (
     guild_key,
     role_ids_of,
 )
+from cogs.grid import GRID_BUTTONS, grid_view
 from cogs.limits import fit_choices
 from cogs.progress import ProgressBoard
 from cogs.render import model_name
@@ -51,6 +53,7 @@ class Imagine(commands.Cog):
         enhance="Rewrite a short prompt into a detailed one first",
         fresh="Skip the cache and make a new image",
         private="Only you see the result",
+        separate="Post each image on its own instead of one grid (count 2-4)",
     )
     @app_commands.choices(
         aspect_ratio=[app_commands.Choice(name=r, value=r) for r in ASPECT_RATIOS]
@@ -74,6 +77,7 @@ class Imagine(commands.Cog):
         enhance: bool = False,
         fresh: bool = False,
         private: bool = False,
+        separate: bool = False,
     ) -> None:
         if not await answers_here(interaction):
             return
@@ -103,7 +107,8 @@ class Imagine(commands.Cog):
             idempotency_key=f"discord:{interaction.id}",
         )
         label = model_name(runtime.catalog, model or runtime.settings.default_model)
-        await generate_and_reply(interaction, request, label, image_view)
+        grid = None if separate else grid_view
+        await generate_and_reply(interaction, request, label, image_view, grid)
 
     @imagine.autocomplete("model")
     async def model_choices(
@@ -139,5 +144,5 @@ class Imagine(commands.Cog):
 
 
 async def setup(bot: commands.Bot) -> None:
-    bot.add_dynamic_items(*BUTTONS, CancelButton)
+    bot.add_dynamic_items(*BUTTONS, *GRID_BUTTONS, CancelButton)
     await bot.add_cog(Imagine(bot_runtime(bot)))

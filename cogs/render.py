@@ -17,7 +17,17 @@ from bot.catalog import Catalog
 from bot.money import format_neurons, format_usd
 from bot.requests import GenerationResult, ImageRecord, Progress
 from bot.runtime import Runtime
-from cogs.limits import FIELD_VALUE, FILE_BYTES, TITLE, clip, file_groups, fit_embeds, shown
+from cogs.limits import (
+    DESCRIPTION,
+    FIELD_VALUE,
+    FILE_BYTES,
+    TITLE,
+    clip,
+    cut_lines,
+    file_groups,
+    fit_embeds,
+    shown,
+)
 
 ACCENT = discord.Colour.from_rgb(246, 130, 31)  # Cloudflare orange
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
@@ -123,7 +133,14 @@ async def result_parts(runtime: Runtime, result: GenerationResult) -> list[Resul
     """The result's images as messages Discord accepts: embeds fitted to the 6,000 characters of
     a message, and (for a store Discord cannot reach) files split so no request carries more
     than 25 MiB. Usually one part; an image whose file Discord would not take is linked."""
-    files = [await attachable(runtime, image) for image in result.images]
+    return await image_parts(runtime, result.images, result)
+
+
+async def image_parts(
+    runtime: Runtime, images: list[ImageRecord], result: GenerationResult | None = None
+) -> list[ResultPart]:
+    """``result_parts`` for any images (``result`` adds what is left today, the prompt used)."""
+    files = [await attachable(runtime, image) for image in images]
     sizes = [_size(file) if file else 0 for file in files]
     for index, size in enumerate(sizes):
         if size > FILE_BYTES:  # too large for Discord even alone: the embed links the store
@@ -132,13 +149,43 @@ async def result_parts(runtime: Runtime, result: GenerationResult) -> list[Resul
     for group in file_groups(sizes):
         part = ResultPart()
         for index in group:
-            image, file = result.images[index], files[index]
+            image, file = images[index], files[index]
             part.images.append(image)
             part.files += [file] if file else []
             part.embeds.append(image_embed(runtime, image, result, file.filename if file else None))
         part.embeds = fit_embeds(part.embeds)
         parts.append(part)
     return parts
+
+
+GRID_FILE = "grid.jpg"
+
+
+def grid_embed(runtime: Runtime, result: GenerationResult) -> discord.Embed:
+    """One embed for a grid result: the grid picture, the shared settings, the total cost and
+    a numbered link to each hosted image (U/V buttons below carry the same numbers)."""
+    first = result.images[0]
+    title = shown(first.prompt, TITLE) if first.prompt else "Images"
+    embed = discord.Embed(title=title, url=first.url, colour=ACCENT)
+    links = []
+    for number, image in enumerate(result.images, 1):
+        seed = f" · seed {image.seed}" if image.seed is not None else ""
+        links.append(f"**{number}** · [Hosted image]({image.url}){seed}")
+    embed.description = cut_lines(links, DESCRIPTION)
+    embed.add_field(name="Model", value=model_name(runtime.catalog, first.model), inline=True)
+    embed.add_field(name="Size", value=f"{first.width}×{first.height}", inline=True)
+    cost = "free (cached)" if result.cached else format_usd(result.cost.micro_usd)
+    embed.add_field(name="Cost", value=f"{cost} for {len(result.images)}", inline=True)
+    left = result.remaining
+    embed.add_field(
+        name="Left today", value=f"{left.images} images · {format_usd(left.micro_usd)}", inline=True
+    )
+    if result.enhanced and result.prompt_used != result.prompt:
+        embed.add_field(name="Prompt used", value=shown(result.prompt_used, FIELD_VALUE),
+                        inline=False)  # fmt: skip
+    embed.set_image(url=f"attachment://{GRID_FILE}")
+    embed.set_footer(text=result.job_id)
+    return fit_embeds([embed])[0]
 
 
 def _size(file: discord.File) -> int:

@@ -15,15 +15,16 @@ from dataclasses import replace
 import discord
 from discord.ext import commands
 
-from bot.errors import InvalidImage, JobCancelled
+from bot.errors import BotError, InvalidImage, JobCancelled
 from bot.money import format_usd
 from bot.requests import GenerateRequest, GenerationResult, ImageRecord
 from bot.runtime import Runtime
 from cogs.cancel import WITHDRAWN, show_cancelled
 from cogs.common import runtime_of
 from cogs.delivery import InteractionLink, MessagePart, ResultMessage, deliver
+from cogs.limits import FILE_BYTES
 from cogs.progress import ProgressBoard
-from cogs.render import result_parts
+from cogs.render import GRID_FILE, grid_embed, result_parts
 
 log = logging.getLogger(__name__)
 
@@ -45,18 +46,34 @@ def board_of(interaction: discord.Interaction) -> ProgressBoard:
 
 
 async def result_message(
-    runtime: Runtime, result: GenerationResult, view_of: ViewOf
+    runtime: Runtime, result: GenerationResult, view_of: ViewOf, grid_of: ViewOf | None = None
 ) -> ResultMessage:
     """The images, their embeds and their buttons, as every way of delivery sends them: one
-    message, or several when the files exceed one request's 25 MiB."""
-    parts = [
-        MessagePart(
-            part.embeds,
-            [(file.filename, file.fp.read()) for file in part.files],
-            functools.partial(view_of, runtime, part.images),
-        )
-        for part in await result_parts(runtime, result)
-    ]
+    message, or several when the files exceed one request's 25 MiB. With ``grid_of`` (the
+    grid's buttons) a result of 2 to 4 images is one numbered grid picture instead."""
+    grid = None
+    if grid_of is not None and 2 <= len(result.images) <= 4:
+        try:
+            grid = await runtime.service.grid(result.images, max_bytes=FILE_BYTES)
+        except BotError as error:  # the images are paid for: show them one by one instead
+            log.warning("job %s: no grid (%s); images sent one by one", result.job_id, error)
+    if grid is not None and grid_of is not None:
+        parts = [
+            MessagePart(
+                [grid_embed(runtime, result)],
+                [(GRID_FILE, grid.data)],
+                functools.partial(grid_of, runtime, result.images),
+            )
+        ]
+    else:
+        parts = [
+            MessagePart(
+                part.embeds,
+                [(file.filename, file.fp.read()) for file in part.files],
+                functools.partial(view_of, runtime, part.images),
+            )
+            for part in await result_parts(runtime, result)
+        ]
     notes = []
     if result.cached:
         notes.append("♻️ Found in the cache: the image was free.")
@@ -68,10 +85,15 @@ async def result_message(
 
 
 async def generate_and_reply(
-    interaction: discord.Interaction, request: GenerateRequest, model_label: str, view_of: ViewOf
+    interaction: discord.Interaction,
+    request: GenerateRequest,
+    model_label: str,
+    view_of: ViewOf,
+    grid_of: ViewOf | None = None,
 ) -> None:
     """Run one generation for an already-deferred interaction and deliver the result: through
-    the interaction, else another way; refunded if no way shows it."""
+    the interaction, else another way; refunded if no way shows it. ``grid_of``: show 2 to 4
+    images as one grid with these buttons."""
     runtime = runtime_of(interaction)
     link = InteractionLink.of(interaction)
     board = board_of(interaction)
@@ -93,7 +115,7 @@ async def generate_and_reply(
     finally:
         await progress.close()
     try:
-        message = await result_message(runtime, result, view_of)
+        message = await result_message(runtime, result, view_of, grid_of)
     except Exception:
         await runtime.service.refund_undelivered(result.job_id)  # nothing can show it
         raise

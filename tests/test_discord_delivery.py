@@ -107,7 +107,7 @@ async def test_delete_with_a_five_second_store_is_acknowledged_in_time(
     local_runtime.service.store = SlowDeletes(store.root, store.base_url)
     await bot_harness.start(ImageBot(local_runtime))
     fake_discord.ack_deadline = 3.0  # like Discord: a later acknowledgement is refused
-    made = await imagine(fake_discord, {"prompt": "a sandcastle", "count": 2})
+    made = await imagine(fake_discord, {"prompt": "a sandcastle", "count": 2, "separate": True})
     message = await made.wait_for_message(has_result)
     gone, kept = (e["footer"]["text"] for e in message.embeds)
 
@@ -385,7 +385,8 @@ async def test_a_result_in_two_messages_outliving_its_token_is_posted_whole_in_t
     fake_discord.token_lifetime = 2.0
     local_runtime.service.provider = SlowBigProvider()
     await bot_harness.start(ImageBot(local_runtime))
-    made = await imagine(fake_discord, {"prompt": "four noisy skies", "count": 4})
+    made = await imagine(fake_discord, {"prompt": "four noisy skies", "count": 4,
+                                        "separate": True})
 
     job = await delivery_of(local_runtime, made)
 

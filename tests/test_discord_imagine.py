@@ -79,8 +79,9 @@ async def test_options_reach_the_service(fake_discord, bot_harness, local_runtim
         "steps": 10, "count": 2, "negative_prompt": "blurry",
     })  # fmt: skip
     message = await interaction.wait_for_message(has_result)
-    assert len(message.embeds) == 2
-    records = [await local_runtime.ledger.get_image(e["footer"]["text"]) for e in message.embeds]
+    assert len(message.embeds) == 1 and [f.filename for f in message.files] == ["grid.jpg"]
+    ups = sorted(c for c in message.custom_ids if c.startswith("grid:up:"))
+    records = [await local_runtime.ledger.get_image(c.split(":")[3]) for c in ups]
     assert [r.seed for r in records] == [42, 43]
     assert all(r.model == SDXL and r.steps == 10 and r.negative_prompt == "blurry"
                for r in records)  # fmt: skip

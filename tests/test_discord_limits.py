@@ -122,7 +122,8 @@ async def test_a_1900_character_prompt_with_count_4_is_delivered_whole(
     """Local store: the four files are attached. Enhanced, so each embed carries a long
     "Prompt used" too: 4 × (title + prompt used + fields) is over Discord's 6,000."""
     await bot_harness.start(ImageBot(local_runtime))
-    made = await imagine(fake_discord, {"prompt": LONG_PROMPT, "count": 4, "enhance": True})
+    made = await imagine(fake_discord, {"prompt": LONG_PROMPT, "count": 4, "enhance": True,
+                                        "separate": True})  # fmt: skip
     [message] = await made.wait_until(lambda: result_messages(made), timeout=30)
     assert len(message.embeds) == 4 and len(message.files) == 4 and made.rejected == []
     assert all(e["title"].endswith("…") for e in message.embeds)
@@ -137,7 +138,8 @@ async def test_with_a_signing_key_and_no_attachments_too(
                              QUOTA_USER_DAILY_USD=1)  # fmt: skip
     async with open_runtime(settings) as runtime:
         await bot_harness.start(ImageBot(runtime))
-        made = await imagine(fake_discord, {"prompt": LONG_PROMPT, "count": 4, "enhance": True})
+        made = await imagine(fake_discord, {"prompt": LONG_PROMPT, "count": 4, "enhance": True,
+                                            "separate": True})  # fmt: skip
         [message] = await made.wait_until(lambda: result_messages(made), timeout=30)
         assert len(message.embeds) == 4 and not message.files and made.rejected == []
         links = [f["value"] for e in message.embeds for f in e["fields"] if f["name"] == "Link"]
@@ -164,7 +166,7 @@ async def test_files_over_25_mib_go_in_parts_never_a_413(fake_discord, bot_harne
     await bot_harness.start(ImageBot(local_runtime))
     for private in (False, True):
         made = await imagine(fake_discord, {"prompt": f"noise {private}", "count": 4,
-                                            "private": private})  # fmt: skip
+                                            "private": private, "separate": True})  # fmt: skip
         parts = await made.wait_until(
             lambda m=made: len(result_messages(m)) == 2 and result_messages(m), timeout=60
         )

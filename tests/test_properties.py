@@ -124,6 +124,7 @@ def random_imagine_options(rng: random.Random) -> dict[str, object]:
         "fresh": rng.random() < 0.5,
         "private": rng.random() < 0.3,
         "template": "missing",
+        "separate": rng.random() < 0.5,
     }
     chosen = {k: v for k, v in candidates.items() if rng.random() < 0.3}
     return {"prompt": rng.choice(texts), **chosen}

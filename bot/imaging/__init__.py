@@ -2,7 +2,7 @@
 
 Everything here is synchronous and CPU-bound; async callers run it through ``asyncio.to_thread``.
 Untrusted bytes are only ever judged by their content (magic bytes and headers), never by a name.
-One module a concern: formats, uploads, resize (variants), preview.
+One module a concern: formats, uploads, resize (variants), preview, grid (multi-image results).
 """
 
 from __future__ import annotations
@@ -14,6 +14,13 @@ from bot.imaging.formats import (
     image_size,
     probe,
     sniff_format,
+)
+from bot.imaging.grid import (
+    CELL_SIDE,
+    GRID_MAX_BYTES,
+    Grid,
+    compose_grid,
+    grid_shape,
 )
 from bot.imaging.preview import (
     render_preview,
@@ -31,12 +38,17 @@ from bot.imaging.uploads import (
 )
 
 __all__ = [
+    "CELL_SIDE",
     "CONTENT_TYPES",
     "DEFAULT_BOUNDS",
     "FITS",
+    "GRID_MAX_BYTES",
+    "Grid",
     "ImageInfo",
     "Variant",
     "VariantBounds",
+    "compose_grid",
+    "grid_shape",
     "image_size",
     "parse_variant",
     "probe",
