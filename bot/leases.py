@@ -6,7 +6,6 @@ refunded by the others within about one lease, without waiting for it to come ba
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from bot.errors import LedgerUnavailable
@@ -43,8 +42,10 @@ class LeaseKeeper:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        with contextlib.suppress(LedgerUnavailable):
+        try:
             await self.ledger.leases.release()
+        except (LedgerUnavailable, ValueError) as exc:  # ValueError: the connection is gone
+            log.warning("could not give the lease up (%s); it runs out", type(exc).__name__)
 
     async def sweep(self) -> RecoveryReport:
         return await self.recovery.run()
