@@ -20,10 +20,12 @@ from bot.config import QuotaDefaults
 from bot.errors import QuotaExceeded
 from bot.ledger.api_keys import ApiKeyTable
 from bot.ledger.batches import BatchTable
-from bot.ledger.database import Clock, Database, utc_now
+from bot.ledger.core import Clock, LedgerDatabase, utc_now
+from bot.ledger.database import Database
 from bot.ledger.images import ImageTable
 from bot.ledger.jobs import UNDELIVERED_MESSAGE, DuplicateRequest, JobTable
 from bot.ledger.placeholders import PlaceholderTable
+from bot.ledger.postgres import PostgresDatabase, is_postgres_url
 from bot.ledger.records import (
     ApiKey,
     Batch,
@@ -47,9 +49,10 @@ __all__ = [
 
 
 class Ledger:
-    """Open with ``await Ledger.open(path, defaults)``; close with ``await ledger.close()``."""
+    """Open with ``await Ledger.open(path_or_url, defaults)``; close with
+    ``await ledger.close()``."""
 
-    def __init__(self, database: Database, defaults: QuotaDefaults) -> None:
+    def __init__(self, database: LedgerDatabase, defaults: QuotaDefaults) -> None:
         self.database = database
         self._policy = ServerPolicy(database, defaults)
         self._usage = UsageCounters(database)
@@ -63,9 +66,15 @@ class Ledger:
 
     @classmethod
     async def open(
-        cls, path: Path, defaults: QuotaDefaults | None = None, clock: Clock = utc_now
+        cls, location: Path | str, defaults: QuotaDefaults | None = None, clock: Clock = utc_now
     ) -> Ledger:
-        return cls(await Database.open(path, clock), defaults or QuotaDefaults())
+        """``location``: a SQLite file, or a ``postgresql://`` URL (DATABASE_URL)."""
+        database: LedgerDatabase
+        if is_postgres_url(location):
+            database = await PostgresDatabase.open(str(location), clock)
+        else:
+            database = await Database.open(Path(location), clock)
+        return cls(database, defaults or QuotaDefaults())
 
     async def close(self) -> None:
         await self.database.close()
