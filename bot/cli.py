@@ -18,6 +18,7 @@ import sys
 from datetime import date
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from bot.catalog import Catalog
 from bot.config import Settings, load_settings, read_environment
@@ -69,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
         "sync", help="sync the slash commands (if they changed) over REST, then exit"
     )
 
+    migrate = commands.add_parser(
+        "migrate", help="copy the SQLite ledger into an empty PostgreSQL database"
+    )
+    migrate.add_argument("--to", required=True, metavar="postgresql://…", help="the target")
     apikey = commands.add_parser("apikey", help="manage HTTP API keys")
     actions = apikey.add_subparsers(dest="action", required=True)
     create = actions.add_parser("create", help="make a key for a Discord user id")
@@ -89,9 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc.user_message}", file=sys.stderr)
         return EXIT_CONFIG
-    quiet = ("imagine", "models", "usage", "apikey")
+    quiet = ("imagine", "models", "usage", "apikey", "migrate")
     env_level = "WARNING" if args.command in quiet else settings.log_level
-    configure_logging(env_level, _secrets(settings))
+    configure_logging(env_level, [*_secrets(settings), *_url_password(getattr(args, "to", None))])
     if args.command in (None, "sync") and not settings.discord_token:
         print(
             "DISCORD_TOKEN is not set: put the bot's token in the environment or .env to run "
@@ -122,14 +127,22 @@ def _secrets(settings: Settings) -> list[str]:
             settings.cloudflare_api_token,
             settings.cloudflare_images_signing_key,
             settings.gallery_secret,
+            *_url_password(settings.database_url),
         )
         if value
     ]
 
 
+def _url_password(url: str | None) -> list[str]:
+    password = urlsplit(url).password if url else None
+    return [password] if password else []
+
+
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "models":
         return _print_models(catalog_of(settings), args.json)
+    if args.command == "migrate":
+        return await _migrate(settings, args.to)
     log.info("backends: %s", settings.backend_reason)
     # A sync touches no job: it must not settle or refund what running processes hold.
     async with open_runtime(settings, recover=args.command != "sync") as runtime:
@@ -151,6 +164,16 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
 
         await run_discord(runtime)
         return 0
+
+
+async def _migrate(settings: Settings, url: str) -> int:
+    """Copy the SQLite ledger into an empty PostgreSQL database (bot.ledger_move)."""
+    from bot.ledger_move import migrate_to_postgres
+
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("--to", "must be a URL starting with postgresql://")
+    print(await migrate_to_postgres(settings.database_path, url))
+    return 0
 
 
 async def _imagine(runtime: Runtime, args: argparse.Namespace) -> int:

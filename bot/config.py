@@ -24,6 +24,7 @@ from bot.config_values import (
     Flag,
     Integer,
     Kind,
+    PostgresUrl,
     ShardIds,
     Snowflake,
     Snowflakes,
@@ -39,6 +40,7 @@ CacheScope = Literal["guild", "global", "off"]
 MEGABYTE = 1024 * 1024
 SECRET_VARIABLES = (
     "DISCORD_TOKEN", "CLOUDFLARE_API_TOKEN", "CLOUDFLARE_IMAGES_SIGNING_KEY", "GALLERY_SECRET",
+    "DATABASE_URL",
 )
 
 
@@ -111,6 +113,10 @@ class Settings:
     data_dir: Path = variable("DATA_DIR", FilePath(), "./data", "database and local images")
     database_path: Path = variable(
         "DATABASE_PATH", FilePath(), None, "the SQLite ledger", derived="$DATA_DIR/bot.sqlite3"
+    )
+    # Set: the ledger is on this PostgreSQL server instead (the password is never shown).
+    database_url: str | None = variable(
+        "DATABASE_URL", PostgresUrl(), None, "a PostgreSQL ledger instead", secret=True
     )
     discord_token: str | None = variable(
         "DISCORD_TOKEN", Text(), None, "the bot's token", secret=True

@@ -154,3 +154,12 @@ class Url(Kind):
         if not raw.startswith(("http://", "https://")):
             raise ConfigError(name, "must start with http:// or https://")
         return raw.rstrip("/")
+
+
+class PostgresUrl(Kind):
+    """``postgresql://user:password@host:port/database``; the error never repeats it."""
+
+    def parse(self, name: str, raw: str) -> str:
+        if not raw.startswith(("postgresql://", "postgres://")):
+            raise ConfigError(name, "must be a URL starting with postgresql://")
+        return raw

@@ -131,7 +131,9 @@ async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIter
             upload_micro_usd = settings.images_storage_micro_usd
         else:
             store = LocalImageStore(settings.data_dir / "images", settings.public_base_url)
-        ledger = await Ledger.open(settings.database_path, settings.quotas, metrics=metrics)
+        ledger = await Ledger.open(
+            settings.database_url or settings.database_path, settings.quotas, metrics=metrics
+        )
         stack.push_async_callback(ledger.close)
         outbound = await stack.enter_async_context(
             httpx.AsyncClient(timeout=OUTBOUND_TIMEOUT, follow_redirects=False)

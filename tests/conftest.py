@@ -22,7 +22,9 @@ from tests.fakes.cloudflare import FakeCloudflare
 
 # The fake Discord fixtures (fake_discord, bot_harness) for the Discord front's tests, and
 # the live web app on 127.0.0.1 (live) for the synchronous HTTP tests.
-pytest_plugins = ("tests.fakes.discord", "tests.live_server")
+# The throwaway PostgreSQL server (postgres_server, postgres_url) for the ledger's second
+# dialect.
+pytest_plugins = ("tests.fakes.discord", "tests.live_server", "tests.postgres_server")
 
 FAKE_CF_TOKEN = "cfut_TEST-SECRET-token-0b7e41d9"
 FAKE_DISCORD_TOKEN = "MTIz.TEST-SECRET-discord-token.4c2f"
@@ -38,6 +40,7 @@ SECRETS = (
     "MTIz.fake-discord-bot-token.test",  # tests/fakes/discord.py
     "cfut_SECRET-token-7f3a9c2e5b1d",  # tests/test_cloudflare.py
     "images-signing-key-42",
+    "TEST-SECRET-pg-password-5e1",  # tests/postgres_server.py
 )
 
 
@@ -45,6 +48,42 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "secret_in_logs: the test puts a secret in a log record on purpose"
     )
+    config.addinivalue_line(
+        "markers", "both_ledgers: run each test on SQLite and on PostgreSQL (ledger_backend)"
+    )
+    config.addinivalue_line(
+        "markers", "sqlite_only: a test of SQLite itself, in a module marked both_ledgers"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test marked ``both_ledgers`` that reaches ``ledger_backend`` (through make_settings,
+    local_runtime, ledger_location...) runs once per dialect: the one parametrized seam."""
+    marked = metafunc.definition.get_closest_marker
+    if "ledger_backend" in metafunc.fixturenames and marked("both_ledgers") and not marked(
+        "sqlite_only"
+    ):
+        metafunc.parametrize("ledger_backend", ["sqlite", "postgresql"], indirect=True)
+
+
+@pytest.fixture
+def ledger_backend(request: pytest.FixtureRequest) -> str:
+    """'sqlite' unless the test is marked ``both_ledgers`` (then each in turn)."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+def ledger_url(request: pytest.FixtureRequest, ledger_backend: str) -> str | None:
+    """DATABASE_URL for the PostgreSQL case (a database of the test's own), else None."""
+    if ledger_backend != "postgresql":
+        return None
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def ledger_location(tmp_path: Path, ledger_url: str | None) -> Path | str:
+    """What ``Ledger.open`` takes: a fresh SQLite file or the test's PostgreSQL database."""
+    return ledger_url or tmp_path / "ledger.sqlite3"
 
 
 class _RawRecords(logging.Handler):
@@ -108,12 +147,15 @@ class CountingProvider(LocalProvider):
 
 
 @pytest.fixture
-def make_settings(tmp_path: Path) -> Callable[..., Settings]:
-    """Settings from a clean environment: DATA_DIR is the test's own folder. Prompts are not
-    moderated unless a test asks (``MODERATION_MODEL=...``), so charges elsewhere stay exact."""
+def make_settings(tmp_path: Path, ledger_url: str | None) -> Callable[..., Settings]:
+    """Settings from a clean environment: DATA_DIR is the test's own folder; the ledger is
+    on PostgreSQL when the test runs for it (``ledger_backend``). Prompts are not moderated
+    unless a test asks (``MODERATION_MODEL=...``), so charges elsewhere stay exact."""
 
     def build(**env: Any) -> Settings:
         values = {"DATA_DIR": str(tmp_path / "data"), "WEB_PORT": "0", "MODERATION_MODEL": "off"}
+        if ledger_url:
+            values["DATABASE_URL"] = ledger_url
         values.update({k: str(v) for k, v in env.items()})
         return load_settings(values)
 

@@ -23,6 +23,9 @@ from bot.runtime import Runtime, open_runtime
 from bot.web.app import build_web_app
 from tests.conftest import FAKE_SIGNING_KEY, SECRETS, CountingProvider, png
 
+# The ledger-level tests run on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = pytest.mark.both_ledgers
+
 SDXL = "@cf/stabilityai/stable-diffusion-xl-base-1.0"
 
 

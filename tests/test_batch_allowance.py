@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
+import pytest
+
 from bot.catalog import ZERO_COST
 from bot.errors import QuotaExceeded
 from bot.ledger import Ledger
@@ -14,6 +16,9 @@ from bot.ledger.ledger import NewJob
 from bot.ledger.records import ApiKey, Batch, BatchItem, new_id
 from tests import test_api
 from tests.conftest import CountingProvider
+
+# The ledger-level tests run on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = pytest.mark.both_ledgers
 
 start_api = test_api.start_api  # the HTTP API fixture
 
@@ -152,8 +157,8 @@ async def test_a_resumed_batch_holds_its_remaining_allowance_again(start_api):
     await books_are_exact(api)
 
 
-async def test_hammered_holds_and_plain_reservations_never_pass_the_limit(tmp_path):
-    ledger = await Ledger.open(tmp_path / "ledger.sqlite3")
+async def test_hammered_holds_and_plain_reservations_never_pass_the_limit(ledger_location):
+    ledger = await Ledger.open(ledger_location)
     try:
         limits = await ledger.limits_for("u1", "g1")
         limits = replace(limits, user_images=20)

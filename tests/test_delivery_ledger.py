@@ -15,6 +15,9 @@ from bot.providers.base import TextCompletion
 from bot.providers.local import LocalProvider
 from bot.requests import GenerateRequest
 
+# The ledger-level tests run on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = pytest.mark.both_ledgers
+
 
 def ask(prompt: str, user: str = "u1", **fields: object) -> GenerateRequest:
     return GenerateRequest(prompt=prompt, user_id=user, guild_id="g1",

@@ -26,9 +26,12 @@ def job(user: str = "u1", guild: str = "g1", cost: Cost = SCHNELL_COST, key: str
     return NewJob("generate", user, guild, cost, images, "m", key)
 
 
+pytestmark = pytest.mark.both_ledgers
+
+
 @pytest.fixture
-async def ledger(tmp_path: Path):
-    opened = await Ledger.open(tmp_path / "ledger.sqlite3")
+async def ledger(ledger_location: Path | str):
+    opened = await Ledger.open(ledger_location)
     yield opened
     await opened.close()
 
@@ -144,9 +147,9 @@ async def test_hammered_totals_equal_the_sum_of_settled_charges(ledger):
             assert user.micro_usd <= 20_000 and user.images <= 40
 
 
-async def test_days_are_utc_days(tmp_path: Path):
+async def test_days_are_utc_days(ledger_location: Path | str):
     moment = [datetime(2026, 3, 1, 23, 59, 30, tzinfo=UTC)]
-    ledger = await Ledger.open(tmp_path / "l.sqlite3", clock=lambda: moment[0])
+    ledger = await Ledger.open(ledger_location, clock=lambda: moment[0])
     try:
         limits = Limits(1, WIDE, WIDE, WIDE)
         await ledger.reserve(job(), limits)
@@ -196,11 +199,13 @@ async def test_migrations_set_user_version_and_are_not_applied_twice(tmp_path: P
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-async def test_two_connections_to_one_file_still_hold_the_quota(tmp_path: Path):
-    """Two processes (here: two connections) sharing the database cannot overshoot."""
-    path = tmp_path / "shared.sqlite3"
-    a = await Ledger.open(path)
-    b = await Ledger.open(path)
+async def test_two_connections_to_one_database_still_hold_the_quota(
+    ledger_location: Path | str,
+):
+    """Two processes (here: two connections, or two pools) sharing the database cannot
+    overshoot (tests/test_postgres_ledger.py hammers PostgreSQL from four processes)."""
+    a = await Ledger.open(ledger_location)
+    b = await Ledger.open(ledger_location)
     try:
         limits = Limits(15, WIDE, WIDE, WIDE)
         outcomes = await asyncio.gather(

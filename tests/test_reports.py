@@ -9,11 +9,15 @@ from dataclasses import replace
 from datetime import date, timedelta
 from decimal import Decimal
 
+import pytest
 from PIL import Image
 
 from bot.reports import personal_usage, server_usage, usage_csv
 from bot.requests import GenerateRequest
 from bot.runtime import Runtime
+
+# The ledger-level tests run on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = pytest.mark.both_ledgers
 
 SDXL = "@cf/stabilityai/stable-diffusion-xl-base-1.0"
 SCHNELL_MICRO = 634  # FLUX.1 schnell at 1024×1024, 4 steps

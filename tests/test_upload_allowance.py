@@ -19,6 +19,9 @@ from bot.runtime import open_runtime
 from tests import test_api
 from tests.conftest import png
 
+# The ledger-level tests run on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = pytest.mark.both_ledgers
+
 start_api = test_api.start_api  # the HTTP API fixture
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.ledger.database import Database, insert_statement
+from bot.ledger.core import LedgerDatabase, insert_statement
 from bot.ledger.records import ApiKey
 from bot.logs import register_secret
 
@@ -24,7 +24,7 @@ def _api_key(row: Any) -> ApiKey:
 
 
 class ApiKeyTable:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: LedgerDatabase) -> None:
         self._db = db
 
     async def add(self, key: ApiKey) -> None:

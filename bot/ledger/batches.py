@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from bot.ledger.database import Database
+from bot.ledger.core import LedgerDatabase
 from bot.ledger.records import Batch, BatchItem
 
 INSERT_BATCH_SQL = (
@@ -28,7 +28,7 @@ UNFINISHED_SQL = "SELECT id FROM batches WHERE state = 'running'"
 
 
 class BatchTable:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: LedgerDatabase) -> None:
         self._db = db
 
     async def add(self, batch: Batch) -> None:

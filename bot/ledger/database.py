@@ -1,16 +1,14 @@
-"""The ledger's database core: one connection, group-committed writes, migrations, background
+"""The ledger's SQLite core: one connection, group-committed writes, migrations, background
 checkpoints, and a busy or full database mapped to ``LedgerUnavailable``.
 
-Everything SQLite-specific about *running* statements lives here (a second dialect, such as
-PostgreSQL, replaces this module and keeps its interface): the PRAGMAs, ``PRAGMA user_version``
-as the schema version, ``BEGIN IMMEDIATE`` (in ``GroupCommit``), the WAL checkpointer, the
-``sqlite3`` error classes and the words "locked", "busy" and "full" in their messages. The
-concern modules never see a driver: a refused constraint reaches them as
-``ConstraintViolation``. Their statements use qmark (``?``) or named (``:name``) parameters and
-read columns by name; a driver with ``$n`` placeholders translates them here, in one place
-(``insert_statement`` writes the placeholders of the column-list inserts). The schema in
-``migrations`` is SQLite's spelling too (``WITHOUT ROWID``, triggers using the scalar
-``MAX()``, ``COLLATE NOCASE``); a second dialect keeps the same numbered migrations in its own.
+Everything SQLite-specific about *running* statements lives here (``bot.ledger.postgres`` is
+the PostgreSQL core, with the same interface, ``bot.ledger.core.LedgerDatabase``): the
+PRAGMAs, ``PRAGMA user_version`` as the schema version, ``BEGIN IMMEDIATE`` (in
+``GroupCommit``), the WAL checkpointer, the ``sqlite3`` error classes and the words "locked",
+"busy" and "full" in their messages. The concern modules never see a driver: a refused
+constraint reaches them as ``ConstraintViolation``. The schema in ``migrations`` is SQLite's
+spelling (``WITHOUT ROWID``, triggers using the scalar ``MAX()``, ``COLLATE NOCASE``);
+``migrations_postgres`` keeps the same numbered migrations in PostgreSQL's.
 """
 
 from __future__ import annotations
@@ -20,39 +18,29 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
 from bot.errors import LedgerUnavailable
+from bot.ledger.core import (
+    Clock,
+    ConstraintViolation,
+    LedgerDatabase,
+    Params,
+    insert_statement,
+    utc_now,
+)
 from bot.ledger.group_commit import GroupCommit
 from bot.ledger.migrations import MIGRATIONS
-from bot.ledger.records import utc_day
 from bot.logs import quiet_chatty_libraries
 from bot.metrics import Metrics
 from bot.refusals import database_unavailable
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
-Params = Sequence[Any] | dict[str, Any]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-class ConstraintViolation(Exception):
-    """The database refused a write that breaks a constraint (unique, check, foreign key)."""
-
-
-def insert_statement(table: str, columns: Sequence[str]) -> str:
-    """``INSERT INTO table (columns) VALUES (?, …)`` in this driver's parameter style."""
-    placeholders = ", ".join("?" for _ in columns)
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})"  # noqa: S608
+__all__ = ["Clock", "ConstraintViolation", "Database", "insert_statement", "utc_now"]
 
 
 def _unavailable(exc: sqlite3.OperationalError) -> LedgerUnavailable:
@@ -69,22 +57,23 @@ def _is_lock(exc: sqlite3.OperationalError) -> bool:
     return "locked" in str(exc) or "busy" in str(exc)
 
 
-class Database:
+class Database(LedgerDatabase):
     """The connection every concern shares. Open with ``await Database.open(path, clock)``."""
 
     CHECKPOINT_SECONDS = 1.0
+    dialect = "sqlite"
+    expected_schema_version = len(MIGRATIONS)
 
     def __init__(
         self, connection: aiosqlite.Connection, clock: Clock, metrics: Metrics | None = None
     ) -> None:
+        super().__init__(clock)
         self.connection = connection
-        self.clock = clock
         seconds = (metrics or Metrics()).ledger_seconds
         self._read_seconds = seconds.labels("read")
         self._write_seconds = seconds.labels("write")
         self._writes = GroupCommit(connection)
         self._checkpointer: asyncio.Task[None] | None = None
-        self._retries: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def open(
@@ -110,9 +99,7 @@ class Database:
         return database
 
     async def close(self) -> None:
-        for task in list(self._retries):
-            task.cancel()
-        await asyncio.gather(*self._retries, return_exceptions=True)
+        await self._cancel_retries()
         if self._checkpointer is not None:
             self._checkpointer.cancel()
             await asyncio.gather(self._checkpointer, return_exceptions=True)
@@ -149,24 +136,7 @@ class Database:
     async def ping(self) -> None:
         await self.scalar("SELECT 1")
 
-    async def check_schema(self) -> None:
-        """Readiness: the schema is the one this code migrates to (not behind, not ahead)."""
-        version = await self.schema_version()
-        if version != len(MIGRATIONS):
-            raise LedgerUnavailable(
-                f"The database schema is at version {version}; this code expects "
-                f"{len(MIGRATIONS)}."
-            )
-
     # -- statements ------------------------------------------------------------------------
-
-    async def scalar(self, sql: str, params: Params = ()) -> int:
-        row = await self.one(sql, params)
-        return int(row[0]) if row is not None and row[0] is not None else 0
-
-    async def one(self, sql: str, params: Params = ()) -> Any:
-        rows = await self.all(sql, params)
-        return rows[0] if rows else None
 
     async def all(self, sql: str, params: Params = ()) -> list[Any]:
         started = time.perf_counter()
@@ -193,36 +163,3 @@ class Database:
                 self._write_seconds.observe(time.perf_counter() - started)
             await asyncio.sleep(0.05 * (attempt + 1))
         raise AssertionError("unreachable")
-
-    async def write_eventually(self, sql: str, params: Params, what: str) -> int | None:
-        """A write that must land (a settlement, a refund). Never raises for a locked or full
-        database: it is retried in the background until it lands (crash recovery covers a stop
-        meanwhile), and None says it was deferred."""
-        try:
-            return await self.write(sql, params)
-        except LedgerUnavailable as exc:
-            log.warning("could not close %s now (%s); retrying in the background",
-                        what, exc.code)  # fmt: skip
-            task = asyncio.create_task(self._write_later(sql, params, what))
-            self._retries.add(task)
-            task.add_done_callback(self._retries.discard)
-            return None
-
-    async def _write_later(self, sql: str, params: Params, what: str) -> None:
-        delay = 0.5
-        for _ in range(40):  # about 10 minutes in all
-            await asyncio.sleep(delay)
-            try:
-                await self.write(sql, params)
-                return
-            except LedgerUnavailable:
-                delay = min(delay * 2, 30.0)
-        log.error("%s is still open; the next start's recovery will close it", what)
-
-    # -- time ------------------------------------------------------------------------------
-
-    def now_iso(self) -> str:
-        return self.clock().astimezone(UTC).isoformat(timespec="milliseconds")
-
-    def today(self) -> str:
-        return utc_day(self.clock())

@@ -1,13 +1,14 @@
 """Image records: generated and uploaded images, their cache keys and where their bytes are.
 
-SQLite-specific: ``LIKE`` is case-insensitive for ASCII here (PostgreSQL needs ``ILIKE`` for
-the same prefix search); booleans are stored as 0/1 (see ``ImageRecord.to_row``).
+One statement per operation; the prefix search keeps two spellings side by side, chosen by
+the database's ``dialect``: SQLite's ``LIKE`` is case-insensitive for ASCII, PostgreSQL's
+``ILIKE`` is the same search. Booleans are stored as 0/1 in both (see ``ImageRecord.to_row``).
 """
 
 from __future__ import annotations
 
 from bot.errors import NotFound
-from bot.ledger.database import Database, insert_statement
+from bot.ledger.core import LedgerDatabase, insert_statement
 from bot.ledger.records import ImageRecord
 
 INSERT_IMAGE_SQL = insert_statement("images", ImageRecord.COLUMNS)
@@ -17,15 +18,19 @@ CACHED_SQL = (
     "SELECT * FROM images WHERE cache_key = ? AND cache_scope = ? AND is_deleted = 0 "
     "ORDER BY cached, created_at LIMIT 1"
 )
-USER_IMAGES_SQL = (
+_USER_IMAGES = (
     "SELECT * FROM images WHERE user_id = ? AND is_deleted = 0 "
-    "AND (? IS NULL OR created_at < ?) "
-    "AND (id LIKE ? OR prompt LIKE ?) ORDER BY created_at DESC LIMIT ?"
+    "AND (CAST(? AS TEXT) IS NULL OR created_at < ?) "
+    "AND (id {like} ? OR prompt {like} ?) ORDER BY created_at DESC LIMIT ?"
 )
+USER_IMAGES_SQL = {
+    "sqlite": _USER_IMAGES.format(like="LIKE"),
+    "postgresql": _USER_IMAGES.format(like="ILIKE"),
+}
 # A server's view (no user) leaves out private results: they are their owner's alone.
 GALLERY_WHERE = (
-    "is_deleted = 0 AND (? IS NULL OR user_id = ?) AND (? IS NULL OR guild_id = ?) "
-    "AND (? IS NOT NULL OR private = 0)"
+    "is_deleted = 0 AND (CAST(? AS TEXT) IS NULL OR user_id = ?) "
+    "AND (CAST(? AS TEXT) IS NULL OR guild_id = ?) AND (CAST(? AS TEXT) IS NOT NULL OR private = 0)"
 )
 GALLERY_COUNT_SQL = f"SELECT COUNT(*) FROM images WHERE {GALLERY_WHERE}"  # noqa: S608
 GALLERY_PAGE_SQL = (
@@ -50,7 +55,7 @@ MARK_DELETED_AT_SQL = (
 class ImageTable:
     """Every read and write of image records."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: LedgerDatabase) -> None:
         self._db = db
 
     async def add(self, image: ImageRecord) -> None:
@@ -82,7 +87,8 @@ class ImageTable:
     ) -> list[ImageRecord]:
         """A user's live images, newest first; ``prefix`` filters ids or prompts."""
         rows = await self._db.all(
-            USER_IMAGES_SQL, (user_id, before, before, f"{prefix}%", f"%{prefix}%", limit)
+            USER_IMAGES_SQL[self._db.dialect],
+            (user_id, before, before, f"{prefix}%", f"%{prefix}%", limit),
         )
         return [ImageRecord.from_row(r) for r in rows]
 

@@ -3,9 +3,10 @@ settle, refund, free jobs, delivery, and looking jobs up.
 
 Every write money depends on is one atomic statement; triggers keep the daily counters in step
 (see ``migrations``). ``RESERVE_SQL`` is an ``INSERT … SELECT … WHERE`` that inserts nothing
-when a limit would be crossed; its ``FROM (SELECT 1) AS one LEFT JOIN …`` form is portable, and
-a dialect without SQLite's single-writer lock must run it under a lock of its own (PostgreSQL:
-an advisory lock per day, or SERIALIZABLE) to keep concurrent reservations exact.
+when a limit would be crossed; its ``FROM (SELECT 1) AS one LEFT JOIN …`` form is portable
+(the CASTs tell PostgreSQL the parameters' types). SQLite runs it under its single writer;
+PostgreSQL under the ledger's writer lock (``bot.ledger.postgres``), taken before the
+statement's snapshot, so concurrent reservations in any number of processes stay exact.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import json
 from datetime import UTC
 
 from bot.catalog import Cost
-from bot.ledger.database import ConstraintViolation, Database
+from bot.ledger.core import ConstraintViolation, LedgerDatabase
 from bot.ledger.images import ImageTable
 from bot.ledger.records import OPEN_STATES, ImageRecord, Job, Limits, NewJob, new_id, utc_day
 from bot.ledger.usage import UsageCounters, user_scope
@@ -36,7 +37,8 @@ INSERT INTO jobs (id, idempotency_key, kind, user_id, guild_id, day, model, stat
                   images, micro_usd, milli_neurons, params, request_fingerprint, bytes,
                   hold_id, owner, created_at, updated_at)
 SELECT :id, :key, :kind, :user, :guild, :day, :model, 'reserved',
-       :images, :usd, :mn, :params, :fingerprint, :bytes, :hold, :owner, :now, :now
+       CAST(:images AS BIGINT), CAST(:usd AS BIGINT), CAST(:mn AS BIGINT), :params,
+       :fingerprint, CAST(:bytes AS BIGINT), :hold, :owner, :now, :now
 FROM (SELECT 1) AS one
 LEFT JOIN usage_counters u ON u.day = :day AND u.scope = 'user' AND u.scope_id = :user_scope
 LEFT JOIN quota_resets r ON r.day = :day AND r.user_scope = :user_scope
@@ -129,7 +131,7 @@ class JobTable:
     """Reservations and every change of a job's state."""
 
     def __init__(
-        self, db: Database, usage: UsageCounters, images: ImageTable, owner: str
+        self, db: LedgerDatabase, usage: UsageCounters, images: ImageTable, owner: str
     ) -> None:
         self._db = db
         self._usage = usage

@@ -15,7 +15,7 @@ import secrets
 import socket
 from datetime import UTC, timedelta
 
-from bot.ledger.database import Database
+from bot.ledger.core import LedgerDatabase
 from bot.ledger.records import OPEN_STATES, Job
 
 _OPEN = f"j.state IN {OPEN_STATES!r}"
@@ -49,7 +49,7 @@ def new_instance_id() -> str:
 class Leases:
     """This process's lease (``instance_id``) and the orphaned jobs of others."""
 
-    def __init__(self, db: Database, instance_id: str) -> None:
+    def __init__(self, db: LedgerDatabase, instance_id: str) -> None:
         self._db = db
         self.instance_id = instance_id
 

@@ -20,11 +20,13 @@ from bot.config import QuotaDefaults
 from bot.errors import QuotaExceeded
 from bot.ledger.api_keys import ApiKeyTable
 from bot.ledger.batches import BatchTable
-from bot.ledger.database import Clock, Database, utc_now
+from bot.ledger.core import Clock, LedgerDatabase, utc_now
+from bot.ledger.database import Database
 from bot.ledger.images import ImageTable
 from bot.ledger.jobs import UNDELIVERED_MESSAGE, DuplicateRequest, JobTable
 from bot.ledger.leases import Leases, new_instance_id
 from bot.ledger.placeholders import PlaceholderTable
+from bot.ledger.postgres import PostgresDatabase, is_postgres_url
 from bot.ledger.records import (
     ApiKey,
     Batch,
@@ -49,10 +51,11 @@ __all__ = [
 
 
 class Ledger:
-    """Open with ``await Ledger.open(path, defaults)``; close with ``await ledger.close()``."""
+    """Open with ``await Ledger.open(path_or_url, defaults)``; close with
+    ``await ledger.close()``."""
 
     def __init__(
-        self, database: Database, defaults: QuotaDefaults, instance_id: str | None = None
+        self, database: LedgerDatabase, defaults: QuotaDefaults, instance_id: str | None = None
     ) -> None:
         self.database = database
         self._policy = ServerPolicy(database, defaults)
@@ -69,15 +72,20 @@ class Ledger:
     @classmethod
     async def open(
         cls,
-        path: Path,
+        location: Path | str,
         defaults: QuotaDefaults | None = None,
         clock: Clock = utc_now,
         instance_id: str | None = None,
         *,
         metrics: Metrics | None = None,
     ) -> Ledger:
-        """``instance_id`` names this process in leases (default: host, pid and a random)."""
-        database = await Database.open(path, clock, metrics)
+        """``location``: a SQLite file, or a ``postgresql://`` URL (DATABASE_URL);
+        ``instance_id`` names this process in leases (default: host, pid and a random)."""
+        database: LedgerDatabase
+        if is_postgres_url(location):
+            database = await PostgresDatabase.open(str(location), clock)
+        else:
+            database = await Database.open(Path(location), clock, metrics)
         return cls(database, defaults or QuotaDefaults(), instance_id)
 
     async def close(self) -> None:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from bot.ledger.database import Database
+from bot.ledger.core import LedgerDatabase
 
 PLACEHOLDER_SQL = "SELECT image_id FROM placeholders WHERE path = ?"
 SET_PLACEHOLDER_SQL = """
@@ -13,7 +13,7 @@ ON CONFLICT (path) DO UPDATE SET image_id = excluded.image_id, created_at = excl
 
 
 class PlaceholderTable:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: LedgerDatabase) -> None:
         self._db = db
 
     async def get(self, path: str) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.ledger.database import Database
+from bot.ledger.core import LedgerDatabase
 from bot.ledger.records import OPEN_STATES, Job, UsageReport, UserUsage
 
 # Each report query is completed with the filter from ``_settled_between`` (constant text).
@@ -26,7 +26,7 @@ BY_DAY_SQL = (
 )
 SETTLED_JOBS_SQL = (
     "SELECT * FROM jobs WHERE state = 'settled' AND day BETWEEN ? AND ? "
-    "AND (? IS NULL OR guild_id = ?) AND (images > 0 OR micro_usd > 0) "
+    "AND (CAST(? AS TEXT) IS NULL OR guild_id = ?) AND (images > 0 OR micro_usd > 0) "
     "ORDER BY created_at LIMIT ?"
 )
 COUNTER_MISMATCHES_SQL = """
@@ -65,7 +65,7 @@ def _settled_between(
 
 
 class Reports:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: LedgerDatabase) -> None:
         self._db = db
 
     async def report(

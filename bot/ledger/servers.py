@@ -2,9 +2,9 @@
 blocklist, the content rule, the channels generation answers in, and the limits they resolve
 to.
 
-SQLite-specific: ``LIKE`` is case-insensitive for ASCII and template names are
-``COLLATE NOCASE`` (PostgreSQL: ``ILIKE`` and a ``lower(name)`` unique index); the blocklist is
-a JSON array in a TEXT column.
+Portable SQL: template names compare without case in both dialects (SQLite's
+``COLLATE NOCASE``, PostgreSQL's ``CITEXT``), so ``=``, ``LIKE`` and the unique constraint
+behave alike; the blocklist is a JSON array in a TEXT column.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from bot.config import QuotaDefaults
 from bot.errors import Conflict, NotFound
-from bot.ledger.database import ConstraintViolation, Database, insert_statement
+from bot.ledger.core import ConstraintViolation, LedgerDatabase, insert_statement
 from bot.ledger.records import Limits, Template, Usage
 from bot.ledger.usage import user_scope
 
@@ -127,7 +127,7 @@ def _first_set(*values: int | None) -> int:
 class ServerPolicy:
     """Quota overrides and the blocklist, and the limits a user has in a server."""
 
-    def __init__(self, db: Database, defaults: QuotaDefaults) -> None:
+    def __init__(self, db: LedgerDatabase, defaults: QuotaDefaults) -> None:
         self._db = db
         self.defaults = defaults
 
@@ -224,7 +224,7 @@ class ServerPolicy:
 class TemplateTable:
     """A server's saved prompt templates."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: LedgerDatabase) -> None:
         self._db = db
 
     async def add(self, template: Template) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from bot.errors import Refusal
-from bot.ledger.database import Database
+from bot.ledger.core import LedgerDatabase
 from bot.ledger.records import Limits, NewJob, Usage, next_utc_midnight, utc_day
 from bot.refusals import (
     DAILY_NEURONS,
@@ -52,7 +52,7 @@ def user_scope(guild_id: str, user_id: str) -> str:
 class UsageCounters:
     """Reads the counters and explains refusals; writes only admin resets."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: LedgerDatabase) -> None:
         self._db = db
 
     async def usage(self, scope: str, scope_id: str, day: str | None = None) -> Usage:

@@ -1,0 +1,108 @@
+"""The PostgreSQL ledger: reserve+settle pairs per second with 1, 2 and 4 processes on one
+server, and the same audit as bench_foundation's ledger figure (counters equal the sum of the
+charges, nothing left open).
+
+Run: .venv/bin/python bench/bench_postgres.py   (needs PostgreSQL's server binaries, found as
+the tests find them; a throwaway server is started in a temporary folder, durable: fsync on)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+
+import common  # noqa: F401  (puts the repository on sys.path)
+
+from bot.catalog import Cost
+from bot.ledger import Ledger, Limits
+from bot.ledger.ledger import NewJob
+from tests.postgres_server import PostgresServer, find_binaries, run_async
+
+WIDE = 10**15
+PAIRS_PER_PROCESS = 6_000
+CONCURRENCY = 64  # reserve+settle loops in flight per process
+
+
+async def one_process(url: str, me: int, pairs: int) -> None:
+    """A worker process: connect, say ready, wait for "go", run the pairs, report seconds."""
+    ledger = await Ledger.open(url)
+    limits = Limits(WIDE, WIDE, WIDE, WIDE)
+    cost = Cost(634, 57_600)
+    remaining = iter(range(pairs))
+    print("ready", flush=True)
+    await asyncio.to_thread(sys.stdin.readline)
+
+    async def worker() -> None:
+        for i in remaining:
+            new = NewJob("generate", f"u{me}-{i % 50}", f"g{i % 5}", cost, 1, "m")
+            job = await ledger.reserve(new, limits)
+            await ledger.settle(job.id, 1, cost)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    print(json.dumps({"seconds": time.perf_counter() - start}), flush=True)
+    await ledger.close()
+
+
+def measure(server: PostgresServer, processes: int) -> dict[str, float]:
+    name = server.create_database()
+    url = server.url(name)
+    children = [
+        subprocess.Popen(  # noqa: S603
+            [sys.executable, __file__, "--worker", url, str(n)],
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        for n in range(processes)
+    ]
+    for child in children:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+    start = time.perf_counter()
+    for child in children:
+        assert child.stdin is not None
+        child.stdin.write("go\n")
+        child.stdin.flush()
+    for child in children:
+        child.communicate(timeout=600)
+        assert child.returncode == 0
+    elapsed = time.perf_counter() - start
+    audit = run_async(_audit(url))
+    server.drop_database(name)
+    assert audit == {"counter_mismatches": 0, "open_jobs": 0}, audit
+    return {"pairs_per_second": processes * PAIRS_PER_PROCESS / elapsed}
+
+
+async def _audit(url: str) -> dict[str, int]:
+    ledger = await Ledger.open(url)
+    try:
+        return await ledger.audit()
+    finally:
+        await ledger.close()
+
+
+def main() -> None:
+    binaries = find_binaries()
+    if binaries is None:
+        print("no PostgreSQL server binaries (Debian: apt-get install postgresql)")
+        return
+    server = PostgresServer(binaries, durable=True)
+    server.start()
+    try:
+        server.create_template()
+        for processes in (1, 2, 4):
+            rate = measure(server, processes)["pairs_per_second"]
+            print(f"postgres ledger, {processes} process(es): {rate:,.0f} reserve+settle "
+                  "pairs/s (audit clean)")  # fmt: skip
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        asyncio.run(one_process(sys.argv[2], int(sys.argv[3]), PAIRS_PER_PROCESS))
+    else:
+        main()

@@ -1,0 +1,257 @@
+"""The ledger's PostgreSQL core (asyncpg): a connection pool, grouped write transactions under
+one writer lock, migrations, and a full, busy or unreachable server mapped to
+``LedgerUnavailable``. Same interface as the SQLite core (``bot.ledger.core``).
+
+Why one writer lock: the reservation is an ``INSERT … SELECT … WHERE <the counters still
+allow it>``. Under READ COMMITTED two such statements in two processes can both read the
+counters before either commits, and both pass: the quota would be overshot. So every write
+transaction first takes one transaction-scoped advisory lock (``pg_advisory_xact_lock``), which
+serialises writers across every process and connection as SQLite's single writer does, and each
+statement's snapshot, taken after the lock, sees every earlier commit. Taking it first, before any
+row lock, also means two writers can never deadlock on counter rows. Concurrent writes of one
+process share a transaction (group commit, as in SQLite), so the lock and the commit are paid
+once per batch. Reads go straight to the pool and never wait for the lock.
+
+Parameters: the concern modules write qmark (``?``) or named (``:name``) statements;
+``translate`` turns them into ``$n`` here, in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Sequence
+from decimal import Decimal
+from functools import lru_cache
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from bot.errors import LedgerUnavailable
+from bot.ledger.core import Clock, ConstraintViolation, LedgerDatabase, Params, utc_now
+from bot.ledger.migrations_postgres import MIGRATIONS
+from bot.refusals import database_unavailable
+
+log = logging.getLogger(__name__)
+
+WRITER_LOCK = 0x1ED6E2_01  # pg_advisory_xact_lock key: one writer at a time, every process
+MIGRATION_LOCK = 0x1ED6E2_02  # two processes starting together migrate once
+_TOKENS = re.compile(r"'(?:[^']|'')*'|::|\?|(?<![:\w]):([A-Za-z_]\w*)")
+
+
+def is_postgres_url(location: object) -> bool:
+    return isinstance(location, str) and location.startswith(("postgresql://", "postgres://"))
+
+
+def masked_url(url: str) -> str:
+    """The URL with its password replaced by ``***``: safe for a message or a log line."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host += f":{parts.port}"
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
+
+
+@lru_cache(maxsize=1024)
+def _translated(sql: str) -> tuple[str, tuple[str, ...] | int]:
+    """``sql`` with ``$n`` marks, and the parameter names in order (or the count of ``?``)."""
+    names: list[str] = []
+    marks = 0
+
+    def mark(match: re.Match[str]) -> str:
+        nonlocal marks
+        found = match.group(0)
+        if found == "?":
+            marks += 1
+            return f"${marks}"
+        name = match.group(1)
+        if name is None:  # a string literal or a ``::`` cast, unchanged
+            return found
+        if name not in names:
+            names.append(name)
+        return f"${names.index(name) + 1}"
+
+    text = _TOKENS.sub(mark, sql)
+    if names and marks:
+        raise ValueError("a statement mixes ? and :name parameters")
+    return text, tuple(names) if names else marks
+
+
+def translate(sql: str, params: Params) -> tuple[str, Sequence[Any]]:
+    """A qmark or named statement and its parameters in asyncpg's ``$n`` style."""
+    text, spec = _translated(sql)
+    if isinstance(params, dict):
+        assert isinstance(spec, tuple), "named parameters for a statement without names"
+        return text, [params[name] for name in spec]
+    return text, params
+
+
+def _decode_numeric(text: str) -> int | Decimal:
+    """SUM() of BIGINT is NUMERIC in PostgreSQL; the ledger's sums are whole numbers."""
+    return Decimal(text) if "." in text or "e" in text.lower() else int(text)
+
+
+async def _prepare_connection(connection: asyncpg.Connection) -> None:
+    await connection.set_type_codec(
+        "numeric", encoder=str, decoder=_decode_numeric, schema="pg_catalog", format="text"
+    )
+
+
+def _row_count(status: str) -> int:
+    """'INSERT 0 1', 'UPDATE 3', 'DELETE 0' → the number of rows."""
+    last = status.rsplit(" ", 1)[-1]
+    return int(last) if last.isdigit() else 0
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    """A server that is down, unreachable, out of room or shutting down (not a bug in a
+    statement): classes 08 (connection), 53 (resources), 57 (operator), 40 (rollback)."""
+    if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError):
+        return True
+    state = getattr(exc, "sqlstate", None) or ""
+    return isinstance(exc, asyncpg.PostgresError) and state[:2] in ("08", "53", "57", "40")
+
+
+def _unavailable(exc: BaseException) -> LedgerUnavailable:
+    full = getattr(exc, "sqlstate", "") == "53100"  # disk_full
+    if full:
+        log.error("the database is full: %s", type(exc).__name__)
+    else:
+        log.warning("database unavailable: %s", type(exc).__name__)
+    return database_unavailable(full=full)
+
+
+Outcome = int | BaseException
+
+
+class PostgresDatabase(LedgerDatabase):
+    """Open with ``await PostgresDatabase.open(url, clock)``."""
+
+    dialect = "postgresql"
+    expected_schema_version = len(MIGRATIONS)
+    MAX_BATCH = 256
+
+    def __init__(self, pool: asyncpg.Pool, clock: Clock) -> None:
+        super().__init__(clock)
+        self.pool = pool
+        self._pending: list[tuple[str, Sequence[Any], asyncio.Future[int]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(
+        cls, url: str, clock: Clock = utc_now, *, pool_size: int = 8
+    ) -> PostgresDatabase:
+        """Connect (a pool of ``pool_size``) and migrate; LedgerUnavailable if unreachable."""
+        try:
+            pool = await asyncpg.create_pool(
+                url, min_size=1, max_size=pool_size, init=_prepare_connection, timeout=10
+            )
+        except Exception as exc:
+            if _is_unavailable(exc) or isinstance(exc, asyncpg.PostgresError):
+                log.error("cannot reach the PostgreSQL ledger at %s", masked_url(url))
+                raise _unavailable(exc) from None
+            raise
+        database = cls(pool, clock)
+        try:
+            await database._migrate()
+        except BaseException:
+            await pool.close()
+            raise
+        return database
+
+    async def close(self) -> None:
+        await self._cancel_retries()
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        await self.pool.close()
+
+    async def _migrate(self) -> None:
+        async with self.pool.acquire() as connection, connection.transaction():
+            await connection.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+            await connection.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
+            )
+            version = await connection.fetchval("SELECT max(version) FROM schema_version") or 0
+            for number, script in enumerate(MIGRATIONS, start=1):
+                if number > version:
+                    await connection.execute(script)
+                    log.info("database migrated to schema version %d", number)
+            if version < len(MIGRATIONS):
+                await connection.execute("DELETE FROM schema_version")
+                await connection.execute(
+                    "INSERT INTO schema_version (version) VALUES ($1)", len(MIGRATIONS)
+                )
+
+    async def schema_version(self) -> int:
+        return await self.scalar("SELECT COALESCE(max(version), 0) FROM schema_version")
+
+    # -- statements ------------------------------------------------------------------------
+
+    async def all(self, sql: str, params: Params = ()) -> list[Any]:
+        text, args = translate(sql, params)
+        try:
+            async with self.pool.acquire() as connection:
+                return list(await connection.fetch(text, *args))
+        except Exception as exc:
+            if _is_unavailable(exc):
+                raise _unavailable(exc) from None
+            raise
+
+    async def write(self, sql: str, params: Params = ()) -> int:
+        """One atomic statement, its changed row count. Writes that arrive together share
+        one transaction (and one commit), under the writer lock."""
+        text, args = translate(sql, params)
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending.append((text, args, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch = self._pending[: self.MAX_BATCH]
+            del self._pending[: self.MAX_BATCH]
+            statements = [(text, args) for text, args, _ in batch]
+            try:
+                outcomes = await self._run_batch(statements)
+            except Exception as exc:  # the whole batch failed: never leave a caller waiting
+                error = _unavailable(exc) if _is_unavailable(exc) else exc
+                outcomes = [error] * len(batch)
+            for (_, _, future), outcome in zip(batch, outcomes, strict=True):
+                if future.done():
+                    continue
+                if isinstance(outcome, BaseException):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
+
+    async def _run_batch(self, statements: list[tuple[str, Sequence[Any]]]) -> list[Outcome]:
+        """One transaction for the batch. If one statement breaks a constraint the whole
+        transaction is rolled back and each statement runs again in its own, so that it fails
+        alone (as in SQLite's group commit)."""
+        async with self.pool.acquire() as connection:
+            try:
+                return await self._transaction(connection, statements)
+            except asyncpg.IntegrityConstraintViolationError as exc:
+                if len(statements) == 1:
+                    return [ConstraintViolation(str(exc))]
+            outcomes: list[Outcome] = []
+            for statement in statements:
+                try:
+                    outcomes += await self._transaction(connection, [statement])
+                except asyncpg.IntegrityConstraintViolationError as exc:
+                    outcomes.append(ConstraintViolation(str(exc)))
+            return outcomes
+
+    @staticmethod
+    async def _transaction(
+        connection: asyncpg.Connection, statements: list[tuple[str, Sequence[Any]]]
+    ) -> list[Outcome]:
+        async with connection.transaction():
+            await connection.execute("SELECT pg_advisory_xact_lock($1)", WRITER_LOCK)
+            return [_row_count(await connection.execute(text, *args)) for text, args in statements]
