@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -39,7 +40,7 @@ def insert_statement(table: str, columns: Sequence[str]) -> str:
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})"  # noqa: S608
 
 
-class LedgerDatabase:
+class LedgerDatabase(ABC):
     """The interface the concern modules use; subclasses run the statements."""
 
     dialect = ""
@@ -49,18 +50,22 @@ class LedgerDatabase:
         self.clock = clock
         self._retries: set[asyncio.Task[None]] = set()
 
+    @abstractmethod
     async def all(self, sql: str, params: Params = ()) -> list[Any]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     async def write(self, sql: str, params: Params = ()) -> int:
         """One atomic statement, its changed row count."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     async def schema_version(self) -> int:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     async def close(self) -> None:
-        raise NotImplementedError
+        ...
 
     async def ping(self) -> None:
         await self.scalar("SELECT 1")

@@ -18,7 +18,6 @@ Parameters: the concern modules write qmark (``?``) or named (``:name``) stateme
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from collections.abc import Sequence
@@ -31,6 +30,7 @@ import asyncpg
 
 from bot.errors import LedgerUnavailable
 from bot.ledger.core import Clock, ConstraintViolation, LedgerDatabase, Params, utc_now
+from bot.ledger.group_commit import BatchedWrites, Outcome
 from bot.ledger.migrations_postgres import MIGRATIONS
 from bot.refusals import database_unavailable
 
@@ -126,7 +126,9 @@ def _unavailable(exc: BaseException) -> LedgerUnavailable:
     return database_unavailable(full=full)
 
 
-Outcome = int | BaseException
+def _batch_failure(exc: Exception) -> BaseException:
+    """What the callers of a batch that failed as a whole see."""
+    return _unavailable(exc) if _is_unavailable(exc) else exc
 
 
 class PostgresDatabase(LedgerDatabase):
@@ -134,13 +136,11 @@ class PostgresDatabase(LedgerDatabase):
 
     dialect = "postgresql"
     expected_schema_version = len(MIGRATIONS)
-    MAX_BATCH = 256
 
     def __init__(self, pool: asyncpg.Pool, clock: Clock) -> None:
         super().__init__(clock)
         self.pool = pool
-        self._pending: list[tuple[str, Sequence[Any], asyncio.Future[int]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._writes = BatchedWrites(self._run_batch, _batch_failure)
 
     @classmethod
     async def open(
@@ -166,8 +166,7 @@ class PostgresDatabase(LedgerDatabase):
 
     async def close(self) -> None:
         await self._cancel_retries()
-        if self._flusher is not None:
-            await asyncio.gather(self._flusher, return_exceptions=True)
+        await self._writes.drain()
         await self.pool.close()
 
     async def _migrate(self) -> None:
@@ -206,29 +205,7 @@ class PostgresDatabase(LedgerDatabase):
         """One atomic statement, its changed row count. Writes that arrive together share
         one transaction (and one commit), under the writer lock."""
         text, args = translate(sql, params)
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pending.append((text, args, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
-        return await future
-
-    async def _flush(self) -> None:
-        while self._pending:
-            batch = self._pending[: self.MAX_BATCH]
-            del self._pending[: self.MAX_BATCH]
-            statements = [(text, args) for text, args, _ in batch]
-            try:
-                outcomes = await self._run_batch(statements)
-            except Exception as exc:  # the whole batch failed: never leave a caller waiting
-                error = _unavailable(exc) if _is_unavailable(exc) else exc
-                outcomes = [error] * len(batch)
-            for (_, _, future), outcome in zip(batch, outcomes, strict=True):
-                if future.done():
-                    continue
-                if isinstance(outcome, BaseException):
-                    future.set_exception(outcome)
-                else:
-                    future.set_result(outcome)
+        return await self._writes.write(text, args)
 
     async def _run_batch(self, statements: list[tuple[str, Sequence[Any]]]) -> list[Outcome]:
         """One transaction for the batch. If one statement breaks a constraint the whole
