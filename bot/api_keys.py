@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import secrets
 
+from bot.api_rate import ApiRateLimit
 from bot.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from bot.ledger import Ledger
 from bot.ledger.records import ApiKey, new_id
@@ -25,8 +26,14 @@ def hash_key(plaintext: str) -> str:
 
 
 class ApiKeys:
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, per_minute: int = 60) -> None:
         self.ledger = ledger
+        self._rate = ApiRateLimit(ledger.limits, per_minute)
+
+    async def rate_wait(self, key_id: str) -> int | None:
+        """Count one request of the key against API_RATE_PER_MINUTE (shared by every
+        process): None when it may go ahead, else the seconds to wait."""
+        return await self._rate.wait_for(key_id)
 
     async def create(
         self, *, user_id: str, guild_id: str = "", name: str = ""

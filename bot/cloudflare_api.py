@@ -33,6 +33,7 @@ from bot.cloudflare_limits import (
     Clock,
     Sleep,
     SlidingWindowLimiter,
+    SlotBudget,
 )
 from bot.days import next_utc_midnight
 from bot.errors import (
@@ -208,6 +209,7 @@ class CloudflareAPI:
         account_window_seconds: float = ACCOUNT_WINDOW_SECONDS,
         account_block_seconds: float = ACCOUNT_WINDOW_SECONDS,
         max_connections: int = 64,
+        account_budget: SlotBudget | None = None,
         sleep: Sleep = asyncio.sleep,
         clock: Clock = time.monotonic,
         metrics: Metrics | None = None,
@@ -226,7 +228,7 @@ class CloudflareAPI:
         self._random = random.Random()
         self.limiter = SlidingWindowLimiter(text_to_image_per_minute, clock=clock, sleep=sleep)
         self.account = AccountLimiter(
-            account_requests, account_window_seconds, clock=clock, sleep=sleep
+            account_requests, account_window_seconds, clock=clock, sleep=sleep, budget=account_budget
         )
         self.account_block_seconds = account_block_seconds
         self._connections = asyncio.Semaphore(max(1, max_connections))
@@ -270,7 +272,7 @@ class CloudflareAPI:
             wanted = self._clock()
             if rate_limited:
                 await self.limiter.acquire()
-            async with self.account.slot(kind), self._connections:
+            async with self.account.slot(kind) as must_end, self._connections:
                 self._metrics.limiter_wait_seconds.labels(kind).observe(self._clock() - wanted)
                 if deadline is None:
                     deadline = self._clock() + self.max_total_seconds
@@ -278,7 +280,7 @@ class CloudflareAPI:
                     method,
                     url,
                     path,
-                    deadline,
+                    deadline if must_end is None else min(deadline, must_end),
                     json=json,
                     files=files,
                     data=data,

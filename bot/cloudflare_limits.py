@@ -2,8 +2,9 @@
 
 ``AccountLimiter`` keeps the whole account under Cloudflare's API limit (1,200 requests per 5
 minutes per token; going over blocks every call for 5 minutes), fair between generation and
-storage, and pauses every call when a 429 says the account is blocked. ``SlidingWindowLimiter``
-keeps ``ai/run`` under its own 720 a minute.
+storage, and pauses every call when a 429 says the account is blocked. With a ``SlotBudget``
+(``bot.account_budget``: the account's budget shared by every process on the ledger) each slot
+must also come from it. ``SlidingWindowLimiter`` keeps ``ai/run`` under its own 720 a minute.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Literal
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
 from bot.rate_window import SlidingWindow
 
@@ -24,6 +26,26 @@ ACCOUNT_WINDOW_SECONDS = 300.0  # Cloudflare's window, and how long it blocks an
 DEFAULT_ACCOUNT_REQUESTS = 1000  # per window: safely under Cloudflare's 1,200
 
 CallKind = Literal["generation", "storage"]
+
+
+@dataclass(frozen=True)
+class Budgeted:
+    """A shared budget's answer: a slot whose call must end by ``deadline`` (this limiter's
+    clock), or no slot (``deadline`` None) and when to ask again."""
+
+    deadline: float | None = None
+    retry_at: float = 0.0
+
+
+class SlotBudget(Protocol):
+    """Where slots come from beyond this process's own count (the budget every process shares).
+    ``paused_until`` (this limiter's clock) is a pause another process announced."""
+
+    paused_until: float
+
+    async def take(self) -> Budgeted: ...
+
+    def announce_pause(self, seconds: float) -> None: ...
 
 
 class _Window:
@@ -78,6 +100,9 @@ class AccountLimiter(_Window):
     Cloudflare never sees more than ``limit`` in any window of its own. Waiters queue per kind
     and the kinds take turns, so a burst of generations cannot starve uploads and deletes (or
     the reverse). ``pause`` holds every waiter back until a block Cloudflare announced is over.
+    With a ``budget`` a slot is given only when the budget grants one too; the slot then
+    yields the time its call must end by (the grant covers no later answer), and a pause is
+    announced to every process through the budget (and theirs reach this one).
     """
 
     def __init__(
@@ -87,8 +112,10 @@ class AccountLimiter(_Window):
         *,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
+        budget: SlotBudget | None = None,
     ) -> None:
         super().__init__(limit, window, clock, sleep)
+        self.budget = budget
         self._in_flight = 0
         self._released = asyncio.Event()
         self._paused_until = 0.0
@@ -99,36 +126,55 @@ class AccountLimiter(_Window):
         }
 
     @property
+    def _pause_end(self) -> float:
+        shared = self.budget.paused_until if self.budget is not None else 0.0
+        return max(self._paused_until, shared)
+
+    @property
     def paused_for(self) -> float:
         """Seconds until a pause announced by Cloudflare is over (0 when none)."""
-        return max(0.0, self._paused_until - self._clock())
+        return max(0.0, self._pause_end - self._clock())
 
     def pause(self, seconds: float) -> None:
-        """Hold every call back for ``seconds`` (a 429 blocked the account)."""
+        """Hold every call back for ``seconds`` (a 429 blocked the account), in every process
+        when the budget is shared."""
         self._paused_until = max(self._paused_until, self._clock() + seconds)
+        if self.budget is not None:
+            self.budget.announce_pause(seconds)
 
     @asynccontextmanager
-    async def slot(self, kind: CallKind) -> AsyncIterator[None]:
-        await self._acquire(kind)
+    async def slot(self, kind: CallKind) -> AsyncIterator[float | None]:
+        """Hold a slot for one call; yields when the call must have ended (None: no bound)."""
+        deadline = await self._acquire(kind)
         try:
-            yield
+            yield deadline
         finally:
             self._in_flight -= 1
             self.recent.add(self._clock())
             self._released.set()
 
-    async def _acquire(self, kind: CallKind) -> None:
+    async def _acquire(self, kind: CallKind) -> float | None:
         async with self._kind_locks[kind], self._lock:
             waited_until: float | None = None
             while True:
                 now = self._clock()
-                if now < self._paused_until and self._paused_until != waited_until:
-                    waited_until = self._paused_until  # once per pause, whatever the clock says
+                paused_until = self._pause_end
+                if now < paused_until and paused_until != waited_until:
+                    waited_until = paused_until  # once per pause, whatever the clock says
                     await self._sleep(waited_until - now)
                     continue
                 if self._in_flight + self.recent.count(now) < self.limit:
-                    self._in_flight += 1
-                    return
+                    if self.budget is None:
+                        self._in_flight += 1
+                        return None
+                    granted = await self.budget.take()
+                    if granted.deadline is not None:
+                        self._in_flight += 1
+                        return granted.deadline
+                    pause = self._pause_end
+                    if pause <= self._clock() or pause == waited_until:  # else: wait the pause
+                        await self._sleep(max(0.0, granted.retry_at - self._clock()))
+                    continue
                 free = self.recent.next_free()
                 if free is not None:
                     await self._sleep(free - now)

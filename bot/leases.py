@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from bot.errors import LedgerUnavailable
 from bot.ledger import Ledger
@@ -24,6 +25,11 @@ class LeaseKeeper:
         self.lease_seconds = lease_seconds
         self._task: asyncio.Task[None] | None = None
         self._sweeps = True
+        self._beats: list[Callable[[], Awaitable[None]]] = []
+
+    def on_renewal(self, refresh: Callable[[], Awaitable[None]]) -> None:
+        """Run ``refresh`` after each renewal (the shared Cloudflare pause is read so)."""
+        self._beats.append(refresh)
 
     @property
     def instance_id(self) -> str:
@@ -62,6 +68,8 @@ class LeaseKeeper:
                         "database for %.0f s); its open jobs may have been closed by others",
                         self.lease_seconds,
                     )
+                for refresh in self._beats:
+                    await refresh()
                 if self._sweeps:
                     await self.sweep()
             except LedgerUnavailable as exc:

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 import httpx
 
 from bot import imaging
+from bot.account_budget import SharedAccountBudget
 from bot.api_keys import ApiKeys
 from bot.batches import BatchService
 from bot.catalog import CONTENT_MODERATION, Catalog, load_catalog
 from bot.cloudflare_api import CloudflareAPI
+from bot.cloudflare_limits import ACCOUNT_WINDOW_SECONDS
 from bot.config import Settings
 from bot.errors import ConfigError, InvalidModel
 from bot.gallery import GalleryService
@@ -99,7 +101,12 @@ async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIter
     check_catalog(settings, catalog)
     metrics = Metrics()
     async with AsyncExitStack() as stack:
+        ledger = await Ledger.open(
+            settings.database_url or settings.database_path, settings.quotas, metrics=metrics
+        )
+        stack.push_async_callback(ledger.close)
         api: CloudflareAPI | None = None
+        budget: SharedAccountBudget | None = None
         if "cloudflare" in (settings.image_provider, settings.image_store):
             read = float(settings.cloudflare_timeout_seconds)
             timeout = httpx.Timeout(connect=10.0, read=read, write=60.0, pool=30.0)
@@ -107,14 +114,23 @@ async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIter
                 httpx.AsyncClient(timeout=timeout, limits=HTTP_LIMITS)
             )
             assert settings.cloudflare_account_id and settings.cloudflare_api_token
+            max_total_seconds = max(60.0, read * 2)
+            budget = SharedAccountBudget(  # one account budget for every process on the ledger
+                ledger.limits,
+                settings.cloudflare_account_requests_per_5min,
+                ACCOUNT_WINDOW_SECONDS,
+                call_seconds=max_total_seconds,
+            )
+            stack.push_async_callback(budget.close)
             api = CloudflareAPI(
                 http,
                 account_id=settings.cloudflare_account_id,
                 api_token=settings.cloudflare_api_token,
                 base_url=settings.cloudflare_api_base_url,
-                max_total_seconds=max(60.0, read * 2),
+                max_total_seconds=max_total_seconds,
                 account_requests=settings.cloudflare_account_requests_per_5min,
                 max_connections=HTTP_LIMITS.max_connections or 64,
+                account_budget=budget,
                 metrics=metrics,
             )
         provider: ImageProvider = CloudflareProvider(api) if api else LocalProvider()
@@ -131,10 +147,6 @@ async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIter
             upload_micro_usd = settings.images_storage_micro_usd
         else:
             store = LocalImageStore(settings.data_dir / "images", settings.public_base_url)
-        ledger = await Ledger.open(
-            settings.database_url or settings.database_path, settings.quotas, metrics=metrics
-        )
-        stack.push_async_callback(ledger.close)
         outbound = await stack.enter_async_context(
             httpx.AsyncClient(timeout=OUTBOUND_TIMEOUT, follow_redirects=False)
         )
@@ -160,6 +172,8 @@ async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIter
         leases = LeaseKeeper(
             ledger, CrashRecovery(ledger, store), float(settings.job_lease_seconds)
         )
+        if budget is not None:
+            leases.on_renewal(budget.refresh)
         await leases.start(recover=recover)
         stack.push_async_callback(leases.stop)
         admin = ServerAdmin(ledger, catalog, settings.default_model)
@@ -177,7 +191,8 @@ async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIter
         await placeholders.set_daily_quota(settings.placeholder_daily_images)
         links = GalleryLinks(gallery_secret(settings), settings.gallery_link_hours)
         gallery = GalleryService(ledger, store, links, settings.public_base_url)
+        keys = ApiKeys(ledger, settings.api_rate_per_minute)
         yield Runtime(
-            settings, catalog, ledger, provider, store, service, admin, ApiKeys(ledger),
+            settings, catalog, ledger, provider, store, service, admin, keys,
             batches, placeholders, outbound, variants, gallery, leases, metrics,
         )  # fmt: skip

@@ -25,7 +25,7 @@ from tests.test_cli import one_line_error, run_bot
 
 async def fill(settings: Settings) -> None:
     """Something in every table: charges, refunds, images, a template, keys, a batch, quota
-    policy, a reset, an allowed channel and a placeholder, a lease."""
+    policy, a reset, an allowed channel and a placeholder, a lease, the shared limits."""
     async with open_runtime(settings) as runtime:
         service, ledger = runtime.service, runtime.ledger
         # another process's lease (this runtime gives its own up when it closes)
@@ -52,6 +52,10 @@ async def fill(settings: Settings) -> None:
         await ledger.allow_channel("g1", "c1")
         await ledger.reset_user_day("g1", "u1", "admin")
         await ledger.set_placeholder("400x300/a-fox", "img_x")
+        # the shared limits: an API rate window, a Cloudflare grant and a pause
+        await runtime.keys.rate_wait(key.id)
+        await ledger.limits.grant(16, 1000, 390_000)
+        await ledger.limits.pause(ledger.limits.now_ms() + 5000)
 
 
 def sqlite_rows(path: Path) -> dict[str, list[tuple[Any, ...]]]:

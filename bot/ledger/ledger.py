@@ -25,6 +25,7 @@ from bot.ledger.database import Database
 from bot.ledger.images import ImageTable
 from bot.ledger.jobs import UNDELIVERED_MESSAGE, DuplicateRequest, JobTable
 from bot.ledger.leases import Leases, new_instance_id
+from bot.ledger.limits import SharedLimits
 from bot.ledger.placeholders import PlaceholderTable
 from bot.ledger.postgres import PostgresDatabase, is_postgres_url
 from bot.ledger.records import (
@@ -67,6 +68,7 @@ class Ledger:
         self._keys = ApiKeyTable(database)
         self._batches = BatchTable(database)
         self._placeholders = PlaceholderTable(database)
+        self.limits = SharedLimits(database, self.leases.instance_id)  # shared rate limits
         self._reports = Reports(database)
 
     @classmethod

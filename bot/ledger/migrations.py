@@ -305,4 +305,28 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE guild_settings ADD COLUMN adult_content TEXT NOT NULL DEFAULT 'off'
         CHECK (adult_content IN ('off', 'age_restricted'));
     """,
+    # 9: limits shared by every process on this ledger. ``api_rate_windows``: requests per API
+    # key per fixed window (old windows are deleted). ``cloudflare_grants``: blocks of slots of
+    # the Cloudflare account's request budget, each counted until ``expires_ms`` (Unix ms).
+    # ``cloudflare_pause``: one row, until when a 429 paused every call on the account.
+    """
+    CREATE TABLE api_rate_windows (
+        key_id TEXT NOT NULL,
+        window_start INTEGER NOT NULL,
+        requests INTEGER NOT NULL CHECK (requests > 0),
+        PRIMARY KEY (key_id, window_start)
+    ) WITHOUT ROWID;
+    CREATE TABLE cloudflare_grants (
+        id TEXT PRIMARY KEY,
+        instance_id TEXT NOT NULL,
+        slots INTEGER NOT NULL CHECK (slots > 0),
+        granted_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL
+    );
+    CREATE INDEX cloudflare_grants_live ON cloudflare_grants (expires_ms);
+    CREATE TABLE cloudflare_pause (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        paused_until_ms INTEGER NOT NULL
+    );
+    """,
 )

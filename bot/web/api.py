@@ -336,7 +336,7 @@ async def placeholder(request: web.Request) -> web.StreamResponse:
             redo_by = await api.keys.authenticate(token)
         except Unauthorized as exc:
             return bot_error_response(exc)
-        api.limiter.check(redo_by.id)
+        await api.limiter.check(redo_by.id)
     slug = request.match_info["slug"]
     image = await api.placeholders.image_for(slug, prompt, redo_by=redo_by)
     data, content_type = await api.placeholders.render(image, width, height)

@@ -27,7 +27,7 @@ def build_web_app(runtime: Runtime) -> web.Application:
     app.on_response_prepare.append(name_the_server)
     app[RUNTIME_KEY] = runtime
     app[ANONYMOUS_LIMITER] = AddressRateLimiter(settings.image_rate_per_minute)
-    app[API] = Api(runtime, KeyRateLimiter(settings.api_rate_per_minute))
+    app[API] = Api(runtime, KeyRateLimiter(runtime.keys))
     add_routes(app)  # every route, from the one table the OpenAPI document is made of
 
     async def resume_batches(app: web.Application) -> None:

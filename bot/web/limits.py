@@ -17,7 +17,7 @@ from collections import OrderedDict
 
 from aiohttp import web
 
-from bot.rate_window import SlidingWindow
+from bot.api_keys import ApiKeys
 from bot.runtime import Runtime
 from bot.web.http import RateLimited
 
@@ -70,19 +70,13 @@ def check_anonymous_rate(request: web.Request) -> None:
 
 
 class KeyRateLimiter:
-    """At most N requests per API key per minute (sliding window); bounded to 10,000 keys."""
+    """At most API_RATE_PER_MINUTE requests per API key in each fixed minute, counted in the
+    ledger (``ApiKeys.rate_wait``), so every process behind a load balancer shares one count."""
 
-    def __init__(self, per_minute: int, max_keys: int = 10_000) -> None:
-        self.per_minute = per_minute
-        self.max_keys = max_keys
-        self._windows: OrderedDict[str, SlidingWindow] = OrderedDict()
+    def __init__(self, keys: ApiKeys) -> None:
+        self.keys = keys
 
-    def check(self, key_id: str) -> None:
-        now = time.monotonic()
-        window = self._windows.pop(key_id, None) or SlidingWindow(self.per_minute, 60.0)
-        self._windows[key_id] = window
-        if len(self._windows) > self.max_keys:
-            self._windows.popitem(last=False)
-        if window.count(now) >= self.per_minute:
-            raise RateLimited(max(1, int((window.next_free() or now + 60) - now) + 1))
-        window.add(now)
+    async def check(self, key_id: str) -> None:
+        wait = await self.keys.rate_wait(key_id)
+        if wait is not None:
+            raise RateLimited(wait)

@@ -207,6 +207,6 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         header = request.headers.get("Authorization", "")
         token = header[7:].strip() if header[:7].lower() == "bearer " else None
         key = await state.keys.authenticate(token)
-        state.limiter.check(key.id)
+        await state.limiter.check(key.id)
         request[api.KEY] = key
     return await handler(request)
