@@ -227,9 +227,8 @@ class CloudflareAPI:
         self._clock = clock
         self._random = random.Random()
         self.limiter = SlidingWindowLimiter(text_to_image_per_minute, clock=clock, sleep=sleep)
-        self.account = AccountLimiter(
-            account_requests, account_window_seconds, clock=clock, sleep=sleep, budget=account_budget
-        )
+        self.account = AccountLimiter(account_requests, account_window_seconds,
+                                      clock=clock, sleep=sleep, budget=account_budget)  # fmt: skip
         self.account_block_seconds = account_block_seconds
         self._connections = asyncio.Semaphore(max(1, max_connections))
 

@@ -17,9 +17,10 @@ import pytest
 from bot.account_budget import SharedAccountBudget
 from bot.cloudflare_api import CloudflareAPI, store_error
 from bot.config import Settings
-from bot.errors import BotError, QuotaExceeded
+from bot.errors import BotError, QuotaExceeded, StoreError
 from bot.ledger import Ledger
 from bot.placeholders import PLACEHOLDER_USER
+from bot.requests import GenerateRequest
 from bot.runtime import open_runtime
 from tests.conftest import FAKE_CF_TOKEN
 from tests.fakes.cloudflare import FakeCloudflare
@@ -144,8 +145,11 @@ class Client:
         return response.status_code
 
 
+Clients = tuple[FakeCloudflare, list[Client]]
+
+
 @pytest.fixture
-async def clients(ledger_location: Path | str) -> AsyncIterator[tuple[FakeCloudflare, list[Client]]]:
+async def clients(ledger_location: Path | str) -> AsyncIterator[Clients]:
     async with FakeCloudflare(api_token=FAKE_CF_TOKEN) as fake, httpx.AsyncClient() as http:
         fake.account_limit, fake.account_window = LIMIT, WINDOW
         ledgers = [await Ledger.open(ledger_location, instance_id=f"p{n}") for n in range(3)]
@@ -159,7 +163,7 @@ async def clients(ledger_location: Path | str) -> AsyncIterator[tuple[FakeCloudf
 
 
 async def test_three_processes_never_take_the_account_over_its_limit(
-    clients: tuple[FakeCloudflare, list[Client]],
+    clients: Clients,
 ) -> None:
     fake, made = clients
     calls = [made[n % 3].call() for n in range(45)]  # almost four windows' worth
@@ -167,10 +171,23 @@ async def test_three_processes_never_take_the_account_over_its_limit(
     assert fake.account_429s == 0  # the fake blocks the account at the 13th in any window
     assert fake.api_requests == 45
     assert all(client.budget.blocks_taken >= 1 for client in made)  # each took its share
+    assert sum(client.budget.blocks_taken for client in made) < 45 / 2  # a write per block
+
+
+async def test_a_call_is_cut_off_when_its_grant_no_longer_covers_it(
+    clients: Clients,
+) -> None:
+    """A grant counts a window past ``use_seconds + call_seconds`` only: a slower answer would
+    be outside it, so the call is given up (a timeout) at its grant's deadline."""
+    fake, (client, *_) = clients
+    fake.store_latency = 10.0
+    with pytest.raises(StoreError):
+        await client.call(attempts=1)
+    assert fake.api_requests == 0  # the fake was still holding it (its latency comes first)
 
 
 async def test_a_pause_seen_by_one_process_reaches_the_others(
-    clients: tuple[FakeCloudflare, list[Client]],
+    clients: Clients,
 ) -> None:
     fake, (first, second, third) = clients
     assert await second.call() == 200  # the second holds a block already
@@ -210,3 +227,16 @@ async def test_a_grant_is_smaller_when_the_budget_is_short_and_none_when_spent(
         assert await limits.forget_grants(now + 10_000) == 3
     finally:
         await ledger.close()
+
+
+async def test_the_runtime_takes_grants_on_cloudflare_and_none_on_the_local_backend(
+    make_settings: Callable[..., Settings], cloudflare_env: dict[str, str]
+) -> None:
+    async def generate_and_count_grants(settings: Settings) -> int:
+        async with open_runtime(settings) as runtime:
+            request = GenerateRequest(prompt="a lighthouse at dusk", user_id="u1", fresh=True)
+            assert (await runtime.service.generate(request)).images
+            return await runtime.ledger.database.scalar("SELECT COUNT(*) FROM cloudflare_grants")
+
+    assert await generate_and_count_grants(make_settings()) == 0  # no Cloudflare, no traffic
+    assert await generate_and_count_grants(make_settings(**cloudflare_env)) >= 1
