@@ -240,3 +240,24 @@ async def test_the_runtime_takes_grants_on_cloudflare_and_none_on_the_local_back
 
     assert await generate_and_count_grants(make_settings()) == 0  # no Cloudflare, no traffic
     assert await generate_and_count_grants(make_settings(**cloudflare_env)) >= 1
+
+
+async def test_the_next_block_is_fetched_when_half_of_one_is_used(
+    ledger_location: Path | str,
+) -> None:
+    ledger = await Ledger.open(ledger_location)
+    budget = SharedAccountBudget(ledger.limits, 100, 60.0, block=4)
+    try:
+        deadlines = [(await budget.take()).deadline for _ in range(2)]
+        assert budget.blocks_taken == 1 and None not in deadlines  # one grant for both
+        for _ in range(500):  # half used: the next block comes in the background
+            if budget.blocks_taken == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert budget.blocks_taken == 2
+        more = [(await budget.take()).deadline for _ in range(3)]  # the first block's last 2
+        assert None not in more and budget.blocks_taken == 2  # and one of the next: no wait
+        assert await ledger.limits.live_slots() == 8
+    finally:
+        await budget.close()
+        await ledger.close()
