@@ -11,9 +11,10 @@ commit on), the fake Cloudflare (provider latency 0; its account limit off), the
 generator (httpx, API keys, requests round-robin over the serve processes: the load balancer).
 Each measured phase gets a fresh database and fresh bot processes, and is audited afterwards
 (counters equal the sum of the charges, nothing left open). CPU is utime+stime (+ reaped
-children) from /proc for each process tree over the measured phase; ``others_s`` is what the
-rest of the machine used meanwhile (/proc/stat's busy time minus ours), ``iowait_s`` and
-``machine_idle_s`` the cores' time waiting for the disk and idle. One JSON summary at the end.
+children) from /proc for each process tree over the measured phase; ``our_share`` is their sum
+over all the cores' time, ``others_s`` what the rest of the machine used meanwhile (/proc/stat's
+busy time minus ours), ``iowait_s`` and ``machine_idle_s`` the cores' time waiting for the disk
+and idle. One JSON summary at the end.
 """
 
 from __future__ import annotations
@@ -102,9 +103,11 @@ class CpuMeter:
         per = {role: round(after[role] - self.before[role], 2) for role in self.roots}
         ours, wall = sum(per.values()), time.time() - self.wall
         busy, iowait = (b - a for a, b in zip(self.machine, _machine(), strict=True))
+        cores = os.cpu_count() or 1
         return {"cpu_s": per, "ours_s": round(ours, 2), "others_s": round(busy - ours, 2),
+                "our_share": round(ours / (cores * wall), 2),
                 "iowait_s": round(iowait, 2), "wall_s": round(wall, 2),
-                "machine_idle_s": round((os.cpu_count() or 1) * wall - busy - iowait, 2),
+                "machine_idle_s": round(cores * wall - busy - iowait, 2),
                 "loadavg": Path("/proc/loadavg").read_text().split()[:3]}  # fmt: skip
 
 
