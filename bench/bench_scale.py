@@ -37,12 +37,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench_load import LAUNCHER  # noqa: E402
+from bench_postgres import audit, start_durable_server  # noqa: E402
 from bench_process import Service  # noqa: E402
 from common import GENEROUS, SDXL, pct  # noqa: E402
 
 from bot.api_keys import ApiKeys  # noqa: E402
 from bot.ledger import Ledger  # noqa: E402
-from tests.postgres_server import PostgresServer, find_binaries  # noqa: E402
+from tests.postgres_server import PostgresServer  # noqa: E402
 
 # Each phase stays under the bot's own per-process Cloudflare limiters (ai/run 720 a minute,
 # Cloudflare's own limit), so what is measured is the processes, not the limiter.
@@ -172,12 +173,17 @@ def postmaster_pid(server: PostgresServer) -> int:
     return int((server.data / "postmaster.pid").read_text().split()[0])
 
 
-async def audit(url: str) -> dict[str, int]:
-    ledger = await Ledger.open(url)
-    try:
-        return await ledger.audit()
-    finally:
-        await ledger.close()
+def phase_meter(
+    bots: str,
+    processes: list[Any],
+    load: tuple[str, int],
+    cloudflare: Service,
+    server: PostgresServer,
+) -> CpuMeter:
+    """The CPU meter of a phase: each bot process, the load, the fake Cloudflare, PostgreSQL."""
+    roots = {f"{bots} {n}": process.pid for n, process in enumerate(processes)}
+    return CpuMeter({**roots, load[0]: load[1], "fake cloudflare": cloudflare.process.pid,
+                     "postgresql": postmaster_pid(server)})  # fmt: skip
 
 
 # -- 1. API throughput ---------------------------------------------------------------------------
@@ -205,10 +211,8 @@ async def api_phase(server: PostgresServer, cloudflare: Service, cf: dict[str, A
             spec = {"urls": [f"http://127.0.0.1:{p}" for p in ports], "keys": keys}
             await load.ask(op="run", count=API_WARMUP, **spec)
             await cloudflare.ask(op="reset")
-            roots = {f"serve {n}": p.pid for n, p in enumerate(processes)}
-            meter = CpuMeter({**roots, "load generator": load.process.pid,
-                              "fake cloudflare": cloudflare.process.pid,
-                              "postgresql": postmaster_pid(server)})  # fmt: skip
+            load_role = ("load generator", load.process.pid)
+            meter = phase_meter("serve", processes, load_role, cloudflare, server)
             meter.start()
             result = await load.ask(op="run", count=API_REQUESTS, **spec)
             cpu = meter.stop()
@@ -294,10 +298,8 @@ async def shard_phase(server: PostgresServer, cloudflare: Service, cf: dict[str,
                 raise RuntimeError("the shards did not connect")
             await discord.ask(op="burst", count=BURST_WARMUP)
             await cloudflare.ask(op="reset")
-            roots = {f"shard process {n}": p.pid for n, p in enumerate(processes)}
-            meter = CpuMeter({**roots, "fake discord": discord.process.pid,
-                              "fake cloudflare": cloudflare.process.pid,
-                              "postgresql": postmaster_pid(server)})  # fmt: skip
+            load_role = ("fake discord", discord.process.pid)
+            meter = phase_meter("shard process", processes, load_role, cloudflare, server)
             meter.start()
             burst = await discord.ask(op="burst", count=BURST)
             cpu = meter.stop()
@@ -319,16 +321,12 @@ async def shard_phase(server: PostgresServer, cloudflare: Service, cf: dict[str,
 
 async def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 1
-    binaries = find_binaries()
-    if binaries is None:
-        print("no PostgreSQL server binaries (Debian: apt-get install postgresql)")
+    server = start_durable_server()
+    if server is None:
         return
-    server = PostgresServer(binaries, durable=True)
-    server.start()
     cloudflare, cf = await Service.start("cloudflare")
     summary: dict[str, Any] = {"cores": os.cpu_count(), "rounds": []}
     try:
-        server.create_template()
         for _ in range(rounds):
             one = await api_phase(server, cloudflare, cf, 1)
             two = await api_phase(server, cloudflare, cf, 2)
