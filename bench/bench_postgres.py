@@ -70,13 +70,14 @@ def measure(server: PostgresServer, processes: int) -> dict[str, float]:
         child.communicate(timeout=600)
         assert child.returncode == 0
     elapsed = time.perf_counter() - start
-    audit = run_async(_audit(url))
+    books = run_async(audit(url))
     server.drop_database(name)
-    assert audit == {"counter_mismatches": 0, "open_jobs": 0}, audit
+    assert books == {"counter_mismatches": 0, "open_jobs": 0}, books
     return {"pairs_per_second": processes * PAIRS_PER_PROCESS / elapsed}
 
 
-async def _audit(url: str) -> dict[str, int]:
+async def audit(url: str) -> dict[str, int]:
+    """The ledger's audit: counter mismatches and open jobs (both 0 when the books hold)."""
     ledger = await Ledger.open(url)
     try:
         return await ledger.audit()
@@ -84,15 +85,28 @@ async def _audit(url: str) -> dict[str, int]:
         await ledger.close()
 
 
-def main() -> None:
+def start_durable_server() -> PostgresServer | None:
+    """A throwaway server (fsync on) with the migrated template; None, said why, without the
+    server binaries."""
     binaries = find_binaries()
     if binaries is None:
         print("no PostgreSQL server binaries (Debian: apt-get install postgresql)")
-        return
+        return None
     server = PostgresServer(binaries, durable=True)
     server.start()
     try:
         server.create_template()
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def main() -> None:
+    server = start_durable_server()
+    if server is None:
+        return
+    try:
         for processes in (1, 2, 4):
             rate = measure(server, processes)["pairs_per_second"]
             print(f"postgres ledger, {processes} process(es): {rate:,.0f} reserve+settle "

@@ -38,9 +38,11 @@ class Service:
         self.process = process
 
     @classmethod
-    async def start(cls, which: str) -> tuple[Service, dict[str, Any]]:
+    async def start(
+        cls, which: str, *args: str, script: Path = ROOT / "bench" / "fake_services.py"
+    ) -> tuple[Service, dict[str, Any]]:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, str(ROOT / "bench" / "fake_services.py"), which,
+            sys.executable, str(script), which, *args,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=2**24,
         )  # fmt: skip
         service = cls(process)

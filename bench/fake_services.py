@@ -1,10 +1,12 @@
 """The fake Discord or the fake Cloudflare as a process of its own, for bench_process.py.
 
-Run: .venv/bin/python bench/fake_services.py discord|cloudflare
+Run: .venv/bin/python bench/fake_services.py discord [SHARDS]|cloudflare
+(with SHARDS the fake Discord spreads its guilds evenly over that many shards).
 It prints one JSON line with its addresses, then answers one JSON line per command line on
 stdin (``{"op": ...}``): ``burst`` (discord: dispatch ``count`` /imagine from ``users`` users
 spread over every channel, wait for every result, report the time and the requests by kind),
-``counts`` (the requests seen so far), ``ready`` (discord: whether the bot has synced).
+``counts`` (the requests seen so far), ``ready`` (discord: whether the bot has synced, and
+with SHARDS whether every shard is connected and has its guilds).
 """
 
 from __future__ import annotations
@@ -47,16 +49,23 @@ def say(payload: dict[str, Any]) -> None:
     print(json.dumps(payload), flush=True)
 
 
-async def run_discord() -> None:
+def all_shards_ready(fake: FakeDiscord, shards: int) -> bool:
+    """Every shard has a live connection past READY (its guilds were sent)."""
+    return all(any(len(s.dispatched) > 1 for s in fake.sessions(n)) for n in range(shards))
+
+
+async def run_discord(shards: int | None) -> None:
     # Several guilds and channels, as real traffic is spread; Discord's limits all stay on.
     async with FakeDiscord() as fake:
         for n in range(1, GUILDS):
-            fake.add_guild(f"Server {n}", [f"c{i}" for i in range(CHANNELS_PER_GUILD)])
+            on = (n % shards, shards) if shards else None  # the default guild: either shard
+            fake.add_guild(f"Server {n}", [f"c{i}" for i in range(CHANNELS_PER_GUILD)], shard=on)
         users = [fake.add_user(f"user{n}") for n in range(USERS)]
         say({"base_url": fake.base_url, "token": fake.token})
         async for command in lines():
             if command["op"] == "ready":
-                say({"ready": fake.sync_count > 0 and fake.connected})
+                shards_ok = all_shards_ready(fake, shards) if shards else True
+                say({"ready": fake.sync_count > 0 and fake.connected and shards_ok})
             elif command["op"] == "counts":
                 say(counts(fake, 0))
             elif command["op"] == "burst":
@@ -106,4 +115,7 @@ async def run_cloudflare() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(run_discord() if sys.argv[1] == "discord" else run_cloudflare())
+    if sys.argv[1] == "discord":
+        asyncio.run(run_discord(int(sys.argv[2]) if len(sys.argv) > 2 else None))
+    else:
+        asyncio.run(run_cloudflare())
