@@ -10,7 +10,13 @@ serialises writers across every process and connection as SQLite's single writer
 statement's snapshot, taken after the lock, sees every earlier commit. Taking it first, before any
 row lock, also means two writers can never deadlock on counter rows. Concurrent writes of one
 process share a transaction (group commit, as in SQLite), so the lock and the commit are paid
-once per batch. Reads go straight to the pool and never wait for the lock.
+once per batch, and the batch is three round trips whatever its size (``_pipelined``). Reads go
+straight to the pool and never wait for the lock.
+
+Why every write still takes it (not only reservations): each change of a job's charge updates
+its user's, its server's and the one daily 'all' counter row, in that order, inside the batch's
+transaction; two unlocked multi-statement transactions would hold an 'all' row and wait for a
+user row the other holds (a deadlock), and every one of them waits for the 'all' row anyway.
 
 Parameters: the concern modules write qmark (``?``) or named (``:name``) statements;
 ``translate`` turns them into ``$n`` here, in one place.
