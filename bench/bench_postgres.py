@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import common  # noqa: F401  (puts the repository on sys.path)
 
@@ -47,6 +50,30 @@ async def one_process(url: str, me: int, pairs: int) -> None:
     await ledger.close()
 
 
+def server_cpu_seconds(server: PostgresServer) -> float:
+    """CPU time (user + system) of the server's processes so far, the connections that have
+    ended included (the postmaster's reaped children; Linux /proc): a figure a busy shared
+    machine changes much less than wall time."""
+    postmaster = (server.data / "postmaster.pid").read_text().split()[0]
+    ticks = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fields = (Path("/proc") / pid / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # a process that ended meanwhile
+            continue
+        if pid == postmaster:
+            ticks += sum(int(f) for f in fields[11:15])  # its own and its ended children's
+        elif fields[1] == postmaster:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def client_cpu_seconds() -> float:
+    """CPU time of the worker processes that have ended (they are waited for)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def measure(server: PostgresServer, processes: int) -> dict[str, float]:
     name = server.create_database()
     url = server.url(name)
@@ -61,7 +88,8 @@ def measure(server: PostgresServer, processes: int) -> dict[str, float]:
     ]
     for child in children:
         assert child.stdout is not None and child.stdout.readline().strip() == "ready"
-    start = time.perf_counter()
+    start, server_cpu = time.perf_counter(), server_cpu_seconds(server)
+    client_cpu = client_cpu_seconds()
     for child in children:
         assert child.stdin is not None
         child.stdin.write("go\n")
@@ -70,10 +98,13 @@ def measure(server: PostgresServer, processes: int) -> dict[str, float]:
         child.communicate(timeout=600)
         assert child.returncode == 0
     elapsed = time.perf_counter() - start
+    pairs = processes * PAIRS_PER_PROCESS
+    server_us = 1e6 * (server_cpu_seconds(server) - server_cpu) / pairs
+    client_us = 1e6 * (client_cpu_seconds() - client_cpu) / pairs  # with each process's start
     books = run_async(audit(url))
     server.drop_database(name)
     assert books == {"counter_mismatches": 0, "open_jobs": 0}, books
-    return {"pairs_per_second": processes * PAIRS_PER_PROCESS / elapsed}
+    return {"pairs_per_second": pairs / elapsed, "server_us": server_us, "client_us": client_us}
 
 
 async def audit(url: str) -> dict[str, int]:
@@ -108,9 +139,11 @@ def main() -> None:
         return
     try:
         for processes in (1, 2, 4):
-            rate = measure(server, processes)["pairs_per_second"]
-            print(f"postgres ledger, {processes} process(es): {rate:,.0f} reserve+settle "
-                  "pairs/s (audit clean)")  # fmt: skip
+            figures = measure(server, processes)
+            print(f"postgres ledger, {processes} process(es): "
+                  f"{figures['pairs_per_second']:,.0f} reserve+settle pairs/s (audit clean); "
+                  f"CPU per pair: server {figures['server_us']:,.0f} us, "
+                  f"clients {figures['client_us']:,.0f} us")  # fmt: skip
     finally:
         server.stop()
 

@@ -240,6 +240,21 @@ async def test_user_quotas_are_per_server_and_reset_clears_today_only(ledger):
     assert await ledger.audit() == {"counter_mismatches": 0, "open_jobs": 4 + 2}
 
 
+async def test_each_write_of_a_batch_gets_its_own_row_count(ledger):
+    """Writes that arrive together run together (PostgreSQL pipelines the ones of one
+    statement): each caller still gets its own statement's row count, in its own place."""
+    first, second = [await ledger.reserve(job(key=f"rc-{n}"), Limits(*[WIDE] * 4)) for n in (1, 2)]
+    outcomes = await asyncio.gather(
+        ledger.settle(first.id, 1, SCHNELL_COST),
+        ledger.settle("job_missing_1", 1, SCHNELL_COST),
+        ledger.settle(second.id, 1, SCHNELL_COST),
+        ledger.settle("job_missing_2", 1, SCHNELL_COST),
+        ledger.settle(first.id, 1, SCHNELL_COST),  # already settled, earlier in this batch
+    )
+    assert outcomes == [True, False, True, False, False]
+    assert await ledger.audit() == {"counter_mismatches": 0, "open_jobs": 0}
+
+
 async def test_a_failing_write_in_a_batch_fails_alone(ledger):
     """Concurrent writes share a transaction; a constraint failure rolls back only itself."""
     from bot.errors import Conflict

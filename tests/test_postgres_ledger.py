@@ -9,14 +9,19 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import asyncpg
 import pytest
 
 from bot.catalog import Cost
 from bot.errors import LedgerUnavailable
 from bot.ledger import Ledger, Limits
+from bot.ledger.images import INSERT_IMAGE_SQL
+from bot.ledger.jobs import INSERT_FREE_JOB_SQL
 from bot.ledger.ledger import NewJob
-from bot.ledger.postgres import masked_url, translate
+from bot.ledger.postgres import PostgresDatabase, masked_url, translate
+from bot.ledger.records import ImageRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 PROCESSES = 4
@@ -136,6 +141,70 @@ async def test_settles_and_refunds_racing_reservations_keep_the_counters_exact(
     finally:
         await first.close()
         await second.close()
+
+
+async def test_a_batch_is_a_few_round_trips_however_many_writes_it_holds(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """50 reservations that arrive together: BEGIN and the writer lock, the 50 pipelined,
+    COMMIT; three round trips (each statement on its own would be 52)."""
+    ledger = await Ledger.open(postgres_url)
+    calls: list[str] = []
+    execute, fetchmany = asyncpg.Connection.execute, asyncpg.Connection.fetchmany
+
+    async def counted_execute(self: asyncpg.Connection, query: str, *args: Any, **kw: Any) -> Any:
+        if not query.startswith("SELECT pg_advisory_unlock_all()"):  # the pool's reset
+            calls.append("execute " + query.split()[0])
+        return await execute(self, query, *args, **kw)
+
+    async def counted_fetchmany(self: asyncpg.Connection, query: str, args: Any, **kw: Any) -> Any:
+        calls.append(f"fetchmany {len(list(args))}")
+        return await fetchmany(self, query, args, **kw)
+
+    monkeypatch.setattr(asyncpg.Connection, "execute", counted_execute)
+    monkeypatch.setattr(asyncpg.Connection, "fetchmany", counted_fetchmany)
+    wide = Limits(10**6, 10**12, 10**12, 10**15)
+    try:
+        jobs = await asyncio.gather(
+            *(ledger.reserve(NewJob("generate", f"u{n}", "g", Cost(634, 0), 1, "m", None), wide)
+              for n in range(50))
+        )  # fmt: skip
+        assert calls == ["execute BEGIN;", "fetchmany 50", "execute COMMIT"]
+        assert len({j.id for j in jobs}) == 50
+        assert (await ledger.usage("guild", "g")).micro_usd == 634 * 50
+    finally:
+        await ledger.close()
+
+
+async def test_a_batch_whose_grouping_breaks_a_foreign_key_runs_again_in_order(
+    postgres_url: str,
+) -> None:
+    """A batch runs grouped by statement; an image arriving before the insert of its job (in
+    the same batch) would fail that way, so the batch runs again in arrival order and all land."""
+    database = await PostgresDatabase.open(postgres_url)
+
+    def free_job(job_id: str) -> tuple[object, ...]:
+        now = database.now_iso()
+        return (job_id, None, "generate", "u", "g", database.today(), "m", "[]", "{}", None,
+                now, now)  # fmt: skip
+
+    def image(image_id: str, job_id: str) -> tuple[object, ...]:
+        return ImageRecord(image_id, "generated", "u", "g", 8, 8, "local", image_id, "u",
+                           "image/png", 10, database.now_iso(), job_id=job_id).to_row()  # fmt: skip
+
+    try:
+        await database.write(INSERT_FREE_JOB_SQL, free_job("job_a"))
+        outcomes = await asyncio.gather(
+            database.write(INSERT_IMAGE_SQL, image("img_a", "job_a")),
+            database.write(INSERT_FREE_JOB_SQL, free_job("job_b")),
+            database.write(INSERT_IMAGE_SQL, image("img_b", "job_b")),
+            return_exceptions=True,
+        )
+        assert outcomes == [1, 1, 1]
+        rows = await database.all("SELECT id, job_id FROM images ORDER BY id")
+        assert [tuple(r) for r in rows] == [("img_a", "job_a"), ("img_b", "job_b")]
+    finally:
+        await database.close()
 
 
 async def test_an_unreachable_server_is_unavailable_and_its_password_never_shown(
