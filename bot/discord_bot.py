@@ -24,6 +24,7 @@ from discord.ext import commands
 from bot.command_sync import sync_commands
 from bot.config import Settings
 from bot.errors import BotError, QuotaExceeded
+from bot.heap import settle_heap
 from bot.loop_probe import loop_lag_probe
 from bot.runtime import Runtime
 from bot.web.app import start_web_server
@@ -212,6 +213,14 @@ async def sync_only(runtime: Runtime) -> list[str]:
         return await sync_commands(bot.tree, settings.data_dir, settings.discord_guild_id)
 
 
+async def settle_when_ready(bot: commands.Bot) -> None:
+    """Once the client is ready (imports, settings, catalog, cogs, first READY), freeze the
+    start-up heap and raise the gc thresholds (bot/heap.py): a third of the stalls under load
+    were collections."""
+    await bot.wait_until_ready()
+    settle_heap()
+
+
 async def run_discord(runtime: Runtime) -> None:
     """Run the bot and the built-in web server until SIGINT/SIGTERM or the bot closes."""
     token = runtime.settings.discord_token
@@ -223,6 +232,10 @@ async def run_discord(runtime: Runtime) -> None:
         loop.add_signal_handler(signum, lambda: asyncio.ensure_future(bot.close()))
     try:
         async with loop_lag_probe(runtime.settings.loop_lag_probe), bot:
-            await bot.start(token)
+            settling = asyncio.create_task(settle_when_ready(bot))
+            try:
+                await bot.start(token)
+            finally:
+                settling.cancel()
     finally:
         await runner.cleanup()
