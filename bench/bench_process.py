@@ -8,6 +8,7 @@ For MAX_CONCURRENT_JOBS 8 and 200: a burst of 200 /imagine from 20 users spread 
 channels of 10 guilds (provider latency 0), reporting completed jobs per second, the Discord
 and Cloudflare requests per job by kind, the worst event-loop stall inside the bot
 (LOOP_LAG_PROBE) and the bot's peak RSS (VmHWM). A warm-up burst of 20 comes first.
+BENCH_BOT_LOG=/path appends the bot's log (stderr) there.
 """
 
 from __future__ import annotations
@@ -130,6 +131,9 @@ async def one_run(running: int) -> dict[str, Any]:
             _, errors = await asyncio.wait_for(bot.communicate(), 60)
             if bot.returncode:
                 sys.stderr.write(errors.decode(errors="replace")[-3000:])
+            if log_path := os.environ.get("BENCH_BOT_LOG"):  # the bot's whole log, appended
+                with open(log_path, "ab") as log_file:
+                    log_file.write(errors)
             await discord_fake.stop()
             await cloudflare.stop()
     reports = re.findall(rb"worst stall ([\d.]+) ms.*?\)(?: in (.*))?$", errors, re.M)
@@ -142,6 +146,7 @@ async def one_run(running: int) -> dict[str, Any]:
         "bot_cpu_ms_per_job": cpu * 1000 / JOBS,
         "discord_per_job": sum(burst["requests"].values()) / JOBS,
         "discord_429": burst["status_429"],
+        "discord_new_connections": burst["connections"],
         "discord_kinds": per_job(burst["requests"], JOBS),
         "cloudflare_per_job": cf_counts["total"] / JOBS,
         "cloudflare_kinds": per_job(cf_counts["requests"], JOBS),
