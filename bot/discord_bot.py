@@ -136,7 +136,8 @@ class ImageTree(app_commands.CommandTree[Any]):
 
 class ImageBot(commands.Bot):
     """The bot on one gateway connection (``ShardedImageBot`` runs shards). ``sync`` None
-    syncs the commands only where the settings say (shard 0's process, or no sharding)."""
+    syncs the commands only where the settings say (shard 0's process, or no sharding);
+    ``settle`` (the process's own bot, not tests') freezes the start-up heap in setup_hook."""
 
     def __init__(
         self,
@@ -144,6 +145,7 @@ class ImageBot(commands.Bot):
         extensions: tuple[str, ...] = EXTENSIONS,
         *,
         sync: bool | None = None,
+        settle: bool = False,
         **options: Any,
     ) -> None:
         contexts, installs = command_places(runtime.settings)
@@ -161,6 +163,7 @@ class ImageBot(commands.Bot):
         self.runtime = runtime
         self._extensions = extensions
         self._sync = runtime.settings.syncs_commands if sync is None else sync
+        self._settle = settle  # the process's own bot: tune its collector (bot/heap.py)
 
     async def close(self) -> None:
         """Let running jobs finish (or refund them after a grace period), then disconnect."""
@@ -178,6 +181,10 @@ class ImageBot(commands.Bot):
             await sync_commands(self.tree, settings.data_dir, settings.discord_guild_id)
         else:
             log.info("commands: left to the process holding shard 0 (or 'python -m bot sync')")
+        if self._settle:
+            # Start-up is done (imports, settings, catalog, cogs) and the gateway is not yet
+            # connected, so the one full collection here delays no interaction.
+            settle_heap()
 
 
 class ShardedImageBot(ImageBot, commands.AutoShardedBot):
@@ -213,29 +220,17 @@ async def sync_only(runtime: Runtime) -> list[str]:
         return await sync_commands(bot.tree, settings.data_dir, settings.discord_guild_id)
 
 
-async def settle_when_ready(bot: commands.Bot) -> None:
-    """Once the client is ready (imports, settings, catalog, cogs, first READY), freeze the
-    start-up heap and raise the gc thresholds (bot/heap.py): a third of the stalls under load
-    were collections."""
-    await bot.wait_until_ready()
-    settle_heap()
-
-
 async def run_discord(runtime: Runtime) -> None:
     """Run the bot and the built-in web server until SIGINT/SIGTERM or the bot closes."""
     token = runtime.settings.discord_token
     assert token is not None
     runner = await start_web_server(runtime)
-    bot = make_bot(runtime)
+    bot = make_bot(runtime, settle=True)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, lambda: asyncio.ensure_future(bot.close()))
     try:
         async with loop_lag_probe(runtime.settings.loop_lag_probe), bot:
-            settling = asyncio.create_task(settle_when_ready(bot))
-            try:
-                await bot.start(token)
-            finally:
-                settling.cancel()
+            await bot.start(token)
     finally:
         await runner.cleanup()
