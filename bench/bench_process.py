@@ -141,7 +141,7 @@ async def one_run(running: int) -> dict[str, Any]:
             await discord_fake.stop()
             await cloudflare.stop()
     reports = re.findall(
-        rb"worst stall ([\d.]+) ms.*?generation ([\d/]+)\)(?: in (.*))?$", errors, re.M
+        rb"worst stall ([\d.]+) ms[^)]*?(?:generation ([\d/]+))?\)(?: in (.*))?$", errors, re.M
     )
     stall, collections, where = reports[1] if len(reports) > 1 else (b"nan", b"", b"")
     return {
