@@ -17,6 +17,7 @@ import secrets
 import signal
 from typing import Any
 
+import aiohttp
 import discord
 from discord import app_commands
 from discord.ext import commands
@@ -33,6 +34,11 @@ from cogs.limits import CONTENT, clip
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 30.0
+# Connections per Discord host (REST on discord.com, files on the CDN). discord.py's default
+# connector has no limit, so a burst of 200 jobs opened ~160 new sockets (a TLS handshake each
+# against the real Discord; a third of the loop stalls the process benchmark named were socket
+# set-up); past this many, a request waits for a kept-alive connection instead.
+DISCORD_CONNECTIONS_PER_HOST = 32
 # Set in ``interaction.extras`` once Discord said the token is dead (401/404): never use it again.
 DEAD_LINK = "interaction_unusable"
 
@@ -119,6 +125,12 @@ def command_places(settings: Settings) -> tuple[app_commands.AppCommandContext,
     return contexts, app_commands.AppInstallationType(guild=True, user=users)
 
 
+def discord_connector() -> aiohttp.TCPConnector:
+    """The client's HTTP connector: discord.py's (no total limit, so the gateway's websocket
+    never waits) with a per-host limit (``DISCORD_CONNECTIONS_PER_HOST``)."""
+    return aiohttp.TCPConnector(limit=0, limit_per_host=DISCORD_CONNECTIONS_PER_HOST)
+
+
 class ImageTree(app_commands.CommandTree[Any]):
     async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
         refusal = place_refusal(interaction, self.client.runtime.settings)
@@ -158,7 +170,7 @@ class ImageBot(commands.Bot):
             allowed_contexts=contexts,
             allowed_installs=installs,
             http_trace=runtime.metrics.discord_trace(),  # counts Discord's 429s for /metrics
-            **options,
+            **{"connector": discord_connector(), **options},
         )
         self.runtime = runtime
         self._extensions = extensions
