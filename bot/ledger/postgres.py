@@ -41,10 +41,6 @@ MIGRATION_LOCK = 0x1ED6E2_02  # two processes starting together migrate once
 _TOKENS = re.compile(r"'(?:[^']|'')*'|::|\?|(?<![:\w]):([A-Za-z_]\w*)")
 
 
-def is_postgres_url(location: object) -> bool:
-    return isinstance(location, str) and location.startswith(("postgresql://", "postgres://"))
-
-
 def masked_url(url: str) -> str:
     """The URL with its password replaced by ``***``: safe for a message or a log line."""
     parts = urlsplit(url)
