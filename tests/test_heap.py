@@ -3,19 +3,15 @@ and ``python -m bot`` does it once start-up is done, before the gateway connects
 
 from __future__ import annotations
 
-import asyncio
 import gc
-import os
-import signal
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from bot.heap import THRESHOLDS, settle_heap
-from tests.fakes.discord import FAKE_TOKEN, FakeDiscord
-from tests.test_shard_processes import LAUNCH, ROOT, tail
+from tests.fakes.discord import FakeDiscord
+from tests.test_shard_processes import shard_process, tail
 
 
 @pytest.fixture
@@ -42,25 +38,10 @@ def test_settle_heap_freezes_what_survived_and_raises_the_thresholds() -> None:
 
 
 async def test_the_bot_process_settles_its_heap_once_started(tmp_path: Path) -> None:
-    log = tmp_path / "bot.log"
-    env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": str(tmp_path),
-           "PYTHONPATH": str(ROOT), "DATA_DIR": str(tmp_path), "WEB_PORT": "0",
-           "DISCORD_TOKEN": FAKE_TOKEN, "LOG_LEVEL": "INFO"}  # fmt: skip
+    data, log = tmp_path / "data", tmp_path / "bot.log"
+    data.mkdir()
     async with FakeDiscord() as fake:
-        with log.open("ab") as stderr:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", LAUNCH, fake.base_url, cwd=tmp_path, env=env,
-                stdout=asyncio.subprocess.DEVNULL, stderr=stderr,
-            )  # fmt: skip
-        try:
-            for _ in range(3000):
-                if "heap settled" in log.read_text(errors="replace"):
-                    break
-                assert process.returncode is None, tail(log)
-                await asyncio.sleep(0.01)
-            else:
-                raise TimeoutError(f"no heap settled: {tail(log)}")
-        finally:
-            process.send_signal(signal.SIGTERM)
-            assert await asyncio.wait_for(process.wait(), 60) == 0, tail(log)
+        fake.add_guild("Shard Zero", shard=(0, 2))
+        async with shard_process(fake, data, 0, log):  # yields once the gateway is connected
+            assert "heap settled" in log.read_text(errors="replace"), tail(log)
     assert log.read_text().count("heap settled") == 1
