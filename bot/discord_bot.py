@@ -161,6 +161,8 @@ class ImageBot(commands.Bot):
         **options: Any,
     ) -> None:
         contexts, installs = command_places(runtime.settings)
+        if "connector" not in options:
+            options["connector"] = discord_connector()
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=discord.Intents.default(),
@@ -170,7 +172,7 @@ class ImageBot(commands.Bot):
             allowed_contexts=contexts,
             allowed_installs=installs,
             http_trace=runtime.metrics.discord_trace(),  # counts Discord's 429s for /metrics
-            **{"connector": discord_connector(), **options},
+            **options,
         )
         self.runtime = runtime
         self._extensions = extensions
