@@ -35,10 +35,11 @@ log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 30.0
 # Connections per Discord host (REST on discord.com, files on the CDN). discord.py's default
-# connector has no limit, so a burst of 200 jobs opened ~160 new sockets (a TLS handshake each
+# connector has no limit, so a burst opens a socket per concurrent request (a TLS handshake each
 # against the real Discord; a third of the loop stalls the process benchmark named were socket
-# set-up); past this many, a request waits for a kept-alive connection instead.
-DISCORD_CONNECTIONS_PER_HOST = 32
+# set-up); past this many, a request waits for a kept-alive connection instead. Not lower:
+# with 32, a burst of 500 interactions had 40-128 defers miss Discord's 3 s (bench_discord).
+DISCORD_CONNECTIONS_PER_HOST = 128
 # Set in ``interaction.extras`` once Discord said the token is dead (401/404): never use it again.
 DEAD_LINK = "interaction_unusable"
 
@@ -125,10 +126,10 @@ def command_places(settings: Settings) -> tuple[app_commands.AppCommandContext,
     return contexts, app_commands.AppInstallationType(guild=True, user=users)
 
 
-def discord_connector() -> aiohttp.TCPConnector:
+def discord_connector(per_host: int = DISCORD_CONNECTIONS_PER_HOST) -> aiohttp.TCPConnector:
     """The client's HTTP connector: discord.py's (no total limit, so the gateway's websocket
     never waits) with a per-host limit (``DISCORD_CONNECTIONS_PER_HOST``)."""
-    return aiohttp.TCPConnector(limit=0, limit_per_host=DISCORD_CONNECTIONS_PER_HOST)
+    return aiohttp.TCPConnector(limit=0, limit_per_host=per_host)
 
 
 class ImageTree(app_commands.CommandTree[Any]):
