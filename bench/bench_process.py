@@ -8,6 +8,7 @@ For MAX_CONCURRENT_JOBS 8 and 200: a burst of 200 /imagine from 20 users spread 
 channels of 10 guilds (provider latency 0), reporting completed jobs per second, the Discord
 and Cloudflare requests per job by kind, the worst event-loop stall inside the bot
 (LOOP_LAG_PROBE) and the bot's peak RSS (VmHWM). A warm-up burst of 20 comes first.
+BENCH_BOT_LOG=/path appends the bot's log (stderr) there.
 """
 
 from __future__ import annotations
@@ -85,6 +86,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def append(path: Path, data: bytes) -> None:
+    with path.open("ab") as file:
+        file.write(data)
+
+
 def per_job(requests: dict[str, int], jobs: int) -> dict[str, float]:
     return {kind: round(n / jobs, 2) for kind, n in sorted(requests.items())}
 
@@ -132,10 +138,14 @@ async def one_run(running: int) -> dict[str, Any]:
             _, errors = await asyncio.wait_for(bot.communicate(), 60)
             if bot.returncode:
                 sys.stderr.write(errors.decode(errors="replace")[-3000:])
+            if log_path := os.environ.get("BENCH_BOT_LOG"):  # the bot's whole log, appended
+                append(Path(log_path), errors)
             await discord_fake.stop()
             await cloudflare.stop()
-    reports = re.findall(rb"worst stall ([\d.]+) ms.*?\)(?: in (.*))?$", errors, re.M)
-    stall, where = reports[1] if len(reports) > 1 else (b"nan", b"")
+    reports = re.findall(
+        rb"worst stall ([\d.]+) ms[^)]*?(?:generation ([\d/]+))?\)(?: in (.*))?$", errors, re.M
+    )
+    stall, collections, where = reports[1] if len(reports) > 1 else (b"nan", b"", b"")
     return {
         "jobs_per_s": JOBS / burst["seconds"],
         "ack_p99_ms": burst["ack_p99_ms"],
@@ -144,10 +154,12 @@ async def one_run(running: int) -> dict[str, Any]:
         "bot_cpu_ms_per_job": cpu * 1000 / JOBS,
         "discord_per_job": sum(burst["requests"].values()) / JOBS,
         "discord_429": burst["status_429"],
+        "discord_new_connections": burst["connections"],
         "discord_kinds": per_job(burst["requests"], JOBS),
         "cloudflare_per_job": cf_counts["total"] / JOBS,
         "cloudflare_kinds": per_job(cf_counts["requests"], JOBS),
         "stall_in": where.decode(errors="replace"),
+        "gc_collections_by_generation": collections.decode(),
     }
 
 
@@ -156,7 +168,8 @@ async def main() -> None:
     for _ in range(rounds):
         for running in (8, 200):
             figures = await one_run(running)
-            kinds = {k: figures.pop(k) for k in ("discord_kinds", "cloudflare_kinds", "stall_in")}
+            kinds = {k: figures.pop(k) for k in ("discord_kinds", "cloudflare_kinds", "stall_in",
+                                                 "gc_collections_by_generation")}  # fmt: skip
             print(f"200 /imagine, MAX_CONCURRENT_JOBS={running}: "
                   + ", ".join(f"{k} {v:,.1f}" for k, v in figures.items()), flush=True)  # fmt: skip
             print(f"  per job: {json.dumps(kinds)}", flush=True)

@@ -73,9 +73,12 @@ async def run_discord(shards: int | None) -> None:
 
 
 def counts(fake: FakeDiscord, since: int) -> dict[str, Any]:
-    seen = fake.requests[since:]
+    """Requests since ``since`` by kind, 429s, and the TCP connections the client opened for
+    them (peers not seen before: a kept-alive connection is not counted again)."""
+    seen, before = fake.requests[since:], {r.peer for r in fake.requests[:since]}
     return {"requests": dict(Counter(kind_of(r.method, r.path) for r in seen)),
-            "status_429": sum(r.status == 429 for r in seen)}  # fmt: skip
+            "status_429": sum(r.status == 429 for r in seen),
+            "connections": len({r.peer for r in seen} - before)}  # fmt: skip
 
 
 async def burst(fake: FakeDiscord, users: list[Any], count: int) -> dict[str, Any]:

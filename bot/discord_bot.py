@@ -17,6 +17,7 @@ import secrets
 import signal
 from typing import Any
 
+import aiohttp
 import discord
 from discord import app_commands
 from discord.ext import commands
@@ -24,6 +25,7 @@ from discord.ext import commands
 from bot.command_sync import sync_commands
 from bot.config import Settings
 from bot.errors import BotError, QuotaExceeded
+from bot.heap import settle_heap
 from bot.loop_probe import loop_lag_probe
 from bot.runtime import Runtime
 from bot.web.app import start_web_server
@@ -32,6 +34,12 @@ from cogs.limits import CONTENT, clip
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 30.0
+# Connections per Discord host (REST on discord.com, files on the CDN). discord.py's default
+# connector has no limit, so a burst opens a socket per concurrent request (a TLS handshake each
+# against the real Discord; a third of the loop stalls the process benchmark named were socket
+# set-up); past this many, a request waits for a kept-alive connection instead. Not lower:
+# with 32, a burst of 500 interactions had 40-128 defers miss Discord's 3 s (bench_discord).
+DISCORD_CONNECTIONS_PER_HOST = 128
 # Set in ``interaction.extras`` once Discord said the token is dead (401/404): never use it again.
 DEAD_LINK = "interaction_unusable"
 
@@ -118,6 +126,12 @@ def command_places(settings: Settings) -> tuple[app_commands.AppCommandContext,
     return contexts, app_commands.AppInstallationType(guild=True, user=users)
 
 
+def discord_connector(per_host: int = DISCORD_CONNECTIONS_PER_HOST) -> aiohttp.TCPConnector:
+    """The client's HTTP connector: discord.py's (no total limit, so the gateway's websocket
+    never waits) with a per-host limit (``DISCORD_CONNECTIONS_PER_HOST``)."""
+    return aiohttp.TCPConnector(limit=0, limit_per_host=per_host)
+
+
 class ImageTree(app_commands.CommandTree[Any]):
     async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
         refusal = place_refusal(interaction, self.client.runtime.settings)
@@ -135,7 +149,8 @@ class ImageTree(app_commands.CommandTree[Any]):
 
 class ImageBot(commands.Bot):
     """The bot on one gateway connection (``ShardedImageBot`` runs shards). ``sync`` None
-    syncs the commands only where the settings say (shard 0's process, or no sharding)."""
+    syncs the commands only where the settings say (shard 0's process, or no sharding);
+    ``settle`` (the process's own bot, not tests') freezes the start-up heap in setup_hook."""
 
     def __init__(
         self,
@@ -143,9 +158,12 @@ class ImageBot(commands.Bot):
         extensions: tuple[str, ...] = EXTENSIONS,
         *,
         sync: bool | None = None,
+        settle: bool = False,
         **options: Any,
     ) -> None:
         contexts, installs = command_places(runtime.settings)
+        if "connector" not in options:
+            options["connector"] = discord_connector()
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=discord.Intents.default(),
@@ -160,6 +178,7 @@ class ImageBot(commands.Bot):
         self.runtime = runtime
         self._extensions = extensions
         self._sync = runtime.settings.syncs_commands if sync is None else sync
+        self._settle = settle  # the process's own bot: tune its collector (bot/heap.py)
 
     async def close(self) -> None:
         """Let running jobs finish (or refund them after a grace period), then disconnect."""
@@ -177,6 +196,10 @@ class ImageBot(commands.Bot):
             await sync_commands(self.tree, settings.data_dir, settings.discord_guild_id)
         else:
             log.info("commands: left to the process holding shard 0 (or 'python -m bot sync')")
+        if self._settle:
+            # Start-up is done (imports, settings, catalog, cogs) and the gateway is not yet
+            # connected, so the one full collection here delays no interaction.
+            settle_heap()
 
 
 class ShardedImageBot(ImageBot, commands.AutoShardedBot):
@@ -217,7 +240,7 @@ async def run_discord(runtime: Runtime) -> None:
     token = runtime.settings.discord_token
     assert token is not None
     runner = await start_web_server(runtime)
-    bot = make_bot(runtime)
+    bot = make_bot(runtime, settle=True)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, lambda: asyncio.ensure_future(bot.close()))

@@ -37,6 +37,7 @@ class LoopLagProbe:
         self.worst = 0.0
         self.worst_where = ""
         self.gc_worst = 0.0
+        self.collections = [0, 0, 0]  # garbage collections by generation
         self.ticks = 0
         self._last_tick = time.perf_counter()
         self._sample = ""  # what the current stall is doing, if sampled
@@ -76,17 +77,20 @@ class LoopLagProbe:
         """gc.callbacks hook: time each collection."""
         if phase == "start":
             self._gc_started, self._gc_generation = time.perf_counter(), info["generation"]
+            self.collections[info["generation"]] += 1
         elif self._gc_started is not None:
             self.gc_worst = max(self.gc_worst, time.perf_counter() - self._gc_started)
             self._gc_started = None
 
     def report(self, reset: bool = False) -> None:
         """Log the worst stall so far (and what it was doing); ``reset`` starts over."""
-        log.warning("loop lag probe: worst stall %.1f ms over %d ticks (longest gc %.1f ms)%s",
-                    self.worst * 1000, self.ticks, self.gc_worst * 1000,
+        log.warning("loop lag probe: worst stall %.1f ms over %d ticks (longest gc %.1f ms, "
+                    "collections by generation %s)%s", self.worst * 1000, self.ticks,
+                    self.gc_worst * 1000, "/".join(map(str, self.collections)),
                     f" in {self.worst_where}" if self.worst_where else "")  # fmt: skip
         if reset:
             self.worst, self.worst_where, self.gc_worst, self.ticks = 0.0, "", 0.0, 0
+            self.collections = [0, 0, 0]
 
     def stop(self) -> None:
         self._stop.set()

@@ -20,6 +20,12 @@ from typing import Any
 from bot.errors import LedgerUnavailable
 from bot.ledger.records import utc_day
 
+
+def is_postgres_url(location: object) -> bool:
+    """Whether a ledger location names PostgreSQL (DATABASE_URL) rather than a SQLite file."""
+    return isinstance(location, str) and location.startswith(("postgresql://", "postgres://"))
+
+
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]

@@ -20,14 +20,13 @@ from bot.config import QuotaDefaults
 from bot.errors import QuotaExceeded
 from bot.ledger.api_keys import ApiKeyTable
 from bot.ledger.batches import BatchTable
-from bot.ledger.core import Clock, LedgerDatabase, utc_now
+from bot.ledger.core import Clock, LedgerDatabase, is_postgres_url, utc_now
 from bot.ledger.database import Database
 from bot.ledger.images import ImageTable
 from bot.ledger.jobs import UNDELIVERED_MESSAGE, DuplicateRequest, JobTable
 from bot.ledger.leases import Leases, new_instance_id
 from bot.ledger.limits import SharedLimits
 from bot.ledger.placeholders import PlaceholderTable
-from bot.ledger.postgres import PostgresDatabase, is_postgres_url
 from bot.ledger.records import (
     ApiKey,
     Batch,
@@ -85,6 +84,9 @@ class Ledger:
         ``instance_id`` names this process in leases (default: host, pid and a random)."""
         database: LedgerDatabase
         if is_postgres_url(location):
+            # asyncpg (~3 MB) is loaded only by a process whose ledger is on PostgreSQL.
+            from bot.ledger.postgres import PostgresDatabase
+
             database = await PostgresDatabase.open(str(location), clock)
         else:
             database = await Database.open(Path(location), clock, metrics)

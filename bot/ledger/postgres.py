@@ -51,10 +51,6 @@ _DATA_CHANGE = re.compile(r"\s*(INSERT|UPDATE|DELETE)\b", re.IGNORECASE)
 _TOKENS = re.compile(r"'(?:[^']|'')*'|::|\?|(?<![:\w]):([A-Za-z_]\w*)")
 
 
-def is_postgres_url(location: object) -> bool:
-    return isinstance(location, str) and location.startswith(("postgresql://", "postgres://"))
-
-
 def masked_url(url: str) -> str:
     """The URL with its password replaced by ``***``: safe for a message or a log line."""
     parts = urlsplit(url)

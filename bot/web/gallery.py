@@ -9,12 +9,13 @@ Anonymous, so the per-address rate limit of images applies.
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 from aiohttp import web
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from bot.catalog import Catalog
 from bot.gallery import Spending
@@ -22,6 +23,9 @@ from bot.gallery_links import GalleryAccess, LinkRefused
 from bot.money import format_usd
 from bot.requests import ImageRecord
 from bot.web.limits import RUNTIME_KEY, check_anonymous_rate
+
+if TYPE_CHECKING:
+    from jinja2 import Environment
 
 PER_PAGE = 24
 TOP_USERS = 10
@@ -35,11 +39,18 @@ HEADERS = {
     "X-Frame-Options": "DENY",
 }
 
-templates = Environment(
-    loader=FileSystemLoader(Path(__file__).parent / "templates"),
-    autoescape=select_autoescape(default=True, default_for_string=True),
-    undefined=StrictUndefined,
-)
+
+@functools.cache
+def templates() -> Environment:
+    """The pages' templates, loaded on the first gallery request: Jinja2 is ~2 MB of a bot
+    process that may never serve a gallery page."""
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+    return Environment(
+        loader=FileSystemLoader(Path(__file__).parent / "templates"),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+        undefined=StrictUndefined,
+    )
 
 
 def _access(request: web.Request) -> GalleryAccess:
@@ -48,7 +59,7 @@ def _access(request: web.Request) -> GalleryAccess:
 
 
 def _refused(exc: LinkRefused) -> web.Response:
-    body = templates.get_template("refused.html").render(message=exc.user_message)
+    body = templates().get_template("refused.html").render(message=exc.user_message)
     return web.Response(text=body, status=403, content_type="text/html", headers=HEADERS)
 
 
@@ -107,7 +118,7 @@ async def gallery_page(request: web.Request) -> web.Response:
     )
     spending = await gallery.spending(access)
     signed = urlencode({"t": token})
-    body = templates.get_template("gallery.html").render(
+    body = templates().get_template("gallery.html").render(
         title="Server gallery" if access.server else "Your gallery",
         subtitle=f"Server {access.guild_id}" if access.server else f"User {access.user_id}",
         expires=datetime.fromtimestamp(access.expires_at, UTC).strftime("%Y-%m-%d %H:%M UTC"),

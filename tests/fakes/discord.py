@@ -491,6 +491,7 @@ class RequestRecord:
     body: Any
     files: list[tuple[str, int]]  # (filename, size)
     status: int = 0
+    peer: Any = None  # the client's (host, port): one per TCP connection, to count reconnects
 
 
 @dataclass
@@ -1049,8 +1050,9 @@ class FakeDiscord(_Waitable):
         body, uploads = await _read_body(request)
         summary = [(u.filename, len(u.data)) for u in uploads.values()]
         record = RequestRecord(
-            request.method, request.path, dict(request.query), time.monotonic(), body, summary
-        )
+            request.method, request.path, dict(request.query), time.monotonic(), body, summary,
+            peer=request.transport.get_extra_info("peername") if request.transport else None,
+        )  # fmt: skip
         self.requests.append(record)
         request[_BODY], request[_UPLOADS] = body, uploads
         bot_auth = not request.path.startswith(("/api/v10/interactions/", "/api/v10/webhooks/"))

@@ -1,0 +1,34 @@
+"""What the bot process loads at start-up: libraries only some deployments use wait until
+they are needed (asyncpg for DATABASE_URL, Jinja2 for the first gallery page), each a few MB of
+resident memory in every process that never uses them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def loaded_after(code: str, modules: tuple[str, ...]) -> list[str]:
+    probe = f"{code}; import sys; print(' '.join(m for m in {modules!r} if m in sys.modules))"
+    result = subprocess.run(  # noqa: S603 (fixed argv, no shell)
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True,
+        timeout=120,
+    )
+    return result.stdout.split()
+
+
+def test_the_bot_process_starts_without_asyncpg_or_jinja2() -> None:
+    code = "import bot.cli, bot.runtime, bot.discord_bot, bot.web.app"
+    for extension in ("imagine", "library", "templates", "usage", "quota", "gallery", "queue"):
+        code += f", cogs.{extension}"
+    assert loaded_after(code, ("asyncpg", "jinja2")) == []
+
+
+def test_they_load_when_used() -> None:
+    code = "from bot.web.gallery import templates; templates()"
+    assert loaded_after(code, ("jinja2",)) == ["jinja2"]
+    code = "import bot.ledger.postgres"
+    assert loaded_after(code, ("asyncpg",)) == ["asyncpg"]
