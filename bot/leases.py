@@ -23,12 +23,12 @@ class LeaseKeeper:
         self.ledger = ledger
         self.recovery = recovery
         self.lease_seconds = lease_seconds
-        self._task: asyncio.Task[None] | None = None
-        self._sweeps = True
+        self._tasks: list[asyncio.Task[None]] = []
         self._beats: list[Callable[[], Awaitable[None]]] = []
 
     def on_renewal(self, refresh: Callable[[], Awaitable[None]]) -> None:
-        """Run ``refresh`` after each renewal (the shared Cloudflare pause is read so)."""
+        """Run ``refresh`` every beat (the shared Cloudflare pause is read so), on the sweep's
+        task, never in the renewal's way."""
         self._beats.append(refresh)
 
     @property
@@ -37,17 +37,20 @@ class LeaseKeeper:
 
     async def start(self, *, recover: bool = True) -> RecoveryReport:
         await self.ledger.leases.register(self.lease_seconds)
-        self._sweeps = recover  # a runtime that recovers nothing (``sync``) only holds a lease
+        # A runtime that recovers nothing (``sync``) only holds a lease.
         report = await self.recovery.run() if recover else RecoveryReport()
-        self._task = asyncio.create_task(self._keep(), name="lease keeper")
+        self._tasks = [asyncio.create_task(self._keep(), name="lease keeper")]
+        if recover or self._beats:
+            beat = self._sweep_beat(sweeps=recover)
+            self._tasks.append(asyncio.create_task(beat, name="orphan sweep"))
         return report
 
     async def stop(self) -> None:
         """Stop renewing and give the lease up: jobs still open become others' to close."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
         try:
             await self.ledger.leases.release()
         except (LedgerUnavailable, ValueError) as exc:  # ValueError: the connection is gone
@@ -57,8 +60,9 @@ class LeaseKeeper:
         return await self.recovery.run()
 
     async def _keep(self) -> None:
-        """Renew every third of a lease (two renewals may fail before it runs out); sweep for
-        orphans on the same beat."""
+        """Renew every third of a lease (two renewals may fail before it runs out), on a task
+        of its own: a long sweep (many orphans, a slow store) must never hold the renewal back,
+        or this live process's jobs would become others' to close while it still runs them."""
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
             try:
@@ -68,11 +72,22 @@ class LeaseKeeper:
                         "database for %.0f s); its open jobs may have been closed by others",
                         self.lease_seconds,
                     )
-                for refresh in self._beats:
-                    await refresh()
-                if self._sweeps:
-                    await self.sweep()
             except LedgerUnavailable as exc:
                 log.warning("could not renew the lease now: %s", exc.code)
+            except Exception:
+                log.exception("the lease keeper's renewal failed; trying again next beat")
+
+    async def _sweep_beat(self, *, sweeps: bool) -> None:
+        """Every third of a lease, the refreshes, then (unless ``sweeps`` is off) a sweep for
+        orphans, one sweep at a time."""
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            try:
+                for refresh in self._beats:
+                    await refresh()
+                if sweeps:
+                    await self.sweep()
+            except LedgerUnavailable as exc:
+                log.warning("could not sweep for orphaned jobs now: %s", exc.code)
             except Exception:
                 log.exception("the lease keeper's sweep failed; trying again next beat")

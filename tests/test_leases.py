@@ -158,3 +158,39 @@ async def test_the_keeper_sweeps_on_its_own_beat(tmp_path: Path) -> None:
         await keeper.stop()
         await dead.close()
         await live.close()
+
+
+class StuckRecovery(CrashRecovery):
+    """A sweep that never ends once the keeper is running (a slow store, thousands of
+    orphans): the first run, at start-up, returns at once."""
+
+    def __init__(self, ledger: Ledger, tmp_path: Path) -> None:
+        super().__init__(ledger, LocalImageStore(tmp_path / "images", "http://127.0.0.1:1"))
+        self.runs = 0
+
+    async def run(self) -> RecoveryReport:
+        self.runs += 1
+        if self.runs > 1:
+            await asyncio.Event().wait()
+        return RecoveryReport()
+
+
+async def test_a_long_sweep_never_holds_the_renewal_back(tmp_path: Path) -> None:
+    """While the keeper's sweep is stuck, its lease is still renewed: its running job never
+    becomes another process's orphan."""
+    path = tmp_path / "bot.sqlite3"
+    live = await Ledger.open(path)
+    other = await Ledger.open(path, instance_id="other")
+    stuck = StuckRecovery(live, tmp_path)
+    keeper = LeaseKeeper(live, stuck, lease_seconds=0.3)
+    try:
+        await keeper.start()
+        await reserve_open_jobs(live, 1)
+        for _ in range(40):  # 2 s: several leases' worth, the sweep stuck all along
+            await asyncio.sleep(0.05)
+            assert await other.leases.orphans() == []
+        assert stuck.runs == 2  # the sweep did start, and is still stuck
+    finally:
+        await keeper.stop()
+        await other.close()
+        await live.close()

@@ -9,6 +9,7 @@ Like Cloudflare, it holds the token to ``account_limit`` API requests per ``acco
 seconds across every route (1,200 per 5 minutes; tests shrink the window): the request over it
 is answered 429 with Retry-After, and so is every call for ``account_block_seconds`` after.
 ``api_requests`` counts the authenticated API requests, ``account_429s`` those refused so.
+``answered`` counts, per prompt, the images Workers AI answered (what the account pays for).
 
 Its Llama Guard (``@cf/meta/llama-guard-3-8b``) answers as Workers AI does, deciding by the
 words of the conversation (``GUARD_WORDS``), and records each text in ``guard_checks``;
@@ -29,7 +30,7 @@ import random
 import re
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -205,6 +206,8 @@ class FakeCloudflare:
         self._blocked_until = 0.0
         self.ai_calls = 0  # every request to /ai/run, faulted ones included
         self.uploads = 0  # every POST to /images/v1, faulted or rejected ones included
+        # prompt → images answered for it to a client still listening: what the account pays for
+        self.answered: Counter[str] = Counter()
         self.images: dict[str, FakeImage] = {}
         self._uploaded: dict[str, tuple[str, str]] = {}  # id → (filename, uploaded ISO time)
         self._faults: list[Fault] = []
@@ -404,6 +407,8 @@ class FakeCloudflare:
         if not (64 <= width <= 2560 and 64 <= height <= 2560):
             return envelope_error(400, 3003, "Bad input: width/height out of range")
         data = render(width, height, colour_of(prompt), model.image_format)
+        if request.transport is not None and not request.transport.is_closing():
+            self.answered[prompt] += 1
         output = request.get(FORCE_OUTPUT, model.output)
         if output == "raw":
             return web.Response(body=data, content_type=f"image/{model.image_format.lower()}")
