@@ -305,4 +305,16 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE guild_settings ADD COLUMN adult_content TEXT NOT NULL DEFAULT 'off'
         CHECK (adult_content IN ('off', 'age_restricted'));
     """,
+    # 9: generations in flight, shared by every process: one row per (cache key, scope) while a
+    # process (``owner``, an instance) generates that image, so an identical request elsewhere
+    # waits for it (see ``flights``). Rows live seconds; a dead owner's are swept.
+    """
+    CREATE TABLE flights (
+        cache_key TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        PRIMARY KEY (cache_key, scope)
+    ) WITHOUT ROWID;
+    """,
 )

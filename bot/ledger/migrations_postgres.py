@@ -301,4 +301,14 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE guild_settings ADD COLUMN adult_content TEXT NOT NULL DEFAULT 'off'
         CHECK (adult_content IN ('off', 'age_restricted'));
     """,
+    # 9: generations in flight, shared by every process (see bot/ledger/flights.py).
+    """
+    CREATE TABLE flights (
+        cache_key TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        PRIMARY KEY (cache_key, scope)
+    );
+    """,
 )
