@@ -85,6 +85,10 @@ class Metrics:
             "(it ended without the image), taken_over (its process died) or timeout",
             ["outcome"], registry=registry,
         )  # fmt: skip
+        self.flight_waiters = Gauge(
+            "imagebot_flight_waiters", "Requests of this process waiting now for an identical "
+            "generation running in another process", registry=registry,
+        )  # fmt: skip
         for state in JOB_STATES:
             self.jobs.labels(state).set(0)
 

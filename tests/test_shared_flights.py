@@ -7,10 +7,13 @@ flight row outlives its flight."""
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from bot.catalog import Cost
 from bot.config import Settings
@@ -61,7 +64,18 @@ async def until(condition: Callable[[], bool]) -> None:
 
 
 def joins(runtime: Runtime, outcome: str) -> float:
-    return runtime.metrics.flight_joins.labels(outcome)._value.get()
+    """``imagebot_flight_joins_total{outcome}`` as a scrape of the runtime's /metrics reads it."""
+    return joins_in(runtime.metrics.exposition().decode(), outcome)
+
+
+def joins_in(text: str, outcome: str) -> float:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "imagebot_flight_joins_total" and sample.labels == {
+                "outcome": outcome
+            }:
+                return sample.value
+    return 0.0
 
 
 async def books(runtime: Runtime) -> tuple[int, int]:
@@ -281,3 +295,67 @@ async def test_postgresql_wakes_waiters_by_notify(ledger_location, ledger_backen
     finally:
         await a.close()
         await b.close()
+
+
+async def test_kill_9_of_the_leader_process_the_follower_takes_over(tmp_path, fake_cloudflare):  # type: ignore[no-untyped-def]
+    """Real processes: two ``serve`` on one SQLite file (leases of 2 s). The leader is killed
+    with SIGKILL while its Cloudflare call hangs; the follower, waiting for it, takes the
+    flight over once the lease runs out and makes the image, charged once."""
+    from tests.test_kill9 import bot_env, create_key, free_port, start_server
+
+    fake_cloudflare.latency = 60.0  # the leader's generation hangs until it is killed
+    data = tmp_path / "data"
+    data.mkdir()
+    env = bot_env(data, free_port(), fake_cloudflare, "local")
+    other_env = {**env, "WEB_PORT": str(free_port())}
+    key = await create_key(env, tmp_path)
+    leader = await start_server(env, tmp_path)
+    follower = await start_server(other_env, tmp_path)
+    try:
+        async with httpx.AsyncClient(timeout=120) as client:
+
+            def generate(on: dict[str, str]) -> asyncio.Task[httpx.Response]:
+                return asyncio.create_task(client.post(
+                    f"http://127.0.0.1:{on['WEB_PORT']}/api/generate",
+                    json={"prompt": "one lighthouse"}, headers={"Authorization": f"Bearer {key}"},
+                ))  # fmt: skip
+
+            async def follower_metrics() -> str:
+                return (await client.get(f"http://127.0.0.1:{other_env['WEB_PORT']}/metrics")).text
+
+            first = generate(env)
+            await until(lambda: fake_cloudflare.ai_calls == 1)  # the leader is generating
+            second = generate(other_env)
+            for _ in range(1000):  # until the follower waits for the leader's flight
+                if "imagebot_flight_waiters 1.0" in await follower_metrics():
+                    break
+                await asyncio.sleep(0.02)
+            else:
+                raise AssertionError("the follower never waited")
+            fake_cloudflare.latency = 0.0
+            leader.send_signal(signal.SIGKILL)
+            await leader.wait()
+            [lost] = await asyncio.gather(first, return_exceptions=True)
+            assert isinstance(lost, httpx.TransportError)
+            response = await second
+            assert response.status_code == 201, response.text
+            # its wait ended by seeing the lease run out, or the row its own sweep deleted
+            scraped = await follower_metrics()
+            assert joins_in(scraped, "taken_over") + joins_in(scraped, "failed") == 1
+            assert joins_in(scraped, "image") == 0
+        assert fake_cloudflare.ai_calls == 2  # the killed one's, and the follower's own
+        ledger = await Ledger.open(data / "bot.sqlite3")
+        try:
+            for _ in range(1000):  # the follower's sweep refunds the killed process's job
+                if (await ledger.audit())["open_jobs"] == 0:
+                    break
+                await asyncio.sleep(0.02)
+            assert await ledger.audit() == {"counter_mismatches": 0, "open_jobs": 0}
+            report = await ledger.report(ledger.today(), ledger.today())
+            assert report.total_images == 1 and report.total_micro_usd > 0
+            assert await ledger.flights.count() == 0
+        finally:
+            await ledger.close()
+    finally:
+        follower.terminate()
+        await follower.wait()

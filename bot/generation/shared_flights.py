@@ -48,6 +48,7 @@ class SharedFlights:
         self.wait_seconds = wait_seconds
         self.max_waiters = max_waiters
         self.waiters = 0
+        metrics.flight_waiters.set_function(lambda: self.waiters)
 
     async def take(self, plan: Plan, own: list[Slot], *, fresh: bool) -> Taken:
         """Claim each slot; if every one is another process's, wait (and claim again what
