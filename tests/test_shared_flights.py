@@ -22,7 +22,7 @@ from bot.ledger import Ledger
 from bot.providers.base import GeneratedImage, ImageRequest
 from bot.providers.local import LocalProvider
 from bot.recovery import CrashRecovery
-from bot.requests import GenerateRequest
+from bot.requests import GenerateRequest, GenerationResult
 from bot.runtime import Runtime, open_runtime
 from bot.stores.local import LocalImageStore
 from tests.conftest import CountingProvider
@@ -85,6 +85,28 @@ async def books(runtime: Runtime) -> tuple[int, int]:
     return report.total_images, report.total_micro_usd
 
 
+Tasks = tuple[asyncio.Task[GenerationResult], asyncio.Task[GenerationResult]]
+
+
+async def lead_and_follow(a: Runtime, b: Runtime, leading: GatedProvider) -> Tasks:
+    """a leads a request on ``leading`` (held at its gate), b waits for a's flight; b's own
+    provider is ``working``."""
+    a.service.provider = leading
+    leader = asyncio.create_task(a.service.generate(ask("u1")))
+    await leading.started.wait()  # a claimed the flight and is generating
+    follower = asyncio.create_task(b.service.generate(ask("u2")))
+    await until(lambda: b.service.generation.shared.waiters == 1)
+    return leader, follower
+
+
+async def made_by_follower(
+    follower: asyncio.Task[GenerationResult], working: CountingProvider
+) -> None:
+    """The follower made the image itself, charged as usual."""
+    result = await follower
+    assert working.calls == 1 and not result.cached and result.cost == UNIT
+
+
 @pytest.fixture
 async def pair(make_settings: Callable[..., Settings]) -> AsyncIterator[tuple[Runtime, Runtime]]:
     """Two 'processes' on one ledger and one image folder. The lease is long, so neither
@@ -114,17 +136,12 @@ async def test_two_processes_given_the_same_request_make_one_image(pair):  # typ
 async def test_a_leader_that_fails_leaves_the_follower_to_make_it_charged_as_usual(pair):  # type: ignore[no-untyped-def]
     a, b = pair
     failing = GatedProvider(ProviderUnavailable("Cloudflare is out of capacity."))
-    a.service.provider = failing
     b.service.provider = working = CountingProvider()
-    leader = asyncio.create_task(a.service.generate(ask("u1")))
-    await failing.started.wait()  # a claimed the flight and is generating
-    follower = asyncio.create_task(b.service.generate(ask("u2")))
-    await until(lambda: b.service.generation.shared.waiters == 1)
+    leader, follower = await lead_and_follow(a, b, failing)
     failing.gate.set()
     with pytest.raises(ProviderUnavailable):
         await leader
-    result = await follower
-    assert working.calls == 1 and not result.cached and result.cost == UNIT
+    await made_by_follower(follower, working)
     assert joins(b, "failed") == 1
     assert await books(a) == (1, UNIT.micro_usd)  # a's job was refunded
     assert await a.ledger.flights.count() == 0
@@ -134,20 +151,14 @@ async def test_a_leader_whose_lease_runs_out_is_taken_over(pair):  # type: ignor
     """The leader 'dies': it stops renewing and its lease runs out (its task hangs, as a
     killed process's work would); the follower takes the flight over and makes the image."""
     a, b = pair
-    hung = GatedProvider()
-    a.service.provider = hung
     b.service.provider = working = CountingProvider()
-    leader = asyncio.create_task(a.service.generate(ask("u1")))
-    await hung.started.wait()
-    follower = asyncio.create_task(b.service.generate(ask("u2")))
-    await until(lambda: b.service.generation.shared.waiters == 1)
+    leader, follower = await lead_and_follow(a, b, GatedProvider())
     assert await a.ledger.flights.count() == 1
     await a.ledger.database.write(  # a's lease ran out (it never renewed)
         "UPDATE instances SET lease_until = '2000-01-01T00:00:00.000+00:00' WHERE id = ?",
         (a.leases.instance_id,),
     )
-    result = await follower
-    assert working.calls == 1 and not result.cached and result.cost == UNIT
+    await made_by_follower(follower, working)
     assert joins(b, "taken_over") == 1
     assert await a.ledger.flights.count() == 0  # b's flight, ended by b
     leader.cancel()  # the dead process's work: refunded
@@ -159,18 +170,12 @@ async def test_a_cancelled_leader_ends_its_flight(pair):  # type: ignore[no-unty
     """The leader's task is cancelled (a shutdown's drain) mid-generation: its row goes at
     once, and the follower makes the image itself instead of hanging."""
     a, b = pair
-    hung = GatedProvider()
-    a.service.provider = hung
     b.service.provider = working = CountingProvider()
-    leader = asyncio.create_task(a.service.generate(ask("u1")))
-    await hung.started.wait()
-    follower = asyncio.create_task(b.service.generate(ask("u2")))
-    await until(lambda: b.service.generation.shared.waiters == 1)
+    leader, follower = await lead_and_follow(a, b, GatedProvider())
     leader.cancel()
     with pytest.raises(asyncio.CancelledError):
         await leader
-    result = await follower
-    assert working.calls == 1 and not result.cached and result.cost == UNIT
+    await made_by_follower(follower, working)
     assert joins(b, "failed") == 1
     assert await books(a) == (1, UNIT.micro_usd)
     assert await a.ledger.flights.count() == 0
@@ -195,8 +200,7 @@ async def test_a_job_cancelled_in_line_ends_its_flight(make_settings):  # type: 
         assert cancelled.outcome == "cancelled"
         with pytest.raises(JobCancelled):
             await leader
-        result = await follower
-        assert working.calls == 1 and not result.cached and result.cost == UNIT
+        await made_by_follower(follower, working)
         busy.gate.set()
         await other
         assert await books(a) == (2, 2 * UNIT.micro_usd)
