@@ -76,10 +76,12 @@ class FlightTable:
         return await self._db.write(CLAIM_SQL, params) == 1
 
     async def release(self, cache_keys: Sequence[str], scope: str) -> None:
-        """End this process's flights for these images (made or not), and wake the waiters."""
+        """End this process's flights for these images (made or not), and wake the waiters.
+        A busy or full database does not leave the row to block others while this process
+        lives: the release is retried in the background until it lands."""
         if cache_keys:
             sql = release_sql(self._db.dialect, len(cache_keys))
-            await self._db.write(sql, self._params(scope, cache_keys))
+            await self._db.write_eventually(sql, self._params(scope, cache_keys), "a flight")
 
     async def live(self, cache_keys: Sequence[str], scope: str) -> dict[str, bool]:
         """Each key still in flight, and whether its owner's lease holds; absent: ended."""
