@@ -79,6 +79,16 @@ class Metrics:
             "channel, dm, undelivered (refunded), api or cli",
             ["route"], registry=registry,
         )  # fmt: skip
+        self.flight_joins = Counter(
+            "imagebot_flight_joins", "Requests that waited for an identical generation running "
+            "in another process, by how the wait ended: image (served from it, free), failed "
+            "(it ended without the image), taken_over (its process died) or timeout",
+            ["outcome"], registry=registry,
+        )  # fmt: skip
+        self.flight_waiters = Gauge(
+            "imagebot_flight_waiters", "Requests of this process waiting now for an identical "
+            "generation running in another process", registry=registry,
+        )  # fmt: skip
         for state in JOB_STATES:
             self.jobs.labels(state).set(0)
 

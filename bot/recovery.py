@@ -39,6 +39,7 @@ class CrashRecovery:
     async def run(self) -> RecoveryReport:
         """Settle or refund the jobs stopped processes left open; record stored images nobody
         recorded."""
+        await self.ledger.flights.forget_dead()  # their generations in flight ended with them
         settled = refunded = recovered = 0
         for job in await self.ledger.orphaned_jobs():
             if not await self.ledger.claim_job(job.id):

@@ -168,6 +168,8 @@ async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIter
             http=outbound,
             allow_private_urls=settings.allow_private_urls,
             metrics=metrics,
+            # a request waits for another process's identical one as long as a job may take
+            flight_wait_seconds=max(60.0, 2.0 * settings.cloudflare_timeout_seconds),
         )
         leases = LeaseKeeper(
             ledger, CrashRecovery(ledger, store), float(settings.job_lease_seconds)

@@ -19,6 +19,7 @@ from bot.generation import GenerationPipeline
 from bot.generation.enhancement import PromptEnhancer
 from bot.generation.moderation import ContentModerator, moderation_key
 from bot.generation.plan import Planner
+from bot.generation.shared_flights import SharedFlights
 from bot.grids import GridComposer
 from bot.imaging import Grid
 from bot.ledger import ImageRecord, Ledger, UsageReport
@@ -49,6 +50,7 @@ class ImageService:
         http: httpx.AsyncClient | None = None,
         allow_private_urls: bool = False,
         metrics: Metrics | None = None,
+        flight_wait_seconds: float = 300.0,
     ) -> None:
         self.ledger = ledger
         self.catalog = catalog
@@ -73,6 +75,9 @@ class ImageService:
             enhancer=PromptEnhancer(ledger, catalog, self.backends, enhance_model),
             moderator=ContentModerator(ledger, catalog, self.backends, moderation_model),
             record_or_unstore=self.library.record_or_unstore,
+            shared=SharedFlights(
+                ledger, metrics, wait_seconds=flight_wait_seconds, max_waiters=scheduler.max_queue
+            ),
         )
 
     # The backends are swappable (tests and benchmarks do it); every part sees the swap.

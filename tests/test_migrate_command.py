@@ -25,11 +25,14 @@ from tests.test_cli import one_line_error, run_bot
 
 async def fill(settings: Settings) -> None:
     """Something in every table: charges, refunds, images, a template, keys, a batch, quota
-    policy, a reset, an allowed channel and a placeholder, a lease, the shared limits."""
+    policy, a reset, an allowed channel and a placeholder, a lease, the shared limits, a flight."""
     async with open_runtime(settings) as runtime:
         service, ledger = runtime.service, runtime.ledger
-        # another process's lease (this runtime gives its own up when it closes)
-        await Ledger(ledger.database, ledger.defaults, "another-process").leases.register(60)
+        # another process's lease (this runtime gives its own up when it closes), and its
+        # generation in flight
+        another = Ledger(ledger.database, ledger.defaults, "another-process")
+        await another.leases.register(60)
+        assert await another.flights.claim("cache-key-1", "guild:g1")
         await service.generate(GenerateRequest(prompt="a red fox", user_id="u1", guild_id="g1"))
         await service.generate(GenerateRequest(prompt="a blue owl", user_id="u2", guild_id="g1"))
         job = await ledger.reserve(

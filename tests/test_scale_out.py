@@ -43,11 +43,6 @@ from tests.scale_harness import (
 from tests.test_fault_campaign import final_messages
 from tests.test_shard_processes import has_result
 
-# Cross-process single-flight (two processes given the same request at once make one
-# generation) is being built apart; until it is merged, the group split across both serve
-# processes only has to keep the books exact. Flip to True with it.
-CROSS_PROCESS_SINGLE_FLIGHT = False
-
 REQUESTS = 1000
 USERS = 50
 GROUP = 8  # identical requests sent at once
@@ -133,8 +128,8 @@ async def one_flight_groups(
     client: httpx.AsyncClient, bases: list[str], keys: dict[int, str], users: list[FakeUser],
     cloudflare: FakeCloudflare,
 ) -> list[Outcome]:  # fmt: skip
-    """Identical requests at once: a group to one serve process makes one generation; a group
-    split across both makes one too once single-flight is shared (else: books exact)."""
+    """Identical requests at once make one generation, whether they reach one serve process or
+    are split across both (single-flight is shared through the ledger's ``flights``)."""
     one, split = "one flight in one process", "one flight across two processes"
     group_one = [via_api(client, bases[0], keys[u.id], one) for u in users[0 : 4 * GROUP : 4]]
     group_split = [via_api(client, bases[n % 2], keys[u.id], split)
@@ -142,10 +137,7 @@ async def one_flight_groups(
     outcomes = await asyncio.gather(*group_one, *group_split)
     assert all(o.kind == "image" for o in outcomes), [o.detail for o in outcomes]
     assert cloudflare.answered[one] == 1
-    if CROSS_PROCESS_SINGLE_FLIGHT:
-        assert cloudflare.answered[split] == 1
-    else:
-        assert 1 <= cloudflare.answered[split] <= 2  # one per process at most
+    assert cloudflare.answered[split] == 1
     return list(outcomes)
 
 

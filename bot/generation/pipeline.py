@@ -2,7 +2,8 @@
 
 ``generate`` reads top to bottom: replay a known request → plan (validate, template, model,
 price) → check the content (the server's rules; ``moderation``) → look in the cache → join an
-identical request in flight (single-flight) → enhance → reserve → wait for a slot → generate →
+identical request in flight (single-flight: in this process, then in any, ``shared_flights``)
+→ enhance → reserve → wait for a slot → generate →
 store → record and settle (or refund). The content check comes before the cache, so a cached
 image is never handed to a request its rules would refuse. A reserved job
 is live (``live.py``) until its charge is written: ``cancel`` takes it out of the line, and the
@@ -27,6 +28,7 @@ from bot.generation.moderation import Checked, ContentModerator
 from bot.generation.plan import Plan, Planner, Slot, slot_of
 from bot.generation.progress import position_reporter, report
 from bot.generation.records import hit_records, new_job, total_cost
+from bot.generation.shared_flights import SharedFlights, Taken
 from bot.generation.single_flight import Flights, SingleFlight
 from bot.idempotency import check_same_request, request_fingerprint
 from bot.image_records import StoredBytes, image_record
@@ -54,6 +56,7 @@ class GenerationPipeline:
         enhancer: PromptEnhancer,
         moderator: ContentModerator,
         record_or_unstore: RecordOrUnstore,
+        shared: SharedFlights,
     ) -> None:
         self.ledger = ledger
         self.backends = backends
@@ -63,6 +66,7 @@ class GenerationPipeline:
         self.moderator = moderator
         self._record_or_unstore = record_or_unstore
         self._flights = SingleFlight()
+        self.shared = shared  # the same, across processes
         self._by_key: dict[str, asyncio.Future[None]] = {}
         self._active: set[asyncio.Task[Any]] = set()
         self.live = LiveJobs(ledger, scheduler.max_running)
@@ -124,22 +128,42 @@ class GenerationPipeline:
         joined = self._flights.joinable(plan, [s for s in slots if s.index not in hits])
         own = [s for s in slots if s.index not in hits and s.index not in joined]
         if not own:
-            try:
-                for index, future in joined.items():
-                    hits[index] = await future
-            except JobCancelled:  # its owner cancelled the job we joined: make our own
-                return await self._generate(request)
-            return await self._free_result(request, plan, slots, hits, checked)
+            return await self._joined_result(request, plan, slots, hits, joined, checked)
         # Claimed with no await since the cache check, so an identical request arriving now
         # joins this one instead of generating again.
         futures = self._flights.claim(plan, own)
+        taken = Taken()
         try:
-            return await self._paid_result(request, plan, own, hits, joined, futures, checked)
+            taken = await self.shared.take(plan, own, fresh=request.fresh)
+            for index, record in taken.found.items():  # another process made it: free
+                hits[index] = record
+                futures[index].set_result(record)
+            if not taken.generate:
+                return await self._joined_result(request, plan, slots, hits, joined, checked)
+            return await self._paid_result(request, plan, taken, hits, joined, futures, checked)
         except BaseException as exc:
             self._flights.fail(futures, exc)
             raise
         finally:
             self._flights.release(plan, own, futures)
+            await self.shared.release(plan, taken)
+
+    async def _joined_result(
+        self,
+        request: GenerateRequest,
+        plan: Plan,
+        slots: list[Slot],
+        hits: dict[int, ImageRecord],
+        joined: Flights,
+        checked: Checked,
+    ) -> GenerationResult:
+        """Every image came from the cache or an identical request in flight: free."""
+        try:
+            for index, future in joined.items():
+                hits[index] = await future
+        except JobCancelled:  # its owner cancelled the job we joined: make our own
+            return await self._generate(request)
+        return await self._free_result(request, plan, slots, hits, checked)
 
     async def _cached(self, plan: Plan, slots: list[Slot], fresh: bool) -> dict[int, ImageRecord]:
         if fresh or plan.cache_scope is None:
@@ -155,12 +179,13 @@ class GenerationPipeline:
         self,
         request: GenerateRequest,
         plan: Plan,
-        own: list[Slot],
+        taken: Taken,
         hits: dict[int, ImageRecord],
         joined: Flights,
         futures: Flights,
         checked: Checked,
     ) -> GenerationResult:
+        own = taken.generate
         prompt_used, enhance_cost, enhance_job = plan.prompt, ZERO_COST, None
         if request.enhance:
             prompt_used, enhance_cost, enhance_job = await self.enhancer.enhance(request, plan)
@@ -197,6 +222,12 @@ class GenerationPipeline:
             for slot in own:
                 if slot.index in produced:
                     futures[slot.index].set_result(produced[slot.index])
+            await self.shared.release(plan, taken)  # before waiting for others' images
+            found, missed = await self.shared.pending(plan, taken.pending)
+            for index, record in found.items():
+                hits[index] = record
+                futures[index].set_result(record)
+            failures += missed.values()
             for index, future in joined.items():
                 try:
                     hits[index] = await future

@@ -76,6 +76,11 @@ class LedgerDatabase(ABC):
     async def ping(self) -> None:
         await self.scalar("SELECT 1")
 
+    async def listen(self, channel: str, callback: Callable[[str], None]) -> bool:
+        """Call ``callback(payload)`` for each notification on ``channel``; False when this
+        database has none (SQLite), or cannot listen now: the caller polls instead."""
+        return False
+
     async def check_schema(self) -> None:
         """Readiness: the schema is the one this code migrates to (not behind, not ahead)."""
         version = await self.schema_version()

@@ -22,6 +22,7 @@ from bot.ledger.api_keys import ApiKeyTable
 from bot.ledger.batches import BatchTable
 from bot.ledger.core import Clock, LedgerDatabase, is_postgres_url, utc_now
 from bot.ledger.database import Database
+from bot.ledger.flights import FlightTable
 from bot.ledger.images import ImageTable
 from bot.ledger.jobs import UNDELIVERED_MESSAGE, DuplicateRequest, JobTable
 from bot.ledger.leases import Leases, new_instance_id
@@ -62,6 +63,7 @@ class Ledger:
         self._usage = UsageCounters(database)
         self._images = ImageTable(database)
         self.leases = Leases(database, instance_id or new_instance_id())
+        self.flights = FlightTable(database, self.leases.instance_id)  # shared single-flight
         self._jobs = JobTable(database, self._usage, self._images, self.leases.instance_id)
         self._templates = TemplateTable(database)
         self._keys = ApiKeyTable(database)

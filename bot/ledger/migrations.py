@@ -329,4 +329,16 @@ MIGRATIONS: tuple[str, ...] = (
         paused_until_ms INTEGER NOT NULL
     );
     """,
+    # 10: generations in flight, shared by every process: one row per (cache key, scope) while a
+    # process (``owner``, an instance) generates that image, so an identical request elsewhere
+    # waits for it (see ``flights``). Rows live seconds; a dead owner's are swept.
+    """
+    CREATE TABLE flights (
+        cache_key TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        PRIMARY KEY (cache_key, scope)
+    ) WITHOUT ROWID;
+    """,
 )

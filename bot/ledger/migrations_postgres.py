@@ -322,4 +322,14 @@ MIGRATIONS: tuple[str, ...] = (
         paused_until_ms BIGINT NOT NULL
     );
     """,
+    # 10: generations in flight, shared by every process (see bot/ledger/flights.py).
+    """
+    CREATE TABLE flights (
+        cache_key TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        PRIMARY KEY (cache_key, scope)
+    );
+    """,
 )

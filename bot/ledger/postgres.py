@@ -24,10 +24,11 @@ Parameters: the concern modules write qmark (``?``) or named (``:name``) stateme
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
@@ -143,10 +144,14 @@ class PostgresDatabase(LedgerDatabase):
     dialect = "postgresql"
     expected_schema_version = len(MIGRATIONS)
 
-    def __init__(self, pool: asyncpg.Pool, clock: Clock) -> None:
+    def __init__(self, pool: asyncpg.Pool, clock: Clock, url: str = "") -> None:
         super().__init__(clock)
         self.pool = pool
+        self._url = url
         self._writes = BatchedWrites(self._run_batch, _batch_failure)
+        self._listener: asyncpg.Connection | None = None  # LISTEN's own connection
+        self._listened: set[str] = set()
+        self._listen_lock = asyncio.Lock()
 
     @classmethod
     async def open(
@@ -162,7 +167,7 @@ class PostgresDatabase(LedgerDatabase):
                 log.error("cannot reach the PostgreSQL ledger at %s", masked_url(url))
                 raise _unavailable(exc) from None
             raise
-        database = cls(pool, clock)
+        database = cls(pool, clock, url)
         try:
             await database._migrate()
         except BaseException:
@@ -173,7 +178,35 @@ class PostgresDatabase(LedgerDatabase):
     async def close(self) -> None:
         await self._cancel_retries()
         await self._writes.drain()
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.close(timeout=5)
         await self.pool.close()
+
+    async def listen(self, channel: str, callback: Callable[[str], None]) -> bool:
+        """LISTEN on a connection of this process's own (opened on first use, and again if it
+        was lost); a notification is delivered when the transaction that sent it commits."""
+        async with self._listen_lock:
+            if self._listener is None or self._listener.is_closed():
+                self._listened.clear()
+                try:
+                    self._listener = await asyncpg.connect(self._url, timeout=10)
+                except Exception as exc:
+                    log.warning("cannot LISTEN now (%s); polling", type(exc).__name__)
+                    self._listener = None
+                    return False
+            if channel not in self._listened:
+
+                def notified(_c: object, _pid: int, _channel: str, payload: str) -> None:
+                    callback(payload)
+
+                try:
+                    await self._listener.add_listener(channel, notified)
+                except Exception as exc:
+                    log.warning("cannot LISTEN now (%s); polling", type(exc).__name__)
+                    return False
+                self._listened.add(channel)
+            return True
 
     async def _migrate(self) -> None:
         async with self.pool.acquire() as connection, connection.transaction():
