@@ -46,6 +46,7 @@ def cluster_env(fake: FakeCloudflare, database_url: str, data: Path) -> dict[str
         "QUOTA_DAILY_NEURONS": "100000000", "MODERATION_MODEL": "off",
         "MAX_QUEUE": "5000", "MAX_CONCURRENT_JOBS": "16", "MAX_JOBS_PER_USER": "16",
         "API_RATE_PER_MINUTE": "10000", "DISCORD_CHANNEL_MESSAGES_PER_10S": "0",
+        "CLOUDFLARE_ACCOUNT_REQUESTS_PER_5MIN": "5000",  # one budget shared by the four
         "JOB_LEASE_SECONDS": "2",  # a killed process's jobs are the others' after 2 s
     }  # fmt: skip
 
