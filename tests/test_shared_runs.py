@@ -154,7 +154,7 @@ async def test_a_run_not_sent_within_its_send_bound_is_cut_off(ledger_location: 
     acceptor = asyncio.create_task(accept())
     ledger = await Ledger.open(ledger_location)
     try:
-        async with httpx.AsyncClient() as http:
+        async with httpx.AsyncClient(timeout=60.0) as http:  # the runtime's write timeout
             client = Client(ledger, http, f"http://127.0.0.1:{port}/client/v4")
             huge = {"prompt": "x", "image_b64": "A" * (24 * 1024 * 1024)}  # more than buffers
             async with asyncio.timeout(30):  # the call's own budget is an hour
