@@ -379,11 +379,11 @@ class CloudflareAPI:
     ) -> httpx.Response | Failure:
         headers = {"Authorization": f"Bearer {self._token}"}
         try:
-            # The budget also bounds one slow attempt, whatever the client's own timeouts are;
-            # until the request is sent, so does its send bound (if earlier).
+            # The budget bounds a slow attempt, whatever httpx's timeouts; a send bound its sending.
             first = deadline if send_by is None else min(deadline, send_by)
             async with asyncio.timeout(max(0.0, first - self._clock())) as cut:
-                sent = {} if send_by is None else {"trace": until_sent(cut, deadline, self._clock)}
+                sent = {} if send_by is None else {"trace": until_sent(cut, send_by, deadline,
+                                                                       self._clock)}
                 response = await self._http.request(method, url, json=json, files=files, data=data,
                                                     params=params, headers=headers,
                                                     extensions=sent)  # fmt: skip

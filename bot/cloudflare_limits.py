@@ -225,13 +225,19 @@ class AccountLimiter(_Window):
                     await self._released.wait()
 
 
-def until_sent(bound: asyncio.Timeout, deadline: float, clock: Clock) -> TraceHook:
+def until_sent(
+    bound: asyncio.Timeout, send_by: float, deadline: float, clock: Clock
+) -> TraceHook:
     """An httpcore trace hook that enforces a run's send bound: ``bound`` (an ``asyncio.timeout``
-    set to the send bound) is moved to ``deadline`` (``clock``'s time) once the request body is
-    fully written; a request still being connected or sent at the send bound is cut off."""
+    set to ``send_by``) is moved to ``deadline`` (``clock``'s times) once the request body is
+    fully written; a request still being connected or sent at the send bound is cut off, and one
+    whose writing would only begin after it (a late event loop) is not begun at all."""
 
-    async def trace(event: str, info: object) -> None:
-        if event.endswith("send_request_body.complete") and not bound.expired():  # http11/http2
+    async def trace(event: str, info: object) -> None:  # events: http11.… or http2.…
+        if event.endswith(("send_request_headers.started", "send_request_body.started")):
+            if clock() >= send_by:
+                raise TimeoutError("past its send bound")
+        elif event.endswith("send_request_body.complete") and not bound.expired():
             bound.reschedule(asyncio.get_running_loop().time() + max(0.0, deadline - clock()))
 
     return trace

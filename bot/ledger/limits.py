@@ -6,8 +6,8 @@ and PostgreSQL; both cores serialise writers, so a check and its count cannot in
 count is under the limit, so its changed row count (1 or 0) is the answer. ``cloudflare_grants``:
 blocks of slots of a Cloudflare budget (``budget``: 'account', 'ai_run', 'ai_img2img'); a block is
 granted only while the slots of every live grant of that budget plus the new block stay within its
-limit. ``cloudflare_pause``: one row,
-until when a 429 paused the account. Times are Unix milliseconds (integers, both dialects).
+limit. ``cloudflare_pause``: one row, until when a 429 paused the account. Times are Unix
+milliseconds (integers, both dialects).
 """
 
 from __future__ import annotations
