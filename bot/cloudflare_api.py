@@ -3,13 +3,15 @@
 Every call goes through ``CloudflareAPI.request``. Each attempt first takes a slot of the
 account-wide limiter (``AccountLimiter``: Cloudflare allows 1,200 API requests per 5 minutes per
 token, and going over blocks every call for 5 minutes), shared fairly by generation and storage;
-``ai/run`` also keeps its own 720-a-minute limiter. A 429 that blocks the account pauses every call
-for its ``Retry-After`` (or the block period). It retries only what can succeed later (connection
-errors, timeouts, 408, 429, out-of-capacity 3040, 5xx), honouring ``Retry-After`` on any status,
-with full-jitter exponential backoff inside a bounded time budget, and turns Cloudflare's error
-envelope into the domain errors of ``bot.errors`` through an ``ErrorMapper``: ``provider_error``
-for Workers AI (the default) and ``store_error`` for Cloudflare Images. The API token never
-leaves the Authorization header: it is kept out of reprs, log lines and every error message.
+a generation's ``ai/run`` then also takes a slot of Workers AI's per-minute limit (``RunLimits``:
+720 text-to-image runs, 1,500 img2img), whose shared budget bounds when its request must have been
+sent: one not fully written by then is cut off (``until_sent``). A 429 that blocks the account
+pauses every call for its ``Retry-After`` (or the block period). It retries only what can succeed
+later (connection errors, timeouts, 408, 429, out-of-capacity 3040, 5xx), honouring Retry-After
+on any status, with full-jitter exponential backoff inside a bounded time budget, and turns
+Cloudflare's error envelope into the domain errors of ``bot.errors`` through an ``ErrorMapper``:
+``provider_error`` for Workers AI (the default), ``store_error`` for Cloudflare Images. The API
+token is kept out of reprs, log lines and every error message.
 """
 
 from __future__ import annotations
@@ -28,12 +30,14 @@ import httpx
 from bot.cloudflare_limits import (
     ACCOUNT_WINDOW_SECONDS,
     DEFAULT_ACCOUNT_REQUESTS,
+    TEXT_TO_IMAGE_PER_MINUTE,
     AccountLimiter,
     CallKind,
     Clock,
+    RunLimits,
     Sleep,
-    SlidingWindowLimiter,
     SlotBudget,
+    until_sent,
 )
 from bot.days import next_utc_midnight
 from bot.errors import (
@@ -187,6 +191,7 @@ class CloudflareAPI:
     first attempt is not counted: that is our own queue, not Cloudflare failing).
     ``account_requests`` per ``account_window_seconds`` is the account-wide limit every call
     shares; ``account_block_seconds`` is how long a 429 without ``Retry-After`` pauses them all.
+    ``runs`` are the ``ai/run`` limiters (by default per process, ``text_to_image_per_minute``).
     ``max_connections`` is the httpx pool's size: at most that many calls are handed to httpx at
     once, the rest wait here (FIFO). httpcore re-scans every queued request against every
     connection each time one is added or finishes, so a queue inside httpcore costs O(n²)
@@ -204,7 +209,8 @@ class CloudflareAPI:
         max_total_seconds: float = 60.0,
         backoff_base: float = 0.5,
         backoff_max: float = 8.0,
-        text_to_image_per_minute: int = 720,
+        text_to_image_per_minute: int = TEXT_TO_IMAGE_PER_MINUTE,
+        runs: RunLimits | None = None,
         account_requests: int = DEFAULT_ACCOUNT_REQUESTS,
         account_window_seconds: float = ACCOUNT_WINDOW_SECONDS,
         account_block_seconds: float = ACCOUNT_WINDOW_SECONDS,
@@ -226,7 +232,7 @@ class CloudflareAPI:
         self._sleep = sleep
         self._clock = clock
         self._random = random.Random()
-        self.limiter = SlidingWindowLimiter(text_to_image_per_minute, clock=clock, sleep=sleep)
+        self.runs = runs or RunLimits(text_to_image_per_minute, clock=clock, sleep=sleep)
         self.account = AccountLimiter(account_requests, account_window_seconds,
                                       clock=clock, sleep=sleep, budget=account_budget)  # fmt: skip
         self.account_block_seconds = account_block_seconds
@@ -269,23 +275,17 @@ class CloudflareAPI:
         while True:
             attempt += 1
             wanted = self._clock()
-            if rate_limited:
-                await self.limiter.acquire()
-            async with self.account.slot(kind) as must_end, self._connections:
-                self._metrics.limiter_wait_seconds.labels(kind).observe(self._clock() - wanted)
-                if deadline is None:
-                    deadline = self._clock() + self.max_total_seconds
-                outcome = await self._attempt(
-                    method,
-                    url,
-                    path,
-                    deadline if must_end is None else min(deadline, must_end),
-                    json=json,
-                    files=files,
-                    data=data,
-                    params=params,
-                    expect=expect,
-                )
+            # The run's slot last, just before sending: its send bound is short.
+            async with self.account.slot(kind) as must_end:
+                send_by = await self.runs.for_path(path).acquire() if rate_limited else None
+                async with self._connections:
+                    self._metrics.limiter_wait_seconds.labels(kind).observe(self._clock() - wanted)
+                    if deadline is None:
+                        deadline = self._clock() + self.max_total_seconds
+                    ends = deadline if must_end is None else min(deadline, must_end)
+                    outcome = await self._attempt(method, url, path, ends, send_by, json=json,
+                                                  files=files, data=data, params=params,
+                                                  expect=expect)  # fmt: skip
             self._count(kind, outcome)
             if isinstance(outcome, httpx.Response):
                 return outcome
@@ -369,6 +369,7 @@ class CloudflareAPI:
         url: str,
         path: str,
         deadline: float,
+        send_by: float | None,
         *,
         json: Any,
         files: Mapping[str, Any] | None,
@@ -378,11 +379,14 @@ class CloudflareAPI:
     ) -> httpx.Response | Failure:
         headers = {"Authorization": f"Bearer {self._token}"}
         try:
-            # The budget also bounds one slow attempt, whatever the client's own timeouts are.
-            async with asyncio.timeout(max(0.0, deadline - self._clock())):
-                response = await self._http.request(
-                    method, url, json=json, files=files, data=data, params=params, headers=headers
-                )
+            # The budget bounds a slow attempt, whatever httpx's timeouts; a send bound its sending.
+            first = deadline if send_by is None else min(deadline, send_by)
+            async with asyncio.timeout(max(0.0, first - self._clock())) as cut:
+                sent = {} if send_by is None else {"trace": until_sent(cut, send_by, deadline,
+                                                                       self._clock)}
+                response = await self._http.request(method, url, json=json, files=files, data=data,
+                                                    params=params, headers=headers,
+                                                    extensions=sent)  # fmt: skip
         except (httpx.TimeoutException, TimeoutError):
             return Failure(method, path, "timeout", retryable=True)
         except httpx.UnsupportedProtocol:

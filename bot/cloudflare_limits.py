@@ -4,7 +4,11 @@
 minutes per token; going over blocks every call for 5 minutes), fair between generation and
 storage, and pauses every call when a 429 says the account is blocked. With a ``SlotBudget``
 (``bot.account_budget``: the account's budget shared by every process on the ledger) each slot
-must also come from it. ``SlidingWindowLimiter`` keeps ``ai/run`` under its own 720 a minute.
+must also come from it. ``SlidingWindowLimiter`` keeps ``ai/run`` under Workers AI's per-minute
+limits, which are per account too (so, with a budget, shared by every process the same way):
+``RunLimits`` holds one for text-to-image (720 a minute) and one for the img2img model, which
+Cloudflare's limits page lists with 1,500 a minute of its own; every other image model (inpainting,
+FLUX.2 with input images) is a text-to-image model there and shares the 720.
 """
 
 from __future__ import annotations
@@ -21,8 +25,13 @@ from bot.rate_window import SlidingWindow
 
 Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]
+TraceHook = Callable[[str, object], Awaitable[None]]
 
 ACCOUNT_WINDOW_SECONDS = 300.0  # Cloudflare's window, and how long it blocks an account over it
+RUN_WINDOW_SECONDS = 60.0  # Workers AI's limits are per minute
+TEXT_TO_IMAGE_PER_MINUTE = 720
+IMG2IMG_PER_MINUTE = 1500
+IMG2IMG_MODEL = "@cf/runwayml/stable-diffusion-v1-5-img2img"  # its own limit (Cloudflare's page)
 DEFAULT_ACCOUNT_REQUESTS = 1000  # per window: safely under Cloudflare's 1,200
 
 CallKind = Literal["generation", "storage"]
@@ -69,26 +78,59 @@ class _Window:
 
 
 class SlidingWindowLimiter(_Window):
-    """At most ``limit`` starts in any ``window`` seconds; callers wait (FIFO) for a free slot."""
+    """At most ``limit`` starts in any ``window`` seconds; callers wait (FIFO) for a free slot.
+    With a ``budget`` each start also needs a slot of it, and ``acquire`` returns by when the
+    call's request must have been sent (the budget counts it no longer; None: no bound)."""
 
     def __init__(
         self,
         limit: int,
-        window: float = 60.0,
+        window: float = RUN_WINDOW_SECONDS,
         *,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
+        budget: SlotBudget | None = None,
     ) -> None:
         super().__init__(limit, window, clock, sleep)
+        self.budget = budget
 
-    async def acquire(self) -> None:
+    async def acquire(self) -> float | None:
         async with self._lock:
             while True:
                 now = self._clock()
                 if self.recent.count(now) < self.limit:
-                    self.recent.add(now)
-                    return
+                    granted = Budgeted(None) if self.budget is None else await self.budget.take()
+                    if self.budget is None or granted.deadline is not None:
+                        self.recent.add(self._clock())
+                        return granted.deadline
+                    await self._sleep(max(0.0, granted.retry_at - self._clock()))
+                    continue
                 await self._sleep((self.recent.next_free() or now) - now)
+
+
+class RunLimits:
+    """The ``ai/run`` limiters, by which limit a model's runs count against."""
+
+    def __init__(
+        self,
+        text_to_image: int = TEXT_TO_IMAGE_PER_MINUTE,
+        img2img: int = IMG2IMG_PER_MINUTE,
+        *,
+        window: float = RUN_WINDOW_SECONDS,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        budgets: tuple[SlotBudget, SlotBudget] | None = None,
+    ) -> None:
+        runs, img2img_runs = budgets or (None, None)
+        self.text_to_image = SlidingWindowLimiter(
+            text_to_image, window, clock=clock, sleep=sleep, budget=runs
+        )
+        self.img2img = SlidingWindowLimiter(
+            img2img, window, clock=clock, sleep=sleep, budget=img2img_runs
+        )
+
+    def for_path(self, path: str) -> SlidingWindowLimiter:
+        return self.img2img if path == f"/ai/run/{IMG2IMG_MODEL}" else self.text_to_image
 
 
 class AccountLimiter(_Window):
@@ -181,3 +223,21 @@ class AccountLimiter(_Window):
                 else:  # every slot is a request still in flight: wait for one to answer
                     self._released.clear()
                     await self._released.wait()
+
+
+def until_sent(
+    bound: asyncio.Timeout, send_by: float, deadline: float, clock: Clock
+) -> TraceHook:
+    """An httpcore trace hook that enforces a run's send bound: ``bound`` (an ``asyncio.timeout``
+    set to ``send_by``) is moved to ``deadline`` (``clock``'s times) once the request body is
+    fully written; a request still being connected or sent at the send bound is cut off, and one
+    whose writing would only begin after it (a late event loop) is not begun at all."""
+
+    async def trace(event: str, info: object) -> None:  # events: http11.… or http2.…
+        if event.endswith(("send_request_headers.started", "send_request_body.started")):
+            if clock() >= send_by:
+                raise TimeoutError("past its send bound")
+        elif event.endswith("send_request_body.complete") and not bound.expired():
+            bound.reschedule(asyncio.get_running_loop().time() + max(0.0, deadline - clock()))
+
+    return trace

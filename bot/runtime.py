@@ -19,13 +19,19 @@ from bot.api_keys import ApiKeys
 from bot.batches import BatchService
 from bot.catalog import CONTENT_MODERATION, Catalog, load_catalog
 from bot.cloudflare_api import CloudflareAPI
-from bot.cloudflare_limits import ACCOUNT_WINDOW_SECONDS
+from bot.cloudflare_limits import (
+    ACCOUNT_WINDOW_SECONDS,
+    IMG2IMG_PER_MINUTE,
+    TEXT_TO_IMAGE_PER_MINUTE,
+    RunLimits,
+)
 from bot.config import Settings
 from bot.errors import ConfigError, InvalidModel
 from bot.gallery import GalleryService
 from bot.gallery_links import GalleryLinks, gallery_secret
 from bot.leases import LeaseKeeper
 from bot.ledger import Ledger
+from bot.ledger.limits import AI_IMG2IMG, AI_RUN
 from bot.metrics import Metrics
 from bot.placeholders import PlaceholderService
 from bot.providers.base import ImageProvider
@@ -122,6 +128,12 @@ async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIter
                 call_seconds=max_total_seconds,
             )
             stack.push_async_callback(budget.close)
+            run_budgets = (  # Workers AI's per-minute limits are per account too
+                SharedAccountBudget.for_runs(ledger.limits, TEXT_TO_IMAGE_PER_MINUTE, AI_RUN),
+                SharedAccountBudget.for_runs(ledger.limits, IMG2IMG_PER_MINUTE, AI_IMG2IMG),
+            )
+            for run_budget in run_budgets:
+                stack.push_async_callback(run_budget.close)
             api = CloudflareAPI(
                 http,
                 account_id=settings.cloudflare_account_id,
@@ -131,6 +143,7 @@ async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIter
                 account_requests=settings.cloudflare_account_requests_per_5min,
                 max_connections=HTTP_LIMITS.max_connections or 64,
                 account_budget=budget,
+                runs=RunLimits(budgets=run_budgets),
                 metrics=metrics,
             )
         provider: ImageProvider = CloudflareProvider(api) if api else LocalProvider()

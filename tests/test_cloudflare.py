@@ -23,9 +23,9 @@ from bot.catalog import load_catalog
 from bot.cloudflare_api import (
     AccountLimiter,
     CloudflareAPI,
-    SlidingWindowLimiter,
     next_utc_midnight,
 )
+from bot.cloudflare_limits import SlidingWindowLimiter
 from bot.errors import (
     BotError,
     ContentFlagged,

@@ -307,7 +307,8 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 9: limits shared by every process on this ledger. ``api_rate_windows``: requests per API
     # key per fixed window (old windows are deleted). ``cloudflare_grants``: blocks of slots of
-    # the Cloudflare account's request budget, each counted until ``expires_ms`` (Unix ms).
+    # a Cloudflare budget (``budget``: the account's API limit, or Workers AI's per-minute limit
+    # of text-to-image or img2img runs), each counted until ``expires_ms`` (Unix ms).
     # ``cloudflare_pause``: one row, until when a 429 paused every call on the account.
     """
     CREATE TABLE api_rate_windows (
@@ -319,11 +320,13 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE cloudflare_grants (
         id TEXT PRIMARY KEY,
         instance_id TEXT NOT NULL,
+        budget TEXT NOT NULL DEFAULT 'account'
+            CHECK (budget IN ('account', 'ai_run', 'ai_img2img')),
         slots INTEGER NOT NULL CHECK (slots > 0),
         granted_ms INTEGER NOT NULL,
         expires_ms INTEGER NOT NULL
     );
-    CREATE INDEX cloudflare_grants_live ON cloudflare_grants (expires_ms);
+    CREATE INDEX cloudflare_grants_live ON cloudflare_grants (budget, expires_ms);
     CREATE TABLE cloudflare_pause (
         id INTEGER PRIMARY KEY CHECK (id = 1),
         paused_until_ms INTEGER NOT NULL

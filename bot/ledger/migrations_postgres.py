@@ -301,7 +301,7 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE guild_settings ADD COLUMN adult_content TEXT NOT NULL DEFAULT 'off'
         CHECK (adult_content IN ('off', 'age_restricted'));
     """,
-    # 9: limits shared by every process: API rate windows, Cloudflare account grants, pause.
+    # 9: limits shared by every process: API rate windows, Cloudflare grants (per budget), pause.
     """
     CREATE TABLE api_rate_windows (
         key_id TEXT NOT NULL,
@@ -312,11 +312,13 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE cloudflare_grants (
         id TEXT PRIMARY KEY,
         instance_id TEXT NOT NULL,
+        budget TEXT NOT NULL DEFAULT 'account'
+            CHECK (budget IN ('account', 'ai_run', 'ai_img2img')),
         slots BIGINT NOT NULL CHECK (slots > 0),
         granted_ms BIGINT NOT NULL,
         expires_ms BIGINT NOT NULL
     );
-    CREATE INDEX cloudflare_grants_live ON cloudflare_grants (expires_ms);
+    CREATE INDEX cloudflare_grants_live ON cloudflare_grants (budget, expires_ms);
     CREATE TABLE cloudflare_pause (
         id BIGINT PRIMARY KEY CHECK (id = 1),
         paused_until_ms BIGINT NOT NULL

@@ -10,6 +10,11 @@ seconds across every route (1,200 per 5 minutes; tests shrink the window): the r
 is answered 429 with Retry-After, and so is every call for ``account_block_seconds`` after.
 ``api_requests`` counts the authenticated API requests, ``account_429s`` those refused so.
 ``answered`` counts, per prompt, the images Workers AI answered (what the account pays for).
+Workers AI's own per-minute limits are held per account too, counted when a run arrives:
+``run_limit`` text-to-image runs per ``run_window`` (720 a minute) over every image model but the
+img2img one, which has ``img2img_run_limit`` (1,500) of its own; a run over its limit is answered
+429 with Retry-After (Cloudflare documents no code for it; the fake uses the API's 971) and
+counted in ``run_429s``. Text models are not limited here.
 
 Its Llama Guard (``@cf/meta/llama-guard-3-8b``) answers as Workers AI does, deciding by the
 words of the conversation (``GUARD_WORDS``), and records each text in ``guard_checks``;
@@ -203,6 +208,12 @@ class FakeCloudflare:
         self.api_requests = 0
         self.account_429s = 0
         self._arrivals: deque[float] = deque()
+        self.run_limit = 720
+        self.img2img_run_limit = 1500
+        self.run_window = 60.0
+        self.run_429s = 0
+        self.most_runs_in_a_window: dict[str, int] = {}  # by limit: the most ever counted at once
+        self._runs: dict[str, deque[float]] = {}
         self._blocked_until = 0.0
         self.ai_calls = 0  # every request to /ai/run, faulted ones included
         self.uploads = 0  # every POST to /images/v1, faulted or rejected ones included
@@ -286,6 +297,8 @@ class FakeCloudflare:
         path = request.path
         if "/ai/run/" in path:
             self.ai_calls += 1
+            if refused := self._over_run_limit(path):
+                return refused
             await self._pause(self.latency)
         if "/images/" in path:
             await self._pause(self.store_latency)
@@ -341,6 +354,28 @@ class FakeCloudflare:
         wait = f"{max(self._blocked_until - now, 0.001):.6g}"
         message = "Please wait and consider throttling your request speed"
         return envelope_error(429, 971, message, **{"Retry-After": wait})
+
+    def _over_run_limit(self, path: str) -> web.Response | None:
+        """Count one image-model run at its arrival; past its per-minute limit, 429."""
+        model_id = path.partition("/ai/run/")[2]
+        model = MODELS.get(model_id)
+        if model is None or model.output in ("text", "guard"):
+            return None
+        img2img = model_id == "@cf/runwayml/stable-diffusion-v1-5-img2img"
+        name = "img2img" if img2img else "text-to-image"
+        limit = self.img2img_run_limit if img2img else self.run_limit
+        arrivals = self._runs.setdefault(name, deque())
+        now = time.monotonic()
+        while arrivals and arrivals[0] <= now - self.run_window:
+            arrivals.popleft()
+        if len(arrivals) < limit:
+            arrivals.append(now)
+            most = self.most_runs_in_a_window
+            most[name] = max(most.get(name, 0), len(arrivals))
+            return None
+        self.run_429s += 1
+        wait = f"{max(arrivals[0] + self.run_window - now, 0.001):.6g}"
+        return envelope_error(429, 971, "Too many requests for this model", **{"Retry-After": wait})
 
     def _take_fault(self, path: str) -> Fault | None:
         for index, fault in enumerate(self._faults):
