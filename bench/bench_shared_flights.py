@@ -19,13 +19,13 @@ import time
 from pathlib import Path
 
 import common
+from bench_postgres import start_durable_server
 from PIL import Image
 
 from bot.config import load_settings
 from bot.generation.shared_flights import Taken
 from bot.requests import GenerateRequest
 from bot.runtime import Runtime, open_runtime
-from tests.postgres_server import PostgresServer, find_binaries
 
 PROMPTS = 30
 REQUESTS, IN_FLIGHT = 400, 32
@@ -95,14 +95,10 @@ async def run(label: str, env: dict[str, str]) -> None:
 def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         asyncio.run(run("sqlite", {"DATA_DIR": str(Path(folder) / "data")}))
-    binaries = find_binaries()
-    if binaries is None:
-        print("no PostgreSQL server binaries: the PostgreSQL figures are skipped")
+    server = start_durable_server()
+    if server is None:
         return
-    server = PostgresServer(binaries, durable=True)
-    server.start()
     try:
-        server.create_template()
         with tempfile.TemporaryDirectory() as folder:
             url = server.url(server.create_database())
             asyncio.run(run("postgresql", {"DATA_DIR": str(Path(folder) / "data"),

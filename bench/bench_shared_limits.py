@@ -14,10 +14,11 @@ import time
 from pathlib import Path
 
 import common  # noqa: F401  (puts the repository on sys.path)
+from bench_postgres import start_durable_server
 
 from bot.api_rate import ApiRateLimit
 from bot.ledger import Ledger
-from tests.postgres_server import PostgresServer, find_binaries, run_async
+from tests.postgres_server import run_async
 
 CHECKS = 6_000
 GRANTS = 2_000
@@ -54,14 +55,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         checks, grants = run_async(rates(Path(folder) / "bench.sqlite3"))
         print(f"sqlite: {checks:,.0f} API rate checks/s, {grants:,.0f} account grants/s")
-    binaries = find_binaries()
-    if binaries is None:
-        print("no PostgreSQL server binaries (Debian: apt-get install postgresql)")
+    server = start_durable_server()
+    if server is None:
         return
-    server = PostgresServer(binaries, durable=True)
-    server.start()
     try:
-        server.create_template()
         checks, grants = run_async(rates(server.url(server.create_database())))
         print(f"postgresql: {checks:,.0f} API rate checks/s, {grants:,.0f} account grants/s")
     finally:
