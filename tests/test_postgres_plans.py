@@ -75,3 +75,34 @@ async def test_a_generic_plan_made_on_an_empty_ledger_reads_jobs_by_narrow_index
     assert scans, "the statement reads jobs somewhere"
     assert not GROWING & set(scans), scans
     assert "Seq Scan" not in scans, scans
+
+
+async def test_a_reservation_against_a_hold_finds_it_by_key_under_generic_plans(
+    postgres_url: str,
+) -> None:
+    """The reservation and the hold trigger (plpgsql, its own cached plans) run with generic
+    plans made on an empty ledger; the scans this transaction made show which indexes."""
+    connection = await asyncpg.connect(postgres_url)
+    transaction = connection.transaction()
+    try:
+        await connection.execute("SET plan_cache_mode = force_generic_plan")
+        await transaction.start()  # rolled back: nothing kept
+        await connection.execute(
+            "INSERT INTO jobs (id, kind, user_id, guild_id, day, state, images, created_at, "
+            "updated_at) VALUES ('job-0', 'generate', 'u1', 'g1', '2026-12-02', 'reserved', 3, "
+            "'x', 'x')"
+        )
+        text, args = translate(RESERVE_SQL, RESERVATION)
+        assert await connection.execute(text, *args) == "INSERT 0 1"
+        scans = {
+            index: await connection.fetchval(
+                "SELECT pg_stat_get_xact_numscans($1::regclass)", index
+            )
+            for index in ("jobs_pkey", "jobs_day", "jobs_open")
+        }
+        assert await connection.fetchval("SELECT images FROM jobs WHERE id = 'job-0'") == 2
+    finally:
+        await transaction.rollback()
+        await connection.close()
+    assert scans["jobs_pkey"] == 2, scans  # the hold's images read, then drawn from
+    assert scans["jobs_day"] == scans["jobs_open"] == 0, scans

@@ -322,4 +322,19 @@ MIGRATIONS: tuple[str, ...] = (
         paused_until_ms BIGINT NOT NULL
     );
     """,
+    # 10: no change (the number is held for another branch's migration; see migrations.py).
+    "SELECT 1;",
+    # 11: a batch's draw from its hold finds the hold by primary key only. plpgsql keeps one
+    # generic plan per connection; made on a new ledger, ``id = … AND state = 'reserved' AND
+    # day = …`` was planned through jobs_open or jobs_day, which grow with the day's jobs. The
+    # CASE leaves the planner nothing but the key to search by; the rows changed are the same.
+    """
+    CREATE OR REPLACE FUNCTION jobs_draw_from_hold() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        UPDATE jobs SET images = GREATEST(0, images - NEW.images), updated_at = NEW.created_at
+        WHERE id = NEW.hold_id
+          AND CASE WHEN state = 'reserved' AND day = NEW.day THEN TRUE ELSE FALSE END;
+        RETURN NULL;
+    END $$;
+    """,
 )
