@@ -52,6 +52,10 @@ WHERE COALESCE(u.images, 0) - COALESCE(r.images, 0) + :images
   AND (:guild = '' OR COALESCE(g.micro_usd, 0) + :usd <= :guild_usd)
   AND COALESCE(a.milli_neurons, 0) + :mn <= :neurons
 """
+# The hold is looked up by ``id`` alone (its state and day checked in the CASE): on PostgreSQL
+# a connection keeps one generic plan of this statement, and one made on a new ledger searched
+# ``h.id = … AND h.state = … AND h.day = …`` through jobs_day or jobs_open, every job of the day
+# (tests/test_postgres_plans.py).
 # An upload also fits the user's daily upload allowance (all servers together), in the same
 # statement, so concurrent uploads can never pass it.
 RESERVE_UPLOAD_SQL = (
