@@ -45,13 +45,17 @@ LEFT JOIN quota_resets r ON r.day = :day AND r.user_scope = :user_scope
 LEFT JOIN usage_counters g ON g.day = :day AND g.scope = 'guild' AND g.scope_id = :guild
 LEFT JOIN usage_counters a ON a.day = :day AND a.scope = 'all' AND a.scope_id = ''
 WHERE COALESCE(u.images, 0) - COALESCE(r.images, 0) + :images
-        <= :user_images + COALESCE((SELECT h.images FROM jobs h
-                                    WHERE h.id = :hold AND h.state = 'reserved'
-                                      AND h.day = :day), 0)
+        <= :user_images + COALESCE((SELECT CASE WHEN h.state = 'reserved' AND h.day = :day
+                                                THEN h.images END
+                                    FROM jobs h WHERE h.id = :hold), 0)
   AND COALESCE(u.micro_usd, 0) - COALESCE(r.micro_usd, 0) + :usd <= :user_usd
   AND (:guild = '' OR COALESCE(g.micro_usd, 0) + :usd <= :guild_usd)
   AND COALESCE(a.milli_neurons, 0) + :mn <= :neurons
 """
+# The hold is looked up by ``id`` alone (its state and day checked in the CASE): on PostgreSQL
+# a connection keeps one generic plan of this statement, and one made on a new ledger searched
+# ``h.id = … AND h.state = … AND h.day = …`` through jobs_day or jobs_open, every job of the day
+# (tests/test_postgres_plans.py).
 # An upload also fits the user's daily upload allowance (all servers together), in the same
 # statement, so concurrent uploads can never pass it.
 RESERVE_UPLOAD_SQL = (

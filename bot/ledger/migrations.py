@@ -344,4 +344,7 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (cache_key, scope)
     ) WITHOUT ROWID;
     """,
+    # 11: no change here: PostgreSQL's batch hold trigger now finds the hold by primary key
+    # only (against its cached generic plans); SQLite keeps no generic plans.
+    "SELECT 1;",
 )

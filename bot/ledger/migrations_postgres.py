@@ -334,4 +334,17 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (cache_key, scope)
     );
     """,
+    # 11: a batch's draw from its hold finds the hold by primary key only. plpgsql keeps one
+    # generic plan per connection; made on a new ledger, ``id = … AND state = 'reserved' AND
+    # day = …`` was planned through jobs_open or jobs_day, which grow with the day's jobs. The
+    # CASE leaves the planner nothing but the key to search by; the rows changed are the same.
+    """
+    CREATE OR REPLACE FUNCTION jobs_draw_from_hold() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        UPDATE jobs SET images = GREATEST(0, images - NEW.images), updated_at = NEW.created_at
+        WHERE id = NEW.hold_id
+          AND CASE WHEN state = 'reserved' AND day = NEW.day THEN TRUE ELSE FALSE END;
+        RETURN NULL;
+    END $$;
+    """,
 )
