@@ -61,7 +61,9 @@ async def bench_ledger(pairs: int = 10_000, concurrency: int = 64) -> dict[str, 
 
 async def bench_cache_hits(hits: int = 500) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as folder:
-        settings = load_settings({"DATA_DIR": folder, "QUOTA_USER_DAILY_IMAGES": "1000000"})
+        # Each hit still pays the prompt check (on by default), so the budget is wide too.
+        settings = load_settings({"DATA_DIR": folder, "QUOTA_USER_DAILY_IMAGES": "1000000",
+                                  "QUOTA_USER_DAILY_USD": "1000"})  # fmt: skip
         async with open_runtime(settings) as runtime:
             request = GenerateRequest(prompt="a cached lighthouse", user_id="u1", guild_id="g1")
             await runtime.service.generate(request)
