@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from bot.catalog import Catalog
 from bot.config import Settings, load_settings, read_environment
+from bot.config_values import PostgresUrl
 from bot.errors import BotError, ConfigError
 from bot.logs import configure_logging
 from bot.money import format_neurons, format_usd
@@ -170,9 +171,7 @@ async def _migrate(settings: Settings, url: str) -> int:
     """Copy the SQLite ledger into an empty PostgreSQL database (bot.ledger_move)."""
     from bot.ledger_move import migrate_to_postgres
 
-    if not url.startswith(("postgresql://", "postgres://")):
-        raise ConfigError("--to", "must be a URL starting with postgresql://")
-    print(await migrate_to_postgres(settings.database_path, url))
+    print(await migrate_to_postgres(settings.database_path, PostgresUrl().parse("--to", url)))
     return 0
 
 

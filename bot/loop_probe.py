@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 TICK = 0.01
 SAMPLE_AFTER = 0.03  # a stall this long gets its stack sampled
 FRAMES = 4  # innermost frames kept in a sample
+# SIGUSR1 (report and start over) is an extra: loops without Unix signals (Windows) raise
+# NotImplementedError, and a loop outside the main thread RuntimeError; the probe runs without.
+NO_SIGNAL_HANDLERS = (NotImplementedError, RuntimeError)
 
 
 class LoopLagProbe:
@@ -108,12 +111,12 @@ async def loop_lag_probe(enabled: bool) -> AsyncIterator[LoopLagProbe | None]:
     watchdog.start()
     gc.callbacks.append(probe.on_gc)
     loop = asyncio.get_running_loop()
-    with contextlib.suppress(NotImplementedError, RuntimeError):  # not on every platform
+    with contextlib.suppress(*NO_SIGNAL_HANDLERS):
         loop.add_signal_handler(signal.SIGUSR1, probe.report, True)
     try:
         yield probe
     finally:
-        with contextlib.suppress(NotImplementedError, RuntimeError):
+        with contextlib.suppress(*NO_SIGNAL_HANDLERS):
             loop.remove_signal_handler(signal.SIGUSR1)
         gc.callbacks.remove(probe.on_gc)
         probe.stop()

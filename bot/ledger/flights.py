@@ -71,8 +71,7 @@ class FlightTable:
 
     async def claim(self, cache_key: str, scope: str) -> bool:
         """Lead the generation of this image: True unless a live process already does."""
-        params = {"me": self.instance_id, "now": self._db.now_iso(), "key": cache_key,
-                  "scope": scope}  # fmt: skip
+        params = self._params(scope, ()) | {"key": cache_key}
         return await self._db.write(CLAIM_SQL, params) == 1
 
     async def release(self, cache_keys: Sequence[str], scope: str) -> None:

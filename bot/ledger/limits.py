@@ -55,10 +55,6 @@ PAUSED_SQL = "SELECT COALESCE(MAX(paused_until_ms), 0) FROM cloudflare_pause"
 GRANTS_FORGET_SQL = "DELETE FROM cloudflare_grants WHERE expires_ms <= :now"
 
 
-def now_ms(db: LedgerDatabase) -> int:
-    return int(db.clock().timestamp() * 1000)
-
-
 @dataclass(frozen=True)
 class Refused:
     """Why no block was granted: until when the account is paused (0: it is not), and when
@@ -76,7 +72,8 @@ class SharedLimits:
         self.instance_id = instance_id
 
     def now_ms(self) -> int:
-        return now_ms(self._db)
+        """The ledger's clock in Unix milliseconds (every process's grants compare on it)."""
+        return int(self._db.clock().timestamp() * 1000)
 
     # -- API rate windows -----------------------------------------------------------------
 
