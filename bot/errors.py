@@ -150,6 +150,20 @@ class JobCancelled(BotError):
         super().__init__("Cancelled before the image was generated: nothing was charged.")
 
 
+class TooLate(BotError):
+    """The job outlived its process's lease: crash recovery elsewhere closed it, and it could
+    not be charged late (no room left today). Not delivered, not charged."""
+
+    code = "too_late"
+    http_status = 409
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(
+            message or "This took too long and was cancelled; you were not charged. "
+            "Please try again."
+        )
+
+
 class ProviderError(BotError):
     """The image provider failed. Subclasses say whether it is worth trying again later."""
 

@@ -24,6 +24,7 @@ from bot.deletion import ImageDeletion
 from bot.errors import BotError, NotFound
 from bot.idempotency import check_same_request, upload_fingerprint
 from bot.image_records import StoredBytes, image_record
+from bot.lease_fence import LeaseFence
 from bot.ledger import ImageRecord, Ledger, Limits
 from bot.ledger.ledger import DuplicateRequest, NewJob
 from bot.ledger.records import new_id
@@ -53,6 +54,7 @@ class ImageLibrary:
         self.http = http  # for uploads by URL; None where nothing fetches (some tests)
         self.allow_private_urls = allow_private_urls
         self._deletion = ImageDeletion(ledger, backends)
+        self.fence = LeaseFence(ledger, backends)  # when this process outlived its lease
 
     @property
     def store(self) -> ImageStore:
@@ -181,12 +183,13 @@ class ImageLibrary:
         info = await asyncio.to_thread(imaging.validate_upload, data)
         image_id = new_id("img")
         price = Cost(self.upload_micro_usd, 0)
+        limits = await self._upload_limits(user_id, guild_id, role_ids)
         try:
             job = await self.ledger.reserve(
                 NewJob("upload", user_id, guild_id, price, 0, None, idempotency_key,
                        {"slots": [{"id": image_id}], "metadata": metadata or {}},
                        fingerprint=fingerprint, bytes=len(data)),
-                await self._upload_limits(user_id, guild_id, role_ids),
+                limits,
             )  # fmt: skip
         except DuplicateRequest as duplicate:
             check_same_request(duplicate.job, fingerprint)
@@ -202,13 +205,13 @@ class ImageLibrary:
             record = image_record(
                 job, image_id, held, cost=price, seed_shown=False, created_at=self.ledger.now_iso()
             )
-            await self.record_or_unstore(record)
+            recorded = await self.record_or_unstore(record)
         except BaseException as exc:
             code = exc.code if isinstance(exc, BotError) else "internal"
             await self.ledger.refund(job.id, code)
             raise
-        await self.ledger.settle(job.id, 0, price)
-        return record
+        unrecorded = [] if recorded else [record]  # the job was taken over (lease_fence)
+        return (await self.fence.settle(job, limits, {0: record}, unrecorded, 0, price))[0]
 
     async def check_upload_allowance(
         self, user_id: str, guild_id: str = "", role_ids: Sequence[str] = ()
@@ -227,11 +230,12 @@ class ImageLibrary:
         limits = await self.ledger.limits_for(user_id, guild_id, role_ids)
         return replace(limits, user_images=UNLIMITED, milli_neurons=UNLIMITED)
 
-    async def record_or_unstore(self, record: ImageRecord) -> None:
-        """Record a stored image; if the record cannot be written, take the bytes back out of
-        the store, so nothing stored is ever left without a record."""
+    async def record_or_unstore(self, record: ImageRecord) -> bool:
+        """Record a stored image of a job this process runs; False, the bytes kept, if the job
+        is no longer its own (``bot.lease_fence`` closes it). If the record cannot be written,
+        take the bytes back out of the store, so nothing stored is ever left without a record."""
         try:
-            await self.ledger.add_image(record)
+            return await self.ledger.add_job_image(record)
         except BaseException:
             try:
                 await self.backends.delete(record.storage_key)

@@ -17,7 +17,7 @@ SERVICES = (
     "bot.service", "bot.generation", "bot.library", "bot.backends", "bot.runtime",
     "bot.batches", "bot.placeholders", "bot.recovery", "bot.deletion", "bot.reports",
     "bot.api_keys", "bot.server_admin", "bot.scheduler", "bot.requests", "bot.presentation",
-    "bot.idempotency", "bot.grids",
+    "bot.idempotency", "bot.grids", "bot.lease_fence",
 )  # fmt: skip
 # What fronts must not reach through the runtime or the service: the parts behind them.
 HIDDEN_ATTRIBUTES = {"ledger", "store", "provider", "backends"}

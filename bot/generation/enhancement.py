@@ -12,6 +12,7 @@ from bot.backends import Backends
 from bot.catalog import ZERO_COST, Catalog, Cost
 from bot.errors import InvalidModel, ProviderError
 from bot.generation.plan import Plan
+from bot.lease_fence import LeaseFence
 from bot.ledger import Ledger
 from bot.ledger.ledger import DuplicateRequest, NewJob
 from bot.requests import GenerateRequest
@@ -27,6 +28,7 @@ class PromptEnhancer:
         self.catalog = catalog
         self.backends = backends
         self.enhance_model = enhance_model
+        self.fence = LeaseFence(ledger, backends)
 
     async def enhance(self, request: GenerateRequest, plan: Plan) -> tuple[str, Cost, str | None]:
         """The prompt to use, what it cost, and the job charged for it (None if none was)."""
@@ -60,6 +62,7 @@ class PromptEnhancer:
         actual = Cost.from_nano_usd(
             spec.price.tokens_nano_usd(answer.input_tokens, answer.output_tokens)
         ).at_most(estimate)
-        await self.ledger.settle(job.id, 0, actual)
+        if not await self.fence.settle_call(job, plan.limits, actual):
+            return plan.prompt, ZERO_COST, None  # outlived its lease, not charged: not used
         text = enhance.tidy_answer(answer.text, plan.prompt, plan.spec.max_prompt_chars)
         return text, actual, job.id

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from bot import moderation
 from bot.backends import Backends
 from bot.catalog import ZERO_COST, Catalog, Cost, ModelSpec
-from bot.errors import ContentFlagged, ContentRefused, ProviderError, ProviderUnavailable
+from bot.errors import ContentFlagged, ContentRefused, ProviderError, ProviderUnavailable, TooLate
 from bot.generation.plan import Plan
+from bot.lease_fence import LeaseFence
 from bot.ledger import Ledger
 from bot.ledger.ledger import DuplicateRequest, NewJob
 from bot.moderation import Verdict
@@ -54,6 +55,7 @@ class ContentModerator:
         self.catalog = catalog
         self.backends = backends
         self.model_id = model_id
+        self.fence = LeaseFence(ledger, backends)
 
     def applies(self, request: GenerateRequest, plan: Plan) -> bool:
         """Whether this request is checked (see the module docstring)."""
@@ -86,7 +88,8 @@ class ContentModerator:
         actual = Cost.from_nano_usd(
             spec.price.tokens_nano_usd(verdict.input_tokens, verdict.output_tokens)
         ).at_most(estimate)
-        await self.ledger.settle(job.id, 0, actual)
+        if not await self.fence.settle_call(job, plan.limits, actual):
+            raise TooLate()  # outlived its lease, not charged: the verdict is not used
         await self.ledger.note_job(job.id, NOTE_PREFIX + ",".join(verdict.categories or ("safe",)))
         if not verdict.safe:
             raise _refused(verdict.categories, actual)

@@ -13,6 +13,7 @@ pipeline checks for a cancel at each step boundary before the provider call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -21,7 +22,7 @@ from bot import imaging
 from bot.backends import Backends
 from bot.catalog import ZERO_COST, Cost
 from bot.days import next_utc_midnight
-from bot.errors import BotError, Busy, JobCancelled
+from bot.errors import BotError, Busy, JobCancelled, TooLate
 from bot.generation.enhancement import PromptEnhancer
 from bot.generation.live import LiveJob, LiveJobs
 from bot.generation.moderation import Checked, ContentModerator
@@ -32,6 +33,7 @@ from bot.generation.shared_flights import SharedFlights, Taken
 from bot.generation.single_flight import Flights, SingleFlight
 from bot.idempotency import check_same_request, request_fingerprint
 from bot.image_records import StoredBytes, image_record
+from bot.lease_fence import LeaseFence
 from bot.ledger import ImageRecord, Job, Ledger
 from bot.ledger.ledger import DuplicateRequest
 from bot.ledger.records import new_id
@@ -42,7 +44,7 @@ from bot.stores.base import store_metadata
 
 log = logging.getLogger(__name__)
 
-RecordOrUnstore = Callable[[ImageRecord], Awaitable[None]]
+RecordOrUnstore = Callable[[ImageRecord], Awaitable[bool]]  # False: no longer this job's owner
 
 
 class GenerationPipeline:
@@ -65,6 +67,7 @@ class GenerationPipeline:
         self.enhancer = enhancer
         self.moderator = moderator
         self._record_or_unstore = record_or_unstore
+        self.fence = LeaseFence(ledger, backends)  # when this process outlived its lease
         self._flights = SingleFlight()
         self.shared = shared  # the same, across processes
         self._by_key: dict[str, asyncio.Future[None]] = {}
@@ -265,6 +268,7 @@ class GenerationPipeline:
         """Wait in line, then generate, store and record each own image; settle for what was
         made, else refund (a cancel before the provider call: JobCancelled, refunded)."""
         produced: dict[int, ImageRecord] = {}
+        unrecorded: list[ImageRecord] = []  # the job was taken over meanwhile (lease_fence)
         failures: list[BotError] = []
         reporter = position_reporter(request, job.id)
         try:
@@ -287,8 +291,10 @@ class GenerationPipeline:
                     return_exceptions=True,
                 )
             for slot, outcome in zip(own, stored, strict=True):
-                if isinstance(outcome, ImageRecord):
-                    produced[slot.index] = outcome
+                if isinstance(outcome, tuple):
+                    produced[slot.index], recorded = outcome
+                    if not recorded:
+                        unrecorded.append(outcome[0])
                 elif isinstance(outcome, BotError):
                     failures.append(outcome)
                 elif isinstance(outcome, BaseException):
@@ -302,16 +308,19 @@ class GenerationPipeline:
                     error.user_message if error else None,
                 )
             else:
-                await self.ledger.settle(job.id, len(produced), plan.cost_of(len(produced)))
+                with contextlib.suppress(TooLate):
+                    await self.fence.settle(job, plan.limits, produced, unrecorded,
+                                            len(produced), plan.cost_of(len(produced)))
             raise
         if not produced:
             first = failures[0]
             await self.ledger.refund(job.id, first.code, first.user_message)
             raise first
-        await self.ledger.settle(job.id, len(produced), plan.cost_of(len(produced)))
+        # charged; if another process's recovery took the job over, closed exactly (lease_fence)
+        produced = await self.fence.settle(job, plan.limits, produced, unrecorded,
+                                           len(produced), plan.cost_of(len(produced)))  # fmt: skip
         report(request, "done", plan.spec, job.id)
         return produced, failures
-
     async def _generate_one(self, plan: Plan, slot: Slot, prompt_used: str) -> GeneratedImage:
         return await self.backends.generate(
             ImageRequest(
@@ -335,7 +344,8 @@ class GenerationPipeline:
         job: Job,
         image_id: str,
         generated: GeneratedImage | BaseException,
-    ) -> ImageRecord:
+    ) -> tuple[ImageRecord, bool]:
+        """The image stored, and whether it is recorded (False: the job is no longer ours)."""
         if isinstance(generated, BaseException):
             raise generated
         width, height = imaging.image_size(generated.data)  # header only: microseconds
@@ -354,8 +364,7 @@ class GenerationPipeline:
             seed_shown=plan.spec.supports_seed or provider.honours_every_seed,
             created_at=self.ledger.now_iso(),
         )  # fmt: skip
-        await self._record_or_unstore(record)
-        return record
+        return record, await self._record_or_unstore(record)
 
     async def _free_result(
         self,

@@ -9,9 +9,20 @@ from __future__ import annotations
 
 from bot.errors import NotFound
 from bot.ledger.core import LedgerDatabase, insert_statement
-from bot.ledger.records import ImageRecord
+from bot.ledger.records import OPEN_STATES, ImageRecord
 
 INSERT_IMAGE_SQL = insert_statement("images", ImageRecord.COLUMNS)
+# The fenced insert: written only while its job is open and still this process's, so a process
+# that stalled past its lease never records an image crash recovery recorded (or refunded)
+# meanwhile. An INSERT … SELECT gives PostgreSQL no column types, so the numbers say theirs.
+_TYPES = dict.fromkeys(("width", "height", "steps", "seed", "bytes", "cost_micro_usd",
+                        "cost_milli_neurons", "cached", "is_deleted", "private"), "BIGINT")
+_TYPES.update(guidance="DOUBLE PRECISION", strength="DOUBLE PRECISION")
+_TYPED = ", ".join(f"CAST(? AS {_TYPES[c]})" if c in _TYPES else "?" for c in ImageRecord.COLUMNS)
+INSERT_OWN_IMAGE_SQL = (
+    f"INSERT INTO images ({', '.join(ImageRecord.COLUMNS)}) SELECT {_TYPED} "  # noqa: S608
+    f"WHERE EXISTS (SELECT 1 FROM jobs WHERE id = ? AND state IN {OPEN_STATES!r} AND owner = ?)"
+)
 IMAGE_BY_ID_SQL = "SELECT * FROM images WHERE id = ?"
 IMAGES_OF_JOB_SQL = "SELECT * FROM images WHERE job_id = ? ORDER BY created_at, id"
 CACHED_SQL = (
@@ -60,6 +71,11 @@ class ImageTable:
 
     async def add(self, image: ImageRecord) -> None:
         await self._db.write(INSERT_IMAGE_SQL, image.to_row())
+
+    async def add_own(self, image: ImageRecord, owner: str) -> bool:
+        """Record an image of a job ``owner`` still runs; False (nothing written) if not."""
+        params = (*image.to_row(), image.job_id, owner)
+        return await self._db.write(INSERT_OWN_IMAGE_SQL, params) == 1
 
     async def get(self, image_id: str) -> ImageRecord:
         row = await self._db.one(IMAGE_BY_ID_SQL, (image_id,))

@@ -32,14 +32,9 @@ SELECT state, COUNT(*) AS n FROM jobs WHERE day = :day AND state IN ('settled', 
 GROUP BY state
 """  # noqa: S608
 
-RESERVE_SQL = """
-INSERT INTO jobs (id, idempotency_key, kind, user_id, guild_id, day, model, state,
-                  images, micro_usd, milli_neurons, params, request_fingerprint, bytes,
-                  hold_id, owner, created_at, updated_at)
-SELECT :id, :key, :kind, :user, :guild, :day, :model, 'reserved',
-       CAST(:images AS BIGINT), CAST(:usd AS BIGINT), CAST(:mn AS BIGINT), :params,
-       :fingerprint, CAST(:bytes AS BIGINT), :hold, :owner, :now, :now
-FROM (SELECT 1) AS one
+# What a charge must fit: the user's images (a batch's hold counting as room), the user's
+# and the server's money, the bot's Neurons; a reservation and a late charge check alike.
+_QUOTA_ROOM = """FROM (SELECT 1) AS one
 LEFT JOIN usage_counters u ON u.day = :day AND u.scope = 'user' AND u.scope_id = :user_scope
 LEFT JOIN quota_resets r ON r.day = :day AND r.user_scope = :user_scope
 LEFT JOIN usage_counters g ON g.day = :day AND g.scope = 'guild' AND g.scope_id = :guild
@@ -52,20 +47,42 @@ WHERE COALESCE(u.images, 0) - COALESCE(r.images, 0) + :images
   AND (:guild = '' OR COALESCE(g.micro_usd, 0) + :usd <= :guild_usd)
   AND COALESCE(a.milli_neurons, 0) + :mn <= :neurons
 """
+RESERVE_SQL = (
+    """
+INSERT INTO jobs (id, idempotency_key, kind, user_id, guild_id, day, model, state,
+                  images, micro_usd, milli_neurons, params, request_fingerprint, bytes,
+                  hold_id, owner, created_at, updated_at)
+SELECT :id, :key, :kind, :user, :guild, :day, :model, 'reserved',
+       CAST(:images AS BIGINT), CAST(:usd AS BIGINT), CAST(:mn AS BIGINT), :params,
+       :fingerprint, CAST(:bytes AS BIGINT), :hold, :owner, :now, :now
+"""
+    + _QUOTA_ROOM
+)
 # The hold is looked up by ``id`` alone (its state and day checked in the CASE): on PostgreSQL
 # a connection keeps one generic plan of this statement, and one made on a new ledger searched
 # ``h.id = … AND h.state = … AND h.day = …`` through jobs_day or jobs_open, every job of the day
 # (tests/test_postgres_plans.py).
 # An upload also fits the user's daily upload allowance (all servers together), in the same
 # statement, so concurrent uploads can never pass it.
-RESERVE_UPLOAD_SQL = (
-    RESERVE_SQL  # noqa: S608 (constant text, no input)
-    + """  AND (SELECT COUNT(*) + 1 <= :uploads
+_UPLOAD_ROOM = """  AND (SELECT COUNT(*) + 1 <= :uploads
                  AND COALESCE(SUM(bytes), 0) + :bytes <= :upload_bytes
        FROM jobs WHERE user_id = :user AND day = :day AND kind = 'upload'
                    AND state != 'refunded')
 """
+RESERVE_UPLOAD_SQL = RESERVE_SQL + _UPLOAD_ROOM
+# A job crash recovery refunded ('interrupted') while its process, stalled past its lease, still
+# made its images: settled for them in one statement, only if the quotas still have room for
+# them, exactly as a reservation counts (the job itself, refunded, counts as nothing until then;
+# the counting trigger adds it in the same write). No hold: a batch's allowance is not drawn.
+_LATE_CHARGE = (
+    "UPDATE jobs SET state = 'settled', images = CAST(:images AS BIGINT), "
+    "micro_usd = CAST(:usd AS BIGINT), milli_neurons = CAST(:mn AS BIGINT), "
+    "error_code = NULL, error_message = NULL, note = :note, updated_at = :now "
+    "WHERE id = :id AND state = 'refunded' AND error_code = 'interrupted' AND EXISTS (SELECT 1 "
 )
+LATE_CHARGE_SQL = _LATE_CHARGE + _QUOTA_ROOM + ")"
+LATE_CHARGE_UPLOAD_SQL = _LATE_CHARGE + _QUOTA_ROOM + _UPLOAD_ROOM + ")"
+LATE_NOTE = "charged late: its process outlived its lease while crash recovery refunded it"
 INSERT_FREE_JOB_SQL = (
     "INSERT INTO jobs (id, idempotency_key, kind, user_id, guild_id, day, model, "
     "state, planned_image_ids, params, request_fingerprint, created_at, updated_at) "
@@ -197,6 +214,21 @@ class JobTable:
     async def settle(self, job_id: str, images: int, cost: Cost) -> bool:
         params = (images, cost.micro_usd, cost.milli_neurons, self._db.now_iso(), job_id)
         return await self._db.write_eventually(SETTLE_SQL, params, f"job {job_id}") == 1
+
+    async def late_charge(self, job: Job, images: int, cost: Cost, limits: Limits) -> bool:
+        """Settle a job crash recovery refunded while its process still ran it, for what it
+        made, if the quotas have room (``LATE_CHARGE_SQL``); False, and nothing changed, if not."""
+        params = {
+            "id": job.id, "user": job.user_id, "user_scope": user_scope(job.guild_id, job.user_id),
+            "guild": job.guild_id, "day": job.day, "images": images, "usd": cost.micro_usd,
+            "mn": cost.milli_neurons, "bytes": job.bytes, "hold": None, "note": LATE_NOTE,
+            "now": self._db.now_iso(), "user_images": limits.user_images,
+            "user_usd": limits.user_micro_usd, "guild_usd": limits.guild_micro_usd,
+            "neurons": limits.milli_neurons, "uploads": limits.user_uploads,
+            "upload_bytes": limits.user_upload_bytes,
+        }  # fmt: skip
+        sql = LATE_CHARGE_UPLOAD_SQL if job.kind == "upload" else LATE_CHARGE_SQL
+        return await self._db.write(sql, params) == 1
 
     async def refund(self, job_id: str, error_code: str | None, error_message: str | None) -> bool:
         params = (error_code, error_message, self._db.now_iso(), job_id)

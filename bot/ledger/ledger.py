@@ -243,6 +243,12 @@ class Ledger:
         deferred (as for ``settle``)."""
         return await self._jobs.refund(job_id, error_code, error_message)
 
+    async def late_charge(self, job: Job, images: int, cost: Cost, limits: Limits) -> bool:
+        """A job crash recovery refunded while its process, stalled past its lease, made its
+        images: settled for them in one statement if the quotas (as ``reserve`` checks them)
+        still have room; False and nothing changed if not (``bot.lease_fence``)."""
+        return await self._jobs.late_charge(job, images, cost, limits)
+
     async def record_free_job(self, new: NewJob, job_id: str, images: list[ImageRecord]) -> Job:
         """A request that costs nothing (a cache hit) still gets a job, for idempotency, and
         its image records: written together, in one batch."""
@@ -288,6 +294,11 @@ class Ledger:
 
     async def add_image(self, image: ImageRecord) -> None:
         await self._images.add(image)
+
+    async def add_job_image(self, image: ImageRecord) -> bool:
+        """Record an image of a job this process still runs (open and its own); False, and
+        nothing written, once another process's recovery has taken the job."""
+        return await self._images.add_own(image, self.leases.instance_id)
 
     async def get_image(self, image_id: str) -> ImageRecord:
         return await self._images.get(image_id)

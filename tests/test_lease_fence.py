@@ -1,0 +1,267 @@
+"""The lease fence, with real parts: two runtimes ('processes') on one ledger (a SQLite file, or
+one PostgreSQL database) and one image folder. Process a's job stalls (a provider or a store
+that waits on an event, so the order is exact), its lease lapses, b's crash recovery closes the
+job, then a finishes: it is charged exactly once or not at all, and never delivers an image
+nobody paid for. Also a hammer of late charges racing fresh reservations on one quota."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from bot.catalog import Cost
+from bot.config import Settings
+from bot.errors import QuotaExceeded, TooLate
+from bot.ledger import Job, Ledger
+from bot.ledger.ledger import NewJob
+from bot.ledger.records import Limits
+from bot.providers.base import GeneratedImage, ImageRequest
+from bot.providers.local import LocalProvider
+from bot.recovery import CrashRecovery, RecoveryReport
+from bot.requests import GenerateRequest
+from bot.runtime import Runtime, open_runtime
+from bot.stores.base import StoredImage
+from bot.stores.local import LocalImageStore
+from tests.conftest import png
+
+pytestmark = pytest.mark.both_ledgers
+LAPSED = "2000-01-01T00:00:00.000+00:00"
+BOOKS_EXACT = {"counter_mismatches": 0, "open_jobs": 0}
+
+
+class StalledProvider(LocalProvider):
+    """The local renderer, holding each call until ``go`` is set (the process is stalled)."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def generate(self, request: ImageRequest) -> GeneratedImage:
+        self.started.set()
+        await self.go.wait()
+        return await super().generate(request)
+
+
+class StalledStore(LocalImageStore):
+    """The local store, stalling right after (or, ``before_put``, right before) it stores."""
+
+    def __init__(self, root: Path, base_url: str, *, before_put: bool = False) -> None:
+        super().__init__(root, base_url)
+        self.before_put = before_put
+        self.reached = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def put(
+        self, image_id: str, data: bytes, content_type: str, metadata: dict[str, str]
+    ) -> StoredImage:
+        if self.before_put:
+            await self._stall()
+        stored = await super().put(image_id, data, content_type, metadata)
+        if not self.before_put:
+            await self._stall()
+        return stored
+
+    async def _stall(self) -> None:
+        self.reached.set()
+        await self.go.wait()
+
+
+def stalled_store(runtime: Runtime, *, before_put: bool = False) -> StalledStore:
+    settings = runtime.settings
+    store = StalledStore(
+        settings.data_dir / "images", settings.public_base_url, before_put=before_put
+    )
+    runtime.service.store = store
+    return store
+
+
+async def lapse(runtime: Runtime) -> None:
+    """The database's view of a process stalled past its lease: its lease ran out."""
+    await runtime.ledger.database.write(
+        "UPDATE instances SET lease_until = ? WHERE id = ?",
+        (LAPSED, runtime.ledger.leases.instance_id),
+    )
+
+
+async def jobs_of(ledger: Ledger, user_id: str) -> list[Job]:
+    rows = await ledger.database.all(
+        "SELECT * FROM jobs WHERE user_id = ? ORDER BY created_at", (user_id,)
+    )
+    return [Job.from_row(row) for row in rows]
+
+
+async def test_refunded_by_recovery_then_finished_with_room_is_charged_once_and_delivered(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(QUOTA_USER_DAILY_IMAGES="2")
+    async with open_runtime(settings, recover=False) as a, open_runtime(
+        settings, recover=False
+    ) as b:
+        a.service.provider = provider = StalledProvider()
+        made = asyncio.create_task(a.service.generate(GenerateRequest("a slow fox", user_id="u1")))
+        await provider.started.wait()
+        await lapse(a)
+        assert await b.leases.sweep() == RecoveryReport(refunded=1)
+        (job,) = await jobs_of(b.ledger, "u1")
+        assert (job.state, job.error_code) == ("refunded", "interrupted")
+
+        provider.go.set()
+        result = await made
+
+        assert result.job_id == job.id and len(result.images) == 1
+        charged = await b.ledger.get_job(job.id)
+        assert charged is not None and (charged.state, charged.images) == ("settled", 1)
+        assert charged.micro_usd == result.cost.micro_usd > 0
+        assert charged.error_code is None and charged.note and "late" in charged.note
+        usage = await b.ledger.user_usage("u1")
+        assert (usage.images, usage.micro_usd, usage.milli_neurons) == (
+            1, charged.micro_usd, charged.milli_neurons,
+        )  # fmt: skip
+        records = await b.ledger.images_for_job(job.id)
+        assert [r.id for r in records] == [result.images[0].id]
+        assert await b.store.get(records[0].storage_key) == await a.store.get(
+            result.images[0].storage_key
+        )
+        assert await b.ledger.audit() == BOOKS_EXACT
+
+
+async def test_refunded_by_recovery_with_no_room_left_is_not_delivered_nor_charged(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(QUOTA_USER_DAILY_IMAGES="1")
+    async with open_runtime(settings, recover=False) as a, open_runtime(
+        settings, recover=False
+    ) as b:
+        a.service.provider = provider = StalledProvider()
+        made = asyncio.create_task(a.service.generate(GenerateRequest("a slow fox", user_id="u1")))
+        await provider.started.wait()
+        await lapse(a)
+        assert await b.leases.sweep() == RecoveryReport(refunded=1)
+        (job,) = await jobs_of(b.ledger, "u1")
+        other = await b.service.generate(GenerateRequest("a quick hare", user_id="u1"))
+        with pytest.raises(QuotaExceeded):  # the day's one image is used now
+            await b.service.generate(GenerateRequest("a third", user_id="u1"))
+
+        provider.go.set()
+        with pytest.raises(TooLate) as refused:
+            await made
+
+        assert "took too long" in str(refused.value) and "not charged" in str(refused.value)
+        after = await b.ledger.get_job(job.id)
+        assert after is not None and (after.state, after.error_code) == ("refunded", "interrupted")
+        assert await b.ledger.images_for_job(job.id) == []
+        planned = job.params["slots"][0]["id"]
+        assert await a.store.find(planned) is None  # its bytes were taken out of the store
+        usage = await b.ledger.user_usage("u1")
+        assert (usage.images, usage.micro_usd) == (1, other.cost.micro_usd)
+        assert await b.ledger.audit() == BOOKS_EXACT
+
+
+async def test_settled_by_recovery_from_the_stored_image_is_delivered_as_charged_once(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings()
+    async with open_runtime(settings, recover=False) as a, open_runtime(
+        settings, recover=False
+    ) as b:
+        store = stalled_store(a)  # stored, then stalled before its record is written
+        made = asyncio.create_task(a.service.generate(GenerateRequest("a slow fox", user_id="u1")))
+        await store.reached.wait()
+        await lapse(a)
+        assert await b.leases.sweep() == RecoveryReport(settled=1, images_recovered=1)
+
+        store.go.set()
+        result = await made
+
+        (job,) = await jobs_of(b.ledger, "u1")
+        assert job.state == "settled" and job.images == 1
+        records = await b.ledger.images_for_job(job.id)
+        assert len(records) == 1 and [i.id for i in result.images] == [records[0].id]
+        assert records[0].metadata["recovered"] == "true"
+        assert await a.store.find(records[0].id) is not None  # kept: it was charged
+        usage = await b.ledger.user_usage("u1")
+        assert (usage.images, usage.micro_usd) == (1, job.micro_usd)
+        assert job.micro_usd == result.cost.micro_usd > 0
+        assert await b.ledger.audit() == BOOKS_EXACT
+
+
+async def test_an_upload_refunded_by_recovery_is_charged_late_against_the_allowance(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(QUOTA_USER_DAILY_UPLOADS="1")
+    async with open_runtime(settings, recover=False) as a, open_runtime(
+        settings, recover=False
+    ) as b:
+        store = stalled_store(a, before_put=True)
+        data = png(30, 20)
+        made = asyncio.create_task(a.service.upload(data, user_id="u1"))
+        await store.reached.wait()
+        await lapse(a)
+        assert await b.leases.sweep() == RecoveryReport(refunded=1)
+
+        store.go.set()
+        record = await made
+
+        (job,) = await jobs_of(b.ledger, "u1")
+        assert job.state == "settled" and [i.id for i in await b.ledger.images_for_job(job.id)] == [
+            record.id
+        ]
+        assert await b.ledger.uploads_today("u1") == (1, len(data))
+        assert await b.ledger.audit() == BOOKS_EXACT
+
+
+# -- the hammer: late charges racing fresh reservations on one user's daily images -----------
+
+UNIT = Cost(634, 57_600)
+LIMIT = 5
+
+
+def new_job(user: str) -> NewJob:
+    params = {"prompt": "p", "unit_micro_usd": UNIT.micro_usd,
+              "unit_milli_neurons": UNIT.milli_neurons, "slots": []}  # fmt: skip
+    return NewJob("generate", user, "g1", UNIT, 1, "m", None, params)
+
+
+async def test_late_charges_racing_reservations_never_overshoot_a_quota(
+    ledger_location: Path | str, tmp_path: Path
+) -> None:
+    a = await Ledger.open(ledger_location, instance_id="a-stalled")
+    b = await Ledger.open(ledger_location, instance_id="b-live")
+    try:
+        limits = Limits(user_images=LIMIT, user_micro_usd=10**9, guild_micro_usd=10**9,
+                        milli_neurons=10**12)  # fmt: skip
+        await a.leases.register(60)
+        await b.leases.register(60)
+        stalled = [await a.reserve(new_job("u1"), limits) for _ in range(LIMIT)]
+        await a.database.write("UPDATE instances SET lease_until = ? WHERE id = ?",
+                               (LAPSED, "a-stalled"))  # fmt: skip
+        store = LocalImageStore(tmp_path / "images", "http://127.0.0.1:1")
+        assert await CrashRecovery(b, store).run() == RecoveryReport(refunded=LIMIT)
+
+        async def reserve() -> bool:
+            try:
+                await b.reserve(new_job("u1"), limits)
+            except QuotaExceeded:
+                return False
+            return True
+
+        outcomes = await asyncio.gather(
+            *(a.late_charge(job, 1, UNIT, limits) for job in stalled),
+            *(reserve() for _ in range(3 * LIMIT)),
+        )
+        assert sum(outcomes) == LIMIT  # every image of the day taken, not one more
+        usage = await b.user_usage("u1", "g1")
+        assert (usage.images, usage.micro_usd) == (LIMIT, LIMIT * UNIT.micro_usd)
+        charged_late = [await b.get_job(job.id) for job in stalled]
+        assert sum(j is not None and j.state == "settled" for j in charged_late) == sum(
+            outcomes[:LIMIT]
+        )
+        assert (await b.audit())["counter_mismatches"] == 0
+        # a charge already made is never made twice
+        assert not any([await a.late_charge(job, 1, UNIT, limits) for job in stalled])
+    finally:
+        await a.close()
+        await b.close()
