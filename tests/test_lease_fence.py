@@ -12,16 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from bot.catalog import Cost
+from bot.catalog import Cost, ModelSpec
 from bot.config import Settings
 from bot.errors import QuotaExceeded, TooLate
 from bot.ledger import Job, Ledger
 from bot.ledger.ledger import NewJob
 from bot.ledger.records import Limits
+from bot.moderation import Verdict
 from bot.providers.base import GeneratedImage, ImageRequest
 from bot.providers.local import LocalProvider
 from bot.recovery import CrashRecovery, RecoveryReport
-from bot.requests import GenerateRequest
+from bot.requests import GenerateRequest, GenerationResult
 from bot.runtime import Runtime, open_runtime
 from bot.stores.base import StoredImage
 from bot.stores.local import LocalImageStore
@@ -265,3 +266,77 @@ async def test_late_charges_racing_reservations_never_overshoot_a_quota(
     finally:
         await a.close()
         await b.close()
+
+
+# -- a model call (the content check) outlives its lease ----------------------------------------
+
+GUARD = "@cf/meta/llama-guard-3-8b"
+
+
+class StalledGuard(LocalProvider):
+    """The local stand-in, holding each content check until ``go`` is set."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def moderate(self, model: ModelSpec, text: str) -> Verdict:
+        self.started.set()
+        await self.go.wait()
+        return await super().moderate(model, text)
+
+
+async def stalled_check(
+    a: Runtime, b: Runtime, user_id: str
+) -> tuple[StalledGuard, asyncio.Task[GenerationResult], Job]:
+    """a's content check for ``user_id`` stalls past a's lease and b's recovery refunds it."""
+    a.service.provider = guard = StalledGuard()
+    made = asyncio.create_task(a.service.generate(GenerateRequest("a slow fox", user_id=user_id)))
+    await guard.started.wait()
+    await lapse(a)
+    assert await b.leases.sweep() == RecoveryReport(refunded=1)
+    (check,) = await jobs_of(b.ledger, user_id)
+    assert (check.kind, check.state) == ("enhance", "refunded")
+    return guard, made, check
+
+
+async def test_a_content_check_refunded_by_recovery_is_charged_late_when_there_is_room(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(MODERATION_MODEL=GUARD)
+    async with open_runtime(settings, recover=False) as a, open_runtime(
+        settings, recover=False
+    ) as b:
+        guard, made, check = await stalled_check(a, b, "u1")
+        guard.go.set()
+        result = await made
+        charged = await b.ledger.get_job(check.id)
+        assert charged is not None and charged.state == "settled" and charged.micro_usd > 0
+        image = await b.ledger.get_job(result.job_id)
+        assert image is not None and image.state == "settled"
+        usage = await b.ledger.user_usage("u1")
+        assert usage.micro_usd == charged.micro_usd + image.micro_usd == result.cost.micro_usd
+        assert await b.ledger.audit() == BOOKS_EXACT
+
+
+async def test_a_content_check_refunded_by_recovery_with_no_room_is_not_used_nor_charged(
+    make_settings: Callable[..., Settings],
+) -> None:
+    checked = make_settings(MODERATION_MODEL=GUARD, QUOTA_USER_DAILY_USD="0.000634")
+    unchecked = make_settings(MODERATION_MODEL="off", QUOTA_USER_DAILY_USD="0.000634")
+    async with open_runtime(checked, recover=False) as a, open_runtime(
+        unchecked, recover=False
+    ) as b:
+        guard, made, check = await stalled_check(a, b, "u1")
+        other = await b.service.generate(GenerateRequest("a quick hare", user_id="u1"))
+        assert other.cost.micro_usd == 634  # the day's dollars are spent now
+
+        guard.go.set()
+        with pytest.raises(TooLate):
+            await made
+
+        after = await b.ledger.get_job(check.id)
+        assert after is not None and after.state == "refunded"
+        assert len(await jobs_of(b.ledger, "u1")) == 2  # no image reserved after the check
+        assert (await b.ledger.user_usage("u1")).micro_usd == 634
+        assert await b.ledger.audit() == BOOKS_EXACT

@@ -93,7 +93,7 @@ ROUTES: tuple[Operation, ...] = (
     ),
     Operation(
         "POST", "/api/upload", api.upload, "Host an image: multipart field 'file', or JSON {url}",
-        {201: Reply("Created", Uploaded)}, errors=(413, 415, 502),
+        {201: Reply("Created", Uploaded)}, errors=(409, 413, 415, 502),
         body=UploadUrlBody, multipart=True, before_body=api.upload_allowed,
     ),
     Operation(
