@@ -7,8 +7,10 @@ nobody paid for. Also a hammer of late charges racing fresh reservations on one 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -31,43 +33,48 @@ from tests.conftest import png
 pytestmark = pytest.mark.both_ledgers
 LAPSED = "2000-01-01T00:00:00.000+00:00"
 BOOKS_EXACT = {"counter_mismatches": 0, "open_jobs": 0}
+REFUNDED = RecoveryReport(refunded=1)
+SLOW = GenerateRequest("a slow fox", user_id="u1")
+T = TypeVar("T")
 
 
-class StalledProvider(LocalProvider):
-    """The local renderer, holding each call until ``go`` is set (the process is stalled)."""
+class Stall:
+    """Where a process stalls: ``reached`` once it is there, on until ``go`` is set."""
 
     def __init__(self) -> None:
-        self.started = asyncio.Event()
+        self.reached = asyncio.Event()
         self.go = asyncio.Event()
 
-    async def generate(self, request: ImageRequest) -> GeneratedImage:
-        self.started.set()
+    async def stall(self) -> None:
+        self.reached.set()
         await self.go.wait()
+
+
+class StalledProvider(LocalProvider, Stall):
+    """The local renderer, stalled in each call."""
+
+    async def generate(self, request: ImageRequest) -> GeneratedImage:
+        await self.stall()
         return await super().generate(request)
 
 
-class StalledStore(LocalImageStore):
+class StalledStore(LocalImageStore, Stall):
     """The local store, stalling right after (or, ``before_put``, right before) it stores."""
 
     def __init__(self, root: Path, base_url: str, *, before_put: bool = False) -> None:
-        super().__init__(root, base_url)
+        LocalImageStore.__init__(self, root, base_url)
+        Stall.__init__(self)
         self.before_put = before_put
-        self.reached = asyncio.Event()
-        self.go = asyncio.Event()
 
     async def put(
         self, image_id: str, data: bytes, content_type: str, metadata: dict[str, str]
     ) -> StoredImage:
         if self.before_put:
-            await self._stall()
+            await self.stall()
         stored = await super().put(image_id, data, content_type, metadata)
         if not self.before_put:
-            await self._stall()
+            await self.stall()
         return stored
-
-    async def _stall(self) -> None:
-        self.reached.set()
-        await self.go.wait()
 
 
 def stalled_store(runtime: Runtime, *, before_put: bool = False) -> StalledStore:
@@ -87,6 +94,29 @@ async def lapse(runtime: Runtime) -> None:
     )
 
 
+@asynccontextmanager
+async def two_processes(
+    settings: Settings, other: Settings | None = None
+) -> AsyncIterator[tuple[Runtime, Runtime]]:
+    """Process a and process b on one ledger and one image folder (b may differ in settings)."""
+    async with open_runtime(settings, recover=False) as a, open_runtime(
+        other or settings, recover=False
+    ) as b:
+        yield a, b
+
+
+async def stalled_then_recovered(
+    a: Runtime, b: Runtime, stall: Stall, work: Coroutine[Any, Any, T], closed: RecoveryReport
+) -> asyncio.Task[T]:
+    """Start ``work`` on a; once it reaches ``stall``, a's lease lapses and b's recovery closes
+    its job (``closed``). The task finishes once ``stall.go`` is set."""
+    made = asyncio.create_task(work)
+    await stall.reached.wait()
+    await lapse(a)
+    assert await b.leases.sweep() == closed
+    return made
+
+
 async def jobs_of(ledger: Ledger, user_id: str) -> list[Job]:
     rows = await ledger.database.all(
         "SELECT * FROM jobs WHERE user_id = ? ORDER BY created_at", (user_id,)
@@ -98,14 +128,9 @@ async def test_refunded_by_recovery_then_finished_with_room_is_charged_once_and_
     make_settings: Callable[..., Settings],
 ) -> None:
     settings = make_settings(QUOTA_USER_DAILY_IMAGES="2")
-    async with open_runtime(settings, recover=False) as a, open_runtime(
-        settings, recover=False
-    ) as b:
+    async with two_processes(settings) as (a, b):
         a.service.provider = provider = StalledProvider()
-        made = asyncio.create_task(a.service.generate(GenerateRequest("a slow fox", user_id="u1")))
-        await provider.started.wait()
-        await lapse(a)
-        assert await b.leases.sweep() == RecoveryReport(refunded=1)
+        made = await stalled_then_recovered(a, b, provider, a.service.generate(SLOW), REFUNDED)
         (job,) = await jobs_of(b.ledger, "u1")
         assert (job.state, job.error_code) == ("refunded", "interrupted")
 
@@ -133,14 +158,9 @@ async def test_refunded_by_recovery_with_no_room_left_is_not_delivered_nor_charg
     make_settings: Callable[..., Settings],
 ) -> None:
     settings = make_settings(QUOTA_USER_DAILY_IMAGES="1")
-    async with open_runtime(settings, recover=False) as a, open_runtime(
-        settings, recover=False
-    ) as b:
+    async with two_processes(settings) as (a, b):
         a.service.provider = provider = StalledProvider()
-        made = asyncio.create_task(a.service.generate(GenerateRequest("a slow fox", user_id="u1")))
-        await provider.started.wait()
-        await lapse(a)
-        assert await b.leases.sweep() == RecoveryReport(refunded=1)
+        made = await stalled_then_recovered(a, b, provider, a.service.generate(SLOW), REFUNDED)
         (job,) = await jobs_of(b.ledger, "u1")
         other = await b.service.generate(GenerateRequest("a quick hare", user_id="u1"))
         with pytest.raises(QuotaExceeded):  # the day's one image is used now
@@ -165,14 +185,10 @@ async def test_settled_by_recovery_from_the_stored_image_is_delivered_as_charged
     make_settings: Callable[..., Settings],
 ) -> None:
     settings = make_settings()
-    async with open_runtime(settings, recover=False) as a, open_runtime(
-        settings, recover=False
-    ) as b:
+    async with two_processes(settings) as (a, b):
         store = stalled_store(a)  # stored, then stalled before its record is written
-        made = asyncio.create_task(a.service.generate(GenerateRequest("a slow fox", user_id="u1")))
-        await store.reached.wait()
-        await lapse(a)
-        assert await b.leases.sweep() == RecoveryReport(settled=1, images_recovered=1)
+        recovered = RecoveryReport(settled=1, images_recovered=1)
+        made = await stalled_then_recovered(a, b, store, a.service.generate(SLOW), recovered)
 
         store.go.set()
         result = await made
@@ -193,15 +209,11 @@ async def test_an_upload_refunded_by_recovery_is_charged_late_against_the_allowa
     make_settings: Callable[..., Settings],
 ) -> None:
     settings = make_settings(QUOTA_USER_DAILY_UPLOADS="1")
-    async with open_runtime(settings, recover=False) as a, open_runtime(
-        settings, recover=False
-    ) as b:
+    async with two_processes(settings) as (a, b):
         store = stalled_store(a, before_put=True)
         data = png(30, 20)
-        made = asyncio.create_task(a.service.upload(data, user_id="u1"))
-        await store.reached.wait()
-        await lapse(a)
-        assert await b.leases.sweep() == RecoveryReport(refunded=1)
+        uploading = a.service.upload(data, user_id="u1")
+        made = await stalled_then_recovered(a, b, store, uploading, REFUNDED)
 
         store.go.set()
         record = await made
@@ -273,16 +285,11 @@ async def test_late_charges_racing_reservations_never_overshoot_a_quota(
 GUARD = "@cf/meta/llama-guard-3-8b"
 
 
-class StalledGuard(LocalProvider):
-    """The local stand-in, holding each content check until ``go`` is set."""
-
-    def __init__(self) -> None:
-        self.started = asyncio.Event()
-        self.go = asyncio.Event()
+class StalledGuard(LocalProvider, Stall):
+    """The local stand-in, stalled in each content check."""
 
     async def moderate(self, model: ModelSpec, text: str) -> Verdict:
-        self.started.set()
-        await self.go.wait()
+        await self.stall()
         return await super().moderate(model, text)
 
 
@@ -291,10 +298,8 @@ async def stalled_check(
 ) -> tuple[StalledGuard, asyncio.Task[GenerationResult], Job]:
     """a's content check for ``user_id`` stalls past a's lease and b's recovery refunds it."""
     a.service.provider = guard = StalledGuard()
-    made = asyncio.create_task(a.service.generate(GenerateRequest("a slow fox", user_id=user_id)))
-    await guard.started.wait()
-    await lapse(a)
-    assert await b.leases.sweep() == RecoveryReport(refunded=1)
+    request = GenerateRequest("a slow fox", user_id=user_id)
+    made = await stalled_then_recovered(a, b, guard, a.service.generate(request), REFUNDED)
     (check,) = await jobs_of(b.ledger, user_id)
     assert (check.kind, check.state) == ("enhance", "refunded")
     return guard, made, check
@@ -304,9 +309,7 @@ async def test_a_content_check_refunded_by_recovery_is_charged_late_when_there_i
     make_settings: Callable[..., Settings],
 ) -> None:
     settings = make_settings(MODERATION_MODEL=GUARD)
-    async with open_runtime(settings, recover=False) as a, open_runtime(
-        settings, recover=False
-    ) as b:
+    async with two_processes(settings) as (a, b):
         guard, made, check = await stalled_check(a, b, "u1")
         guard.go.set()
         result = await made
@@ -324,9 +327,7 @@ async def test_a_content_check_refunded_by_recovery_with_no_room_is_not_used_nor
 ) -> None:
     checked = make_settings(MODERATION_MODEL=GUARD, QUOTA_USER_DAILY_USD="0.000634")
     unchecked = make_settings(MODERATION_MODEL="off", QUOTA_USER_DAILY_USD="0.000634")
-    async with open_runtime(checked, recover=False) as a, open_runtime(
-        unchecked, recover=False
-    ) as b:
+    async with two_processes(checked, unchecked) as (a, b):
         guard, made, check = await stalled_check(a, b, "u1")
         other = await b.service.generate(GenerateRequest("a quick hare", user_id="u1"))
         assert other.cost.micro_usd == 634  # the day's dollars are spent now
