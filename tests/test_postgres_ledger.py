@@ -176,6 +176,26 @@ async def test_a_batch_is_a_few_round_trips_however_many_writes_it_holds(
         await ledger.close()
 
 
+async def test_a_pipelined_group_counts_each_writes_rows_even_several(postgres_url: str) -> None:
+    """One statement text written at once by four callers is one pipelined group; each caller
+    gets the rows its own execution changed (2, 0, 1, 2: read back from the mark each changed
+    row returns), whatever the others changed."""
+    database = await PostgresDatabase.open(postgres_url)
+    now = database.now_iso()
+    try:
+        for n, user in enumerate(["a", "a", "b", "c", "c"]):
+            await database.write(INSERT_FREE_JOB_SQL, (f"job_{n}", None, "generate", user, "g",
+                                 database.today(), "m", "[]", "{}", None, now, now))  # fmt: skip
+        note = "UPDATE jobs SET note = ? WHERE user_id = ?"
+        outcomes = await asyncio.gather(
+            *(database.write(note, ("seen", user)) for user in ("a", "nobody", "b", "c"))
+        )
+        assert outcomes == [2, 0, 1, 2]
+        assert await database.scalar("SELECT count(*) FROM jobs WHERE note = 'seen'") == 5
+    finally:
+        await database.close()
+
+
 async def test_a_batch_whose_grouping_breaks_a_foreign_key_runs_again_in_order(
     postgres_url: str,
 ) -> None:
