@@ -112,6 +112,13 @@ async def _prepare_connection(connection: asyncpg.Connection) -> None:
     )
 
 
+async def _keep_session(_connection: asyncpg.Connection) -> None:
+    """A connection going back to the pool keeps its session: the ledger never changes one
+    (no SET, no session advisory lock, no LISTEN or cursor on a pooled connection; a
+    transaction left open is still rolled back by asyncpg), so the default reset, a round trip
+    of four statements after every batch and every read, has nothing to undo."""
+
+
 def _row_count(status: str) -> int:
     """'INSERT 0 1', 'UPDATE 3', 'DELETE 0' → the number of rows."""
     last = status.rsplit(" ", 1)[-1]
@@ -163,8 +170,9 @@ class PostgresDatabase(LedgerDatabase):
         """Connect (a pool of ``pool_size``) and migrate; LedgerUnavailable if unreachable."""
         try:
             pool = await asyncpg.create_pool(
-                url, min_size=1, max_size=pool_size, init=_prepare_connection, timeout=10
-            )
+                url, min_size=1, max_size=pool_size, init=_prepare_connection, timeout=10,
+                reset=_keep_session,
+            )  # fmt: skip
         except Exception as exc:
             if _is_unavailable(exc) or isinstance(exc, asyncpg.PostgresError):
                 log.error("cannot reach the PostgreSQL ledger at %s", masked_url(url))
