@@ -177,7 +177,7 @@ class JobTable:
             "images": new.images,
             "usd": new.cost.micro_usd,
             "mn": new.cost.milli_neurons,
-            "params": json.dumps(new.params or {}, sort_keys=True),
+            "params": json.dumps(new.params, sort_keys=True) if new.params else "{}",
             "fingerprint": new.fingerprint,
             "bytes": new.bytes,
             "now": created_at,

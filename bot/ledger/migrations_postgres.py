@@ -347,4 +347,36 @@ MIGRATIONS: tuple[str, ...] = (
         RETURN NULL;
     END $$;
     """,
+    # 12: no change here (the number is another change's).
+    "SELECT 1;",
+    # 13: a job's three counter rows (user, server, 'all') in ONE upsert, and a reservation's
+    # written by its trigger function itself: three upserts through a nested ledger_count()
+    # call cost ~45 us of server CPU a reservation, under the writer lock. Same rows, same
+    # sums, in the same order (the VALUES list's); every writer holds the writer lock anyway.
+    """
+    CREATE OR REPLACE FUNCTION ledger_count(d TEXT, g TEXT, u TEXT, i BIGINT, usd BIGINT, mn BIGINT)
+    RETURNS void LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO usage_counters AS c (day, scope, scope_id, images, micro_usd, milli_neurons)
+        SELECT d, v.scope, v.scope_id, i, usd, mn
+        FROM (VALUES ('user', g || ':' || u), ('guild', g), ('all', '')) AS v (scope, scope_id)
+        WHERE v.scope != 'guild' OR g != ''
+        ON CONFLICT (day, scope, scope_id) DO UPDATE SET images = c.images + excluded.images,
+            micro_usd = c.micro_usd + excluded.micro_usd,
+            milli_neurons = c.milli_neurons + excluded.milli_neurons;
+    END $$;
+
+    CREATE OR REPLACE FUNCTION jobs_count_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO usage_counters AS c (day, scope, scope_id, images, micro_usd, milli_neurons)
+        SELECT NEW.day, v.scope, v.scope_id, NEW.images, NEW.micro_usd, NEW.milli_neurons
+        FROM (VALUES ('user', NEW.guild_id || ':' || NEW.user_id), ('guild', NEW.guild_id),
+                     ('all', '')) AS v (scope, scope_id)
+        WHERE v.scope != 'guild' OR NEW.guild_id != ''
+        ON CONFLICT (day, scope, scope_id) DO UPDATE SET images = c.images + excluded.images,
+            micro_usd = c.micro_usd + excluded.micro_usd,
+            milli_neurons = c.milli_neurons + excluded.milli_neurons;
+        RETURN NULL;
+    END $$;
+    """,
 )

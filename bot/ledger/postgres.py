@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 from functools import lru_cache
@@ -49,6 +50,8 @@ MIGRATION_LOCK = 0x1ED6E2_02  # two processes starting together migrate once
 _LOCK = f"SELECT pg_advisory_xact_lock({WRITER_LOCK})"
 _BEGIN_LOCKED = f"BEGIN; {_LOCK}"  # one round trip (the simple query protocol)
 _DATA_CHANGE = re.compile(r"\s*(INSERT|UPDATE|DELETE)\b", re.IGNORECASE)
+_LITERALS = re.compile(r"'(?:[^']|'')*'")
+_MARKS = re.compile(r"\$(\d+)")
 _TOKENS = re.compile(r"'(?:[^']|'')*'|::|\?|(?<![:\w]):([A-Za-z_]\w*)")
 
 
@@ -109,6 +112,13 @@ async def _prepare_connection(connection: asyncpg.Connection) -> None:
     )
 
 
+async def _keep_session(_connection: asyncpg.Connection) -> None:
+    """A connection going back to the pool keeps its session: the ledger never changes one
+    (no SET, no session advisory lock, no LISTEN or cursor on a pooled connection; a
+    transaction left open is still rolled back by asyncpg), so the default reset, a round trip
+    of four statements after every batch and every read, has nothing to undo."""
+
+
 def _row_count(status: str) -> int:
     """'INSERT 0 1', 'UPDATE 3', 'DELETE 0' → the number of rows."""
     last = status.rsplit(" ", 1)[-1]
@@ -160,8 +170,9 @@ class PostgresDatabase(LedgerDatabase):
         """Connect (a pool of ``pool_size``) and migrate; LedgerUnavailable if unreachable."""
         try:
             pool = await asyncpg.create_pool(
-                url, min_size=1, max_size=pool_size, init=_prepare_connection, timeout=10
-            )
+                url, min_size=1, max_size=pool_size, init=_prepare_connection, timeout=10,
+                reset=_keep_session,
+            )  # fmt: skip
         except Exception as exc:
             if _is_unavailable(exc) or isinstance(exc, asyncpg.PostgresError):
                 log.error("cannot reach the PostgreSQL ledger at %s", masked_url(url))
@@ -270,12 +281,17 @@ def _groups(
 
 
 @lru_cache(maxsize=1024)
-def _counting(text: str) -> str | None:
-    """The statement returning its changed row count as a row, so that a group of it can be
-    pipelined (``fetchmany``); None for one that cannot be nested in a WITH."""
-    if _DATA_CHANGE.match(text) is None:
+def _marked(text: str) -> str | None:
+    """The statement returning a row per changed row, each carrying one more parameter (its
+    place in its group), so that a group of it can be pipelined (``fetchmany`` returns the
+    group's rows together) and each execution's row count read back; None for a statement
+    that is not a plain INSERT, UPDATE or DELETE. Counting in a ``WITH … SELECT count(*)``
+    instead cost the server ~20 us more a reserve+settle pair."""
+    if _DATA_CHANGE.match(text) is None or "RETURNING" in text.upper():
         return None
-    return f"WITH changed AS ({text.rstrip()} RETURNING 1) SELECT count(*) FROM changed"  # noqa: S608
+    marks = _MARKS.findall(_LITERALS.sub("", text))
+    mark = max((int(n) for n in marks), default=0) + 1
+    return f"{text.rstrip()} RETURNING CAST(${mark} AS INTEGER)"
 
 
 async def _pipelined(
@@ -290,14 +306,15 @@ async def _pipelined(
     await connection.execute(_BEGIN_LOCKED)
     try:
         for text, members in _groups(statements).items():
-            counting = _counting(text)
-            if counting is None or len(members) == 1:
+            marked = _marked(text)
+            if marked is None or len(members) == 1:
                 for index, args in members:
                     outcomes[index] = _row_count(await connection.execute(text, *args))
                 continue
-            rows = await connection.fetchmany(counting, [args for _, args in members])
-            for (index, _), row in zip(members, rows, strict=True):
-                outcomes[index] = int(row[0])
+            places = [(*args, place) for place, (_, args) in enumerate(members)]
+            changed = Counter(row[0] for row in await connection.fetchmany(marked, places))
+            for place, (index, _) in enumerate(members):
+                outcomes[index] = changed[place]
         await connection.execute("COMMIT")
     except BaseException:
         await _roll_back(connection)
