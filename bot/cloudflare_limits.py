@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -231,13 +232,20 @@ def until_sent(
     """An httpcore trace hook that enforces a run's send bound: ``bound`` (an ``asyncio.timeout``
     set to ``send_by``) is moved to ``deadline`` (``clock``'s times) once the request body is
     fully written; a request still being connected or sent at the send bound is cut off, and one
-    whose writing would only begin after it (a late event loop) is not begun at all."""
+    whose writing would only begin after it (a late event loop) is not begun at all.
+
+    The hook holds ``bound`` weakly: the response keeps its request and so this hook, and a
+    timeout holds its task, so a strong reference would make the finished task, with its
+    result (the images), garbage that only a full collection frees."""
+    bound_ref = weakref.ref(bound)
 
     async def trace(event: str, info: object) -> None:  # events: http11.… or http2.…
         if event.endswith(("send_request_headers.started", "send_request_body.started")):
             if clock() >= send_by:
                 raise TimeoutError("past its send bound")
-        elif event.endswith("send_request_body.complete") and not bound.expired():
-            bound.reschedule(asyncio.get_running_loop().time() + max(0.0, deadline - clock()))
+        elif event.endswith("send_request_body.complete"):
+            cut = bound_ref()
+            if cut is not None and not cut.expired():
+                cut.reschedule(asyncio.get_running_loop().time() + max(0.0, deadline - clock()))
 
     return trace

@@ -18,8 +18,8 @@ import signal
 import sys
 import threading
 import time
-import traceback
 from collections.abc import AsyncIterator
+from types import FrameType
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,18 @@ FRAMES = 4  # innermost frames kept in a sample
 # SIGUSR1 (report and start over) is an extra: loops without Unix signals (Windows) raise
 # NotImplementedError, and a loop outside the main thread RuntimeError; the probe runs without.
 NO_SIGNAL_HANDLERS = (NotImplementedError, RuntimeError)
+
+
+def where(frame: FrameType | None) -> str:
+    """The innermost ``FRAMES`` frames, innermost first, as ``name (file:line)``. Read from the
+    frames themselves: ``traceback`` would load each file's source into ``linecache``, megabytes
+    the probe would then count in the very memory it helps to measure."""
+    parts: list[str] = []
+    while frame is not None and len(parts) < FRAMES:
+        code = frame.f_code
+        parts.append(f"{code.co_name} ({code.co_filename.rsplit('/', 1)[-1]}:{frame.f_lineno})")
+        frame = frame.f_back
+    return " < ".join(parts)
 
 
 class LoopLagProbe:
@@ -71,10 +83,7 @@ class LoopLagProbe:
                 continue
             frame = sys._current_frames().get(self._loop_thread)
             if frame is not None:
-                stack = reversed(traceback.extract_stack(frame)[-FRAMES:])
-                self._sample = " < ".join(
-                    f"{f.name} ({f.filename.rsplit('/', 1)[-1]}:{f.lineno})" for f in stack
-                )
+                self._sample = where(frame)
 
     def on_gc(self, phase: str, info: dict[str, Any]) -> None:
         """gc.callbacks hook: time each collection."""

@@ -26,7 +26,10 @@ class Shape(BaseModel):
     """A response body: every field always present (documented as required), nothing extra."""
 
     model_config = ConfigDict(
-        extra="forbid", frozen=True, json_schema_serialization_defaults_required=True
+        extra="forbid",
+        frozen=True,
+        json_schema_serialization_defaults_required=True,
+        defer_build=True,
     )
 
     def to_json(self) -> dict[str, Any]:

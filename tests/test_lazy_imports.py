@@ -1,6 +1,7 @@
 """What the bot process loads at start-up: libraries only some deployments use wait until
 they are needed (asyncpg for DATABASE_URL, Jinja2 for the first gallery page), each a few MB of
-resident memory in every process that never uses them."""
+resident memory in every process that never uses them. The same goes for the HTTP bodies'
+pydantic validators: each is built on its model's first use."""
 
 from __future__ import annotations
 
@@ -32,3 +33,15 @@ def test_they_load_when_used() -> None:
     assert loaded_after(code, ("jinja2",)) == ["jinja2"]
     code = "import bot.ledger.postgres"
     assert loaded_after(code, ("asyncpg",)) == ["asyncpg"]
+
+
+def test_http_bodies_build_their_validators_on_first_use() -> None:
+    code = (
+        "import bot.runtime, bot.web.app; from bot.public import Health, ErrorBody;"
+        " from bot.web.bodies import GenerateBody;"
+        " print('built' if any(m.__pydantic_complete__ for m in (Health, ErrorBody, GenerateBody))"
+        " else 'deferred');"
+        " ErrorBody(error='x', details={}).to_json();"
+        " print('used' if ErrorBody.__pydantic_complete__ else 'not built')"
+    )
+    assert loaded_after(code, ()) == ["deferred", "used"]

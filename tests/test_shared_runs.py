@@ -8,7 +8,9 @@ a request not sent in time."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
+import weakref
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -135,6 +137,34 @@ async def test_a_run_slower_to_answer_than_its_send_bound_is_not_cut_off(
     fake, (client, *_) = clients
     fake.latency = SEND_SECONDS * 3  # after the request arrived
     assert await client.run(SDXL, attempts=1) == 200
+
+
+async def test_a_kept_response_does_not_keep_its_finished_task_alive(clients: Clients) -> None:
+    """A run's send bound holds its timeout (and so its task) only weakly: a job whose result
+    keeps the response must be freed when it ends, not left for a full garbage collection with
+    everything it made (the burst's peak memory)."""
+    _, (client, *_) = clients
+
+    class Made:
+        def __init__(self, response: httpx.Response) -> None:
+            self.response = response
+
+    async def job() -> Made:
+        body = {"prompt": "a lighthouse", "width": 64, "height": 64}
+        return Made(await client.api.request("POST", f"/ai/run/{SDXL}", json=body,
+                                             rate_limited=True))  # fmt: skip
+
+    gc.disable()  # only reference counting may free it
+    try:
+        task = asyncio.create_task(job())
+        made = await task
+        assert made.response.status_code == 200
+        finished = weakref.ref(task)
+        del task
+        await asyncio.sleep(0)  # the loop lets go of the task's last callback
+        assert finished() is None
+    finally:
+        gc.enable()
 
 
 async def test_a_run_not_sent_within_its_send_bound_is_cut_off(ledger_location: Path | str) -> None:

@@ -48,7 +48,7 @@ Metadata = Annotated[
 class StrictBody(BaseModel):
     """Strict JSON types (no coercion: ``true`` is not 1, ``"5"`` is not 5), nothing unknown."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, defer_build=True)
 
 
 class GenerateBody(StrictBody):
