@@ -202,9 +202,12 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
             raise httpcore.ConnectTimeout(f"connecting to {host}:{port} timed out") from None
         except OSError as exc:
             raise httpcore.ConnectError(str(exc)) from None
-        sock = transport.get_extra_info("socket")
-        for option in socket_options or ():
-            sock.setsockopt(*option)
+        try:
+            for option in socket_options or ():
+                transport.get_extra_info("socket").setsockopt(*option)
+        except OSError as exc:
+            transport.abort()
+            raise httpcore.ConnectError(str(exc)) from None
         return AsyncioStream(connection, transport)
 
     async def sleep(self, seconds: float) -> None:
