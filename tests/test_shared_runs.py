@@ -22,10 +22,11 @@ from bot.cloudflare_api import CloudflareAPI
 from bot.cloudflare_limits import IMG2IMG_MODEL, RunLimits
 from bot.config import Settings
 from bot.errors import ProviderUnavailable
+from bot.http_backend import ShardedTransport
 from bot.ledger import Ledger
 from bot.ledger.limits import ACCOUNT, AI_IMG2IMG, AI_RUN
 from bot.requests import GenerateRequest
-from bot.runtime import open_runtime
+from bot.runtime import HTTP_LIMITS, open_runtime
 from tests.conftest import FAKE_CF_TOKEN
 from tests.fakes.cloudflare import FakeCloudflare
 
@@ -187,7 +188,9 @@ async def test_a_run_not_sent_within_its_send_bound_is_cut_off(ledger_location: 
     acceptor = asyncio.create_task(accept())
     ledger = await Ledger.open(ledger_location)
     try:
-        async with httpx.AsyncClient(timeout=60.0) as http:  # the runtime's write timeout
+        async with httpx.AsyncClient(  # the runtime's write timeout and transport
+            timeout=60.0, transport=ShardedTransport(limits=HTTP_LIMITS)
+        ) as http:
             client = Client(ledger, http, f"http://127.0.0.1:{port}/client/v4")
             huge = {"prompt": "x", "image_b64": "A" * (24 * 1024 * 1024)}  # more than buffers
             async with asyncio.timeout(30):  # the call's own budget is an hour
