@@ -79,7 +79,10 @@ Clients = tuple[FakeCloudflare, list[Client]]
 
 @pytest.fixture
 async def clients(ledger_location: Path | str) -> AsyncIterator[Clients]:
-    async with FakeCloudflare(api_token=FAKE_CF_TOKEN) as fake, httpx.AsyncClient() as http:
+    async with (
+        FakeCloudflare(api_token=FAKE_CF_TOKEN) as fake,
+        httpx.AsyncClient(transport=ShardedTransport(limits=HTTP_LIMITS)) as http,  # the bot's
+    ):
         fake.run_limit, fake.img2img_run_limit, fake.run_window = RUNS, IMG2IMG_RUNS, WINDOW
         ledgers = [await Ledger.open(ledger_location, instance_id=f"p{n}") for n in range(3)]
         made = [Client(ledger, http, fake.api_base) for ledger in ledgers]
