@@ -166,11 +166,11 @@ async def kill_mid_load(
     cluster: Cluster, users: list[FakeUser], guilds: list[FakeGuild]
 ) -> tuple[float, list[str]]:
     """/imagine to shard 1's fresh servers; SIGKILL shard 1 once some results are shown and
-    more images are stored than shown (one stored, not yet recorded or shown), some still
-    running. Its prompts, and the seconds until the others closed its jobs."""
+    an upload is stored but not yet answered (so not recorded: the fake says, not a count of
+    what was shown, which also counts results recorded but on their way), some still running.
+    Its prompts, and the seconds until the others closed its jobs."""
     discord, cloudflare = cluster.discord, cluster.cloudflare
     cloudflare.upload_reply_latency = 1.0  # a window where uploads landed unrecorded
-    stored_before = len(cloudflare.images)
     others = ("shard0", "serve0", "serve1")
     lines_before = len(cluster.recovery_lines(*others))
     prompts = [f"late u{i} n{n}" for i in range(len(users)) for n in range(4)]
@@ -181,8 +181,7 @@ async def kill_mid_load(
     ]  # fmt: skip
     for _ in range(3000):
         shown = sum(1 for i in interactions if any(has_result(m) for m in i.messages))
-        stored = len(cloudflare.images) - stored_before
-        if shown and stored > shown and shown < len(interactions):
+        if shown and cloudflare.unanswered_uploads and shown < len(interactions):
             break
         await asyncio.sleep(0.01)
     else:
