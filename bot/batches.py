@@ -19,7 +19,7 @@ import logging
 import httpx
 
 from bot.catalog import ZERO_COST
-from bot.errors import BotError, InvalidRequest, NotFound, QuotaExceeded
+from bot.errors import BotError, InvalidRequest, NotFound, QuotaExceeded, ShuttingDown
 from bot.ledger import ImageRecord, Ledger
 from bot.ledger.ledger import NewJob
 from bot.ledger.records import ApiKey, Batch, BatchItem, new_id
@@ -155,6 +155,9 @@ class BatchService:
         finally:
             if hold is not None:  # what no item drew goes back to the user
                 await self.ledger.refund(hold, "released")
+        if self.service.closing:  # stopped, not finished: resumed at the next start
+            log.info("batch %s stops with this process; it resumes at the next start", batch.id)
+            return
         await self.ledger.finish_batch(batch.id)
         if batch.webhook_url and batch.webhook_state != "delivered":
             await self._notify(batch.id, key)
@@ -194,6 +197,9 @@ class BatchService:
                     allowance_hold=hold,
                 )
             )
+        except ShuttingDown:  # the process stops: the item waits for the batch's resumption
+            await self.ledger.update_batch_item(batch.id, item.position, "queued")
+            return
         except BotError as error:
             await self.ledger.update_batch_item(
                 batch.id, item.position, "failed", None, error.code, error.user_message

@@ -30,6 +30,7 @@ from bot.public import image_to_public, model_json, report_json, usd
 from bot.requests import GenerateRequest, GenerationResult, Progress
 from bot.runtime import Runtime, catalog_of, open_runtime
 from bot.service import ImageService
+from bot.shutdown import drain, stop_signals
 
 log = logging.getLogger("bot")
 
@@ -302,12 +303,17 @@ async def _apikey(runtime: Runtime, args: argparse.Namespace) -> int:
 
 
 async def _serve(runtime: Runtime) -> int:
+    """The web server until SIGTERM or SIGINT, then the clean stop of ``bot.shutdown``: new
+    work refused (503) while running jobs finish, the listener closed, and (leaving
+    ``open_runtime``) the lease given up and the ledger closed."""
     from bot.web.app import start_web_server
 
-    runner = await start_web_server(runtime)
-    print(f"serving on {runtime.settings.public_base_url} (Ctrl+C to stop)", file=sys.stderr)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()
+    with stop_signals() as stop:
+        runner = await start_web_server(runtime)
+        print(f"serving on {runtime.settings.public_base_url} (Ctrl+C to stop)", file=sys.stderr)
+        try:
+            await stop.requested.wait()
+            await drain(runtime.service, runtime.settings.shutdown_grace_seconds)
+        finally:
+            await runner.cleanup()
     return 0

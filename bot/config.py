@@ -222,6 +222,12 @@ class Settings:
         "a process renews its lease every third of this; when one stops (killed, machine "
         "lost), another closes its open jobs within about this long",
     )
+    shutdown_grace_seconds: int = variable(
+        "SHUTDOWN_GRACE_SECONDS",
+        Integer(0, 3600),
+        "25",
+        "on SIGTERM/SIGINT, how long running jobs may finish before the rest are refunded",
+    )
     discord_channel_messages_per_10s: int = variable(
         "DISCORD_CHANNEL_MESSAGES_PER_10S",
         Integer(0, 10_000),

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import signal
 from typing import Any
 
 import aiohttp
@@ -28,12 +27,12 @@ from bot.errors import BotError, QuotaExceeded
 from bot.heap import settle_heap
 from bot.loop_probe import loop_lag_probe
 from bot.runtime import Runtime
+from bot.shutdown import drain, stop_signals
 from bot.web.app import start_web_server
 from cogs.limits import CONTENT, clip
 
 log = logging.getLogger(__name__)
 
-SHUTDOWN_GRACE_SECONDS = 30.0
 # Connections per Discord host (REST on discord.com, files on the CDN). discord.py's default
 # connector has no limit, so a burst opens a socket per concurrent request (a TLS handshake each
 # against the real Discord; a third of the loop stalls the process benchmark named were socket
@@ -181,10 +180,9 @@ class ImageBot(commands.Bot):
         self._settle = settle  # the process's own bot: tune its collector (bot/heap.py)
 
     async def close(self) -> None:
-        """Let running jobs finish (or refund them after a grace period), then disconnect."""
-        cancelled = await self.runtime.service.drain(SHUTDOWN_GRACE_SECONDS)
-        if cancelled:
-            log.warning("shutdown: %d job(s) did not finish in time and were refunded", cancelled)
+        """Let running jobs finish (or refund them after SHUTDOWN_GRACE_SECONDS), then
+        disconnect: results still being made are delivered before the gateway closes."""
+        await drain(self.runtime.service, self.runtime.settings.shutdown_grace_seconds)
         await super().close()
 
     async def setup_hook(self) -> None:
@@ -241,11 +239,11 @@ async def run_discord(runtime: Runtime) -> None:
     assert token is not None
     runner = await start_web_server(runtime)
     bot = make_bot(runtime, settle=True)
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, lambda: asyncio.ensure_future(bot.close()))
+    closing: list[asyncio.Task[None]] = []  # held, so the close is not collected mid-way
     try:
-        async with loop_lag_probe(runtime.settings.loop_lag_probe), bot:
-            await bot.start(token)
+        with stop_signals(lambda: closing.append(asyncio.create_task(bot.close()))):
+            async with loop_lag_probe(runtime.settings.loop_lag_probe), bot:
+                await bot.start(token)
+            await asyncio.gather(*closing)
     finally:
         await runner.cleanup()

@@ -140,6 +140,16 @@ class Busy(BotError):
     http_status = 429
 
 
+class ShuttingDown(BotError):
+    """The process is stopping (SIGTERM): new work is refused, and a job that did not finish
+    within the grace was cancelled and refunded. Another process (or this one, restarted)
+    takes the retry."""
+
+    code = "shutting_down"
+    http_status = 503
+    retry_after = 5
+
+
 class JobCancelled(BotError):
     """Its owner (or an admin) cancelled the job before the provider was called: refunded."""
 

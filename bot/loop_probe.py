@@ -56,6 +56,7 @@ class LoopLagProbe:
         self.ticks = 0
         self._last_tick = time.perf_counter()
         self._sample = ""  # what the current stall is doing, if sampled
+        self._sampled_tick = -1  # the tick count ``_sample`` was taken at
         self._gc_started: float | None = None
         self._gc_generation = 0
         self._loop_thread = threading.get_ident()
@@ -67,23 +68,31 @@ class LoopLagProbe:
             await asyncio.sleep(TICK)
             now = time.perf_counter()
             late = now - expected
+            # A sample counts only for the stall it was taken in: one the watchdog took as this
+            # tick was being counted (it read the old tick time) would otherwise stand for the
+            # next stall and keep that one from being sampled at all.
+            sample = self._sample if self._sampled_tick == self.ticks else ""
             if late > self.worst:
-                self.worst, self.worst_where = late, self._sample if late > SAMPLE_AFTER else ""
-            self._sample = ""
+                self.worst, self.worst_where = late, sample if late > SAMPLE_AFTER else ""
             self._last_tick = now
             self.ticks += 1
 
     def watch(self) -> None:
         """The watchdog thread's body: sample the loop thread once per stall."""
         while not self._stop.wait(TICK / 2):
-            if self._sample or time.perf_counter() - self._last_tick < TICK + SAMPLE_AFTER:
+            tick = self.ticks  # read before the tick time: a sample is tagged no later
+            if self._sampled_tick == tick:
+                continue
+            if time.perf_counter() - self._last_tick < TICK + SAMPLE_AFTER:
                 continue
             if self._gc_started is not None:
                 self._sample = f"garbage collection of generation {self._gc_generation}"
-                continue
-            frame = sys._current_frames().get(self._loop_thread)
-            if frame is not None:
+            else:
+                frame = sys._current_frames().get(self._loop_thread)
+                if frame is None:
+                    continue
                 self._sample = where(frame)
+            self._sampled_tick = tick
 
     def on_gc(self, phase: str, info: dict[str, Any]) -> None:
         """gc.callbacks hook: time each collection."""
@@ -102,6 +111,7 @@ class LoopLagProbe:
                     f" in {self.worst_where}" if self.worst_where else "")  # fmt: skip
         if reset:
             self.worst, self.worst_where, self.gc_worst, self.ticks = 0.0, "", 0.0, 0
+            self._sampled_tick = -1
             self.collections = [0, 0, 0]
 
     def stop(self) -> None:

@@ -197,7 +197,7 @@ class BatchAccepted(Shape):
 
 
 class Health(Shape):
-    status: Literal["ok", "degraded"]
+    status: Literal["ok", "degraded", "stopping"]
     checks: dict[str, str]
 
 

@@ -8,8 +8,10 @@ needs the provider, the store or the ledger behind it; batches and placeholders 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -120,6 +122,11 @@ class ImageService:
         """Refuse new work, let running jobs finish for up to ``grace_seconds``, then cancel
         the rest (each cancelled job refunds itself). Returns how many were cancelled."""
         return await self.generation.drain(grace_seconds)
+
+    def cut_short(self, task: asyncio.Task[Any]) -> bool:
+        """Whether ``drain`` cancelled ``task`` (its job refunded): a front then says the
+        process is stopping, instead of dropping the request."""
+        return task in self.generation.drained
 
     async def cancel_job(
         self, job_id: str, *, requester_id: str, guild_id: str, is_admin: bool = False

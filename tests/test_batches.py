@@ -105,3 +105,27 @@ async def test_racing_submissions_never_hold_more_than_the_allowance(
         await runtime.batches.wait_idle()
         assert (await runtime.ledger.user_usage("u1")).images == 9
         assert await runtime.ledger.audit() == {"counter_mismatches": 0, "open_jobs": 0}
+
+
+async def test_a_stop_leaves_unstarted_items_queued_for_the_resumption(
+    local_runtime: Runtime,
+) -> None:
+    """Items the stop refuses (ShuttingDown) are not failed: the batch stays unfinished with
+    them queued, its hold given back, and the next start's resume makes them."""
+    key, _ = await local_runtime.keys.create(user_id="u1")
+    batch = await local_runtime.batches.submit(key, ["a red kite", "a green kite"], None, None)
+    local_runtime.service.closing = True  # the stop comes before any item started
+    await local_runtime.batches.wait_idle()
+    stopped = await local_runtime.batches.get(batch.id, key)
+    assert [item.state for item in stopped.items] == ["queued", "queued"]
+    assert await local_runtime.ledger.unfinished_batches() == [batch.id]
+    assert (await local_runtime.ledger.user_usage("u1")).images == 0
+    assert await local_runtime.ledger.audit() == {"counter_mismatches": 0, "open_jobs": 0}
+
+    local_runtime.service.closing = False  # started again
+    assert await local_runtime.batches.resume() == 1
+    await local_runtime.batches.wait_idle()
+    resumed = await local_runtime.batches.get(batch.id, key)
+    assert [item.state for item in resumed.items] == ["done", "done"]
+    assert resumed.state != "running"
+    assert (await local_runtime.ledger.user_usage("u1")).images == 2

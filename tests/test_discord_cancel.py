@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+from dataclasses import replace
 
 import pytest
 
-import bot.discord_bot
 from bot.discord_bot import ImageBot
 from bot.runtime import open_runtime
 from cogs.cancel import CANCELLED, STOPPED, WITHDRAWN
@@ -168,11 +168,12 @@ async def test_a_stranger_is_refused_and_an_admin_may_cancel(fake_discord, bot_h
     )
 
 
-async def test_the_button_works_after_a_restart(fake_discord, bot_harness, gated, monkeypatch):
+async def test_the_button_works_after_a_restart(fake_discord, bot_harness, gated):
     runtime, _ = gated
-    await bot_harness.start(ImageBot(runtime))
+    # SHUTDOWN_GRACE_SECONDS=0: the stop refunds the running jobs at once
+    no_grace = replace(runtime, settings=replace(runtime.settings, shutdown_grace_seconds=0))
+    await bot_harness.start(ImageBot(no_grace))
     _, queued, job_id = await one_waiting(fake_discord, runtime)
-    monkeypatch.setattr(bot.discord_bot, "SHUTDOWN_GRACE_SECONDS", 0.1)  # the jobs are stopped
     await bot_harness.restart(ImageBot(runtime), expect_sync=False)
     assert (await job_of(runtime, job_id)).state == "refunded"
 

@@ -19,6 +19,7 @@ from bot.errors import (
     InvalidRequest,
     NotFound,
     QuotaExceeded,
+    ShuttingDown,
 )
 from bot.ledger import Template
 from bot.ledger.ledger import NewJob
@@ -390,7 +391,7 @@ async def test_drain_lets_jobs_finish_then_refunds_the_rest_and_refuses_new_work
     assert await service.drain(grace_seconds=0.1) == 1
     with pytest.raises(asyncio.CancelledError):
         await slow
-    with pytest.raises(Busy):
+    with pytest.raises(ShuttingDown):
         await service.generate(ask("after shutdown began"))
     assert await local_runtime.ledger.audit() == {"counter_mismatches": 0, "open_jobs": 0}
     assert (await local_runtime.ledger.user_usage("u1")).images == 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -97,3 +98,5 @@ async def test_two_shard_processes_on_one_ledger(tmp_path: Path) -> None:
         assert await ledger.open_jobs() == []
     finally:
         await ledger.close()
+    with sqlite3.connect(data / "bot.sqlite3") as db:  # each SIGTERM gave its lease up at once
+        assert db.execute("SELECT count(*) FROM instances").fetchone()[0] == 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -22,7 +23,7 @@ from bot import imaging
 from bot.backends import Backends
 from bot.catalog import ZERO_COST, Cost
 from bot.days import next_utc_midnight
-from bot.errors import BotError, Busy, JobCancelled, TooLate
+from bot.errors import BotError, JobCancelled, ShuttingDown, TooLate
 from bot.generation.enhancement import PromptEnhancer
 from bot.generation.live import LiveJob, LiveJobs
 from bot.generation.moderation import Checked, ContentModerator
@@ -72,12 +73,13 @@ class GenerationPipeline:
         self.shared = shared  # the same, across processes
         self._by_key: dict[str, asyncio.Future[None]] = {}
         self._active: set[asyncio.Task[Any]] = set()
+        self.drained: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()  # ``drain`` cut
         self.live = LiveJobs(ledger, scheduler.max_running)
         self.closing = False
 
     async def generate(self, request: GenerateRequest) -> GenerationResult:
         if self.closing:
-            raise Busy("The bot is restarting; try again in a moment.")
+            raise ShuttingDown("The bot is restarting; try again in a moment.")
         task = asyncio.current_task()
         if task is not None:
             self._active.add(task)
@@ -96,6 +98,7 @@ class GenerationPipeline:
             return 0
         _, pending = await asyncio.wait(active, timeout=grace_seconds)
         for task in pending:
+            self.drained.add(task)
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         return len(pending)

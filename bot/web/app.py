@@ -11,7 +11,7 @@ from bot.runtime import Runtime
 from bot.web.api import API, Api
 from bot.web.http import errors_middleware
 from bot.web.limits import ANONYMOUS_LIMITER, RUNTIME_KEY, AddressRateLimiter, KeyRateLimiter
-from bot.web.routes import add_routes, auth_middleware
+from bot.web.routes import add_routes, auth_middleware, stopping_middleware
 from bot.web.server import GuardedAppRunner, name_the_server, warn_if_exposed
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ def build_web_app(runtime: Runtime) -> web.Application:
     settings = runtime.settings
     app = web.Application(
         client_max_size=settings.web_max_request_mb * 1024 * 1024,
-        middlewares=[errors_middleware, auth_middleware],
+        middlewares=[errors_middleware, stopping_middleware, auth_middleware],
     )
     app.on_response_prepare.append(name_the_server)
     app[RUNTIME_KEY] = runtime

@@ -65,6 +65,9 @@ async def healthz(request: web.Request) -> web.Response:
     """Readiness: the database answers, its schema is the one this code migrates to, and the
     provider and store are reachable; 503 names the check that failed (never a secret)."""
     runtime = request.app[RUNTIME_KEY]
+    if runtime.service.closing:  # stopping: send new work elsewhere
+        stopping = Health(status="stopping", checks={"process": "stopping"})
+        return json_response(stopping.to_json(), status=503)
     checks: dict[str, str] = {}
     healthy = True
     for name, check in runtime.service.health_checks():

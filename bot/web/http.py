@@ -23,6 +23,7 @@ from bot.errors import (
     InvalidRequest,
     ProviderError,
     QuotaExceeded,
+    ShuttingDown,
     StoreError,
 )
 
@@ -101,6 +102,9 @@ def bot_error_response(exc: BotError) -> web.Response:
     if isinstance(exc, Busy):
         headers["Retry-After"] = "30"
         return error_response(429, "Busy", details, headers)
+    if isinstance(exc, ShuttingDown):
+        headers["Retry-After"] = str(exc.retry_after)
+        return error_response(503, "Service unavailable", details, headers)
     if isinstance(exc, ProviderError):
         return error_response(502, "Image generation failed", details)
     if isinstance(exc, StoreError):

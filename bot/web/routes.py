@@ -4,11 +4,13 @@ whether it needs an API key. The router, body parsing, the key check and the Ope
 
 from __future__ import annotations
 
+import asyncio
 from functools import cache
 from typing import Any
 
 from aiohttp import web
 
+from bot.errors import ShuttingDown
 from bot.public import (
     BatchAccepted,
     CostReport,
@@ -25,6 +27,7 @@ from bot.web import api, gallery
 from bot.web.bodies import BatchBody, GenerateBody, TemplateBody, UploadUrlBody, parse_body
 from bot.web.hosting import healthz, metrics, serve_image
 from bot.web.http import Handler, json_response, read_json
+from bot.web.limits import RUNTIME_KEY
 from bot.web.openapi import Operation, Reply, openapi_document
 
 IMAGE_BYTES = {"image/*": {"schema": {"type": "string", "format": "binary"}}}
@@ -197,6 +200,31 @@ def endpoint(op: Operation) -> Handler:
 def add_routes(app: web.Application) -> None:
     for op in ROUTES:
         app.router.add_route(op.method, op.path, endpoint(op))
+
+
+READS = frozenset({"GET", "HEAD"})
+
+
+@web.middleware
+async def stopping_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """While the process stops (SIGTERM), nothing new starts: every request but a read (GET,
+    HEAD) is a 503 with ``Retry-After``, before its key is checked; reads, such as the images
+    of results still being delivered, are served until the listener closes. A request whose
+    job the stop cut short (refunded) gets the same 503, not a dropped connection."""
+    service = request.app[RUNTIME_KEY].service
+    if request.method not in READS and service.closing:
+        raise ShuttingDown("This server is restarting; try again in a moment.")
+    try:
+        return await handler(request)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is None or not service.cut_short(task):
+            raise
+        task.uncancel()
+        raise ShuttingDown(
+            "This server is restarting and the request did not finish in time: nothing was "
+            "charged; try again in a moment."
+        ) from None
 
 
 @web.middleware

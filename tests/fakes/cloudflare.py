@@ -193,7 +193,7 @@ class FakeCloudflare:
         self.latency = 0.0  # added to every /ai/run call
         self.store_latency = 0.0  # added to every /images call
         self.upload_reply_latency = 0.0  # after an upload is stored, before the answer
-        self.uploads_unanswered = 0  # uploads stored whose answer has not been sent yet
+        self.unanswered_uploads = 0  # stored now, their answer not yet sent (in that pause)
         self.hang_seconds = 30.0  # how long a 'timeout' fault hangs (ends early on close)
         self.fault_rate = 0.0
         self.fault_kinds: tuple[str, ...] = ("500",)
@@ -549,11 +549,11 @@ class FakeCloudflare:
         image_id = image_id or str(uuid.UUID(int=self.random.getrandbits(128)))
         self.images[image_id] = FakeImage(file.data, metadata, signed)
         self._uploaded[image_id] = (file.filename, datetime.now(UTC).isoformat())
-        self.uploads_unanswered += 1
+        self.unanswered_uploads += 1
         try:
-            await self._pause(self.upload_reply_latency)  # stored, but the client hasn't heard yet
+            await self._pause(self.upload_reply_latency)  # stored, but the client hasn't heard
         finally:
-            self.uploads_unanswered -= 1
+            self.unanswered_uploads -= 1
         return ok(self._describe(image_id))
 
     def _missing(self, image_id: str) -> web.Response | None:
