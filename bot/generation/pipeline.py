@@ -324,6 +324,7 @@ class GenerationPipeline:
                                            len(produced), plan.cost_of(len(produced)))  # fmt: skip
         report(request, "done", plan.spec, job.id)
         return produced, failures
+
     async def _generate_one(self, plan: Plan, slot: Slot, prompt_used: str) -> GeneratedImage:
         return await self.backends.generate(
             ImageRequest(
