@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from bot.money import format_usd
+
 
 class BotError(Exception):
     """Base of every error a user may see. ``str(error)`` is the user-safe message."""
@@ -151,13 +153,22 @@ class ShuttingDown(BotError):
 
 
 class JobCancelled(BotError):
-    """Its owner (or an admin) cancelled the job before the provider was called: refunded."""
+    """Its owner (or an admin) cancelled the job before the provider was called: the image is
+    refunded. ``paid_micro_usd``: what the model calls already made for it (``paid_for``: the
+    prompt enhancement, the content check) cost; they ran and were billed, so stay charged."""
 
     code = "cancelled"
     http_status = 409
 
-    def __init__(self) -> None:
-        super().__init__("Cancelled before the image was generated: nothing was charged.")
+    def __init__(self, paid_micro_usd: int = 0, paid_for: str = "") -> None:
+        self.paid_micro_usd = paid_micro_usd
+        if paid_micro_usd:
+            super().__init__(
+                "Cancelled before the image was generated: the image was not charged; the "
+                f"{paid_for} that already ran stays charged ({format_usd(paid_micro_usd)})."
+            )
+        else:
+            super().__init__("Cancelled before the image was generated: nothing was charged.")
 
 
 class TooLate(BotError):

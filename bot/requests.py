@@ -106,13 +106,17 @@ class GenerationResult:
 class Cancellation:
     """What a cancel did. ``outcome``: ``cancelled`` (before the provider call: refunded),
     ``too_late`` (generating: still made, charged, delivered privately), ``already`` (cancelled
-    before), ``ended`` (not running; ``state`` says how it ended: settled or refunded)."""
+    before), ``ended`` (not running; ``state`` says how it ended: settled or refunded).
+    ``charged_micro_usd``: what stays charged on ``cancelled`` (the prompt enhancement and the
+    content check that already ran for it)."""
 
     outcome: str
     job_id: str
     user_id: str
     state: str = ""
     refunded_micro_usd: int = 0
+    charged_micro_usd: int = 0
+    charged_for: str = ""  # 'prompt enhancement', 'content check', or both
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 A DynamicItem whose custom_id carries the job id, so it keeps working after a restart. It
 acknowledges first, then asks the service to cancel (the job's state lives there, not here):
-before the provider call the job is refunded and its own reply says "Cancelled"; after it, the
-image is still made, charged, and delivered privately to its owner. Only the owner or an admin
+before the provider call the job is refunded and its own reply says "Cancelled" (a prompt
+enhancement or content check that already ran stays charged, and both say how much); after it,
+the image is still made, charged, and delivered privately to its owner. Only the owner or an admin
 of the server may press it; anyone else gets a private refusal.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 
 import discord
 
+from bot.errors import JobCancelled
 from bot.money import format_usd
 from bot.requests import Cancellation
 from cogs.common import guarded, guild_key, is_admin, runtime_of
@@ -29,6 +31,11 @@ WITHDRAWN = (
 STOPPED = "⏹️ This job stopped before it finished (the bot restarted) and was refunded."
 
 
+def cancelled_text(cancelled: JobCancelled) -> str:
+    """The job's own reply once cancelled: what stays charged, if anything ran before it."""
+    return f"❌ {cancelled.user_message}" if cancelled.paid_micro_usd else CANCELLED
+
+
 def cancel_view(job_id: str) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     view.add_item(CancelButton(job_id))
@@ -40,7 +47,11 @@ def answer(done: Cancellation, requester_id: str) -> str:
     own = done.user_id == requester_id
     if done.outcome == "cancelled":
         released = f" (the {format_usd(done.refunded_micro_usd)} reserved is released)"
-        return f"❌ Cancelled{released if done.refunded_micro_usd else ''}: nothing is charged."
+        head = f"❌ Cancelled{released if done.refunded_micro_usd else ''}"
+        if done.charged_micro_usd:  # it ran and was billed before the image was cancelled
+            return (f"{head}: the image is not charged; the {done.charged_for} that already ran "
+                    f"stays charged ({format_usd(done.charged_micro_usd)}).")  # fmt: skip
+        return f"{head}: nothing is charged."
     if done.outcome == "too_late":
         if own:
             return "Already generating — you'll still get the image privately, and it is charged."

@@ -19,7 +19,7 @@ from bot.errors import BotError, InvalidImage, JobCancelled
 from bot.money import format_usd
 from bot.requests import GenerateRequest, GenerationResult, ImageRecord
 from bot.runtime import Runtime
-from cogs.cancel import WITHDRAWN, show_cancelled
+from cogs.cancel import WITHDRAWN, cancelled_text, show_cancelled
 from cogs.common import runtime_of
 from cogs.delivery import InteractionLink, MessagePart, ResultMessage, deliver
 from cogs.limits import FILE_BYTES
@@ -107,10 +107,10 @@ async def generate_and_reply(
     )
     try:
         result = await runtime.service.generate(replace(request, progress=progress.update))
-    except JobCancelled:  # by its owner or an admin, with the ❌ button: refunded
+    except JobCancelled as cancelled:  # by its owner or an admin, with the ❌ button: refunded
         await progress.close()
         await board.result_turn(interaction.channel_id)
-        await show_cancelled(link)
+        await show_cancelled(link, cancelled_text(cancelled))
         return
     finally:
         await progress.close()

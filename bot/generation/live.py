@@ -2,10 +2,12 @@
 
 A job is live here from its reservation until its charge is written. Cancelling it before the
 provider call takes it out of the scheduler's line at once (``Ticket.leave``), and the pipeline,
-which checks the flag at its step boundaries, refunds it with reason ``cancelled``: nothing is
-charged. Once the provider call has started the money is spent: the job runs on, is charged,
-and its result goes to its owner privately (``withdrawn``). ETAs come from a moving average of
-the last ``RECENT`` job durations per model, kept in memory (bounded: the catalog's models).
+which checks the flag at its step boundaries, refunds it with reason ``cancelled``: the image
+is not charged. Model calls already made for it (the prompt enhancement, the content check) ran
+and were billed, so they stay charged, and the cancel says how much (``paid_micro_usd``). Once
+the provider call has started the money is spent: the job runs on, is charged, and its result
+goes to its owner privately (``withdrawn``). ETAs come from a moving average of the last
+``RECENT`` job durations per model, kept in memory (bounded: the catalog's models).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ class LiveJob:
     ticket: Ticket = field(default_factory=Ticket)
     stage: str = "queued"  # 'queued' | 'generating' | 'storing'
     started: float | None = None  # time.monotonic() when the provider call began
+    paid_micro_usd: int = 0  # model calls made for it first (enhancement, check): charged
+    paid_for: str = ""  # which: 'prompt enhancement', 'content check', or both
     cancelled: bool = False
     withdrawn: bool = False
     written: asyncio.Event = field(default_factory=asyncio.Event)  # charge or refund written
@@ -60,9 +64,12 @@ class LiveJobs:
         self._recent: dict[str, deque[float]] = {}
 
     def add(
-        self, job_id: str, user_id: str, guild_id: str, model: str, prompt: str, typical: float
+        self, job_id: str, user_id: str, guild_id: str, model: str, prompt: str, typical: float,
+        paid: tuple[int, str] = (0, ""),
     ) -> LiveJob:
-        live = LiveJob(job_id, user_id, guild_id, model, prompt, typical)
+        """``paid``: what the model calls made for it first cost, and which they were."""
+        live = LiveJob(job_id, user_id, guild_id, model, prompt, typical, paid_micro_usd=paid[0],
+                       paid_for=paid[1])  # fmt: skip
         self._jobs[job_id] = live
         return live
 
@@ -106,7 +113,8 @@ class LiveJobs:
             return Cancellation(outcome, job_id, live.user_id, live.stage)
         job = await self.ledger.get_job(job_id)
         refunded = job.micro_usd if job is not None and job.state == "refunded" else 0
-        return Cancellation(outcome, job_id, live.user_id, "refunded", refunded)
+        return Cancellation(outcome, job_id, live.user_id, "refunded", refunded,
+                            live.paid_micro_usd, live.paid_for)  # fmt: skip
 
     async def _cancel(self, live: LiveJob) -> str:
         """``cancelled`` if the provider call had not started (once the refund is written),

@@ -205,24 +205,19 @@ class GenerationPipeline:
             replayed = await self._replay(request)
             assert replayed is not None
             return replayed
-        except BaseException:
-            # no image, so neither the enhancement nor the content check is charged
-            for job_id in (enhance_job, checked.job_id):
-                if job_id is not None:
-                    await self.ledger.refund(job_id, "not_used")
-            raise
+        # Refused here (a quota) or cancelled later, the enhancement and the content check stay
+        # charged: they ran and were billed (their jobs are settled, never refunded after).
         done = asyncio.get_running_loop().create_future()
         if request.idempotency_key:
             self._by_key[request.idempotency_key] = done
+        paid = (enhance_cost + checked.cost).micro_usd, _paid_for(enhance_job, checked)
         live = self.live.add(job.id, request.user_id, request.guild_id, plan.spec.id,
-                             plan.prompt, plan.spec.typical_seconds)  # fmt: skip
+                             plan.prompt, plan.spec.typical_seconds, paid)  # fmt: skip
         try:
             try:
                 produced, failures = await self._run_job(request, plan, job, own, prompt_used, live)
-            except JobCancelled:
-                if enhance_job is not None:  # nothing is charged for a cancelled job
-                    await self.ledger.refund(enhance_job, JobCancelled.code)
-                raise
+            except JobCancelled:  # the image is refunded; what ran before it stays charged
+                raise JobCancelled(*paid) from None
             finally:
                 self.live.written(live)
             for slot in own:
@@ -444,3 +439,10 @@ class GenerationPipeline:
             job_id=job.id,
             replayed=replayed,
         )
+
+
+def _paid_for(enhance_job: str | None, checked: Checked) -> str:
+    """What ran (and is charged) before a cancelled job's image, in words."""
+    calls = [name for name, job in (("prompt enhancement", enhance_job),
+                                    ("content check", checked.job_id)) if job]  # fmt: skip
+    return " and ".join(calls)
