@@ -341,3 +341,56 @@ async def test_a_content_check_refunded_by_recovery_with_no_room_is_not_used_nor
         assert len(await jobs_of(b.ledger, "u1")) == 2  # no image reserved after the check
         assert (await b.ledger.user_usage("u1")).micro_usd == 634
         assert await b.ledger.audit() == BOOKS_EXACT
+
+
+# -- a batch item outlives its lease: its late charge does not draw on the batch's hold ---------
+
+
+class CountedStall(StalledProvider):
+    """Stalled in each call, counting them (a batch runs two items at once)."""
+
+    calls = 0
+
+    async def generate(self, request: ImageRequest) -> GeneratedImage:
+        self.calls += 1
+        return await super().generate(request)
+
+
+async def test_a_batch_items_late_charge_has_only_the_free_room_its_hold_was_refunded(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """The hold is a's own job and older than its items, so the sweep that refunds an item has
+    refunded the hold first (orphans oldest first): its images are back in the user's free room,
+    which is all a late charge may take. Limit 2, a batch of 2 whose items both stall; another
+    request takes 1 image meanwhile: one item is charged late, the other is TooLate, 2 in all."""
+    settings = make_settings(QUOTA_USER_DAILY_IMAGES="2")
+    async with two_processes(settings) as (a, b):
+        a.service.provider = provider = CountedStall()
+        key, _ = await a.keys.create(user_id="u1")
+        batch = await a.batches.submit(key, ["a slow fox", "a slow owl"], None, None)
+        for _ in range(4000):  # bounded: both items reserved and in the provider
+            if provider.calls == 2:
+                break
+            await asyncio.sleep(0.005)
+        hold, *items = await jobs_of(b.ledger, "u1")
+        assert hold.params.get("allowance_hold") and hold.images == 0  # both drawn from it
+        await lapse(a)
+        assert await b.leases.sweep() == RecoveryReport(refunded=3)  # the hold and both items
+        other = await b.service.generate(GenerateRequest("a quick hare", user_id="u1"))
+
+        provider.go.set()
+        await a.batches.wait_idle()
+
+        done = await b.ledger.get_batch(batch.id)
+        assert done is not None
+        states = sorted((item.state, item.error_code) for item in done.items)
+        assert states == [("done", None), ("failed", "too_late")]
+        closed = {job.id: job for job in await jobs_of(b.ledger, "u1")}
+        assert (closed[hold.id].state, closed[hold.id].error_code) == ("refunded", "interrupted")
+        charged = [closed[j.id] for j in items if closed[j.id].state == "settled"]
+        assert len(charged) == 1 and charged[0].note and "late" in charged[0].note
+        usage = await b.ledger.user_usage("u1")
+        assert (usage.images, usage.micro_usd) == (
+            2, other.cost.micro_usd + charged[0].micro_usd
+        )  # fmt: skip
+        assert await b.ledger.audit() == BOOKS_EXACT

@@ -73,7 +73,8 @@ RESERVE_UPLOAD_SQL = RESERVE_SQL + _UPLOAD_ROOM
 # A job crash recovery refunded ('interrupted') while its process, stalled past its lease, still
 # made its images: settled for them in one statement, only if the quotas still have room for
 # them, exactly as a reservation counts (the job itself, refunded, counts as nothing until then;
-# the counting trigger adds it in the same write). No hold: a batch's allowance is not drawn.
+# the counting trigger adds it in the same write). No hold: a batch item's hold is its own
+# process's older job, so the same recovery refunded it first (RELIABILITY.md, lease fence).
 _LATE_CHARGE = (
     "UPDATE jobs SET state = 'settled', images = CAST(:images AS BIGINT), "
     "micro_usd = CAST(:usd AS BIGINT), milli_neurons = CAST(:mn AS BIGINT), "
