@@ -14,7 +14,9 @@ import argparse
 import asyncio
 import json
 import logging
+import signal
 import sys
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ from bot.public import image_to_public, model_json, report_json, usd
 from bot.requests import GenerateRequest, GenerationResult, Progress
 from bot.runtime import Runtime, catalog_of, open_runtime
 from bot.service import ImageService
-from bot.shutdown import drain, stop_signals
+from bot.shutdown import drain, one_shot, stop_signals
 
 log = logging.getLogger("bot")
 
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_CONFIG
     try:
-        return asyncio.run(_run(args, settings))
+        return asyncio.run(_main(args, settings))
     except ConfigError as exc:
         print(f"configuration error: {exc.user_message}", file=sys.stderr)
         return EXIT_CONFIG
@@ -138,6 +140,21 @@ def _secrets(settings: Settings) -> list[str]:
 def _url_password(url: str | None) -> list[str]:
     password = urlsplit(url).password if url else None
     return [password] if password else []
+
+
+async def _main(args: argparse.Namespace, settings: Settings) -> int:
+    """The bot and ``serve`` drain on a stop signal (``_serve``, ``run_discord``); any other
+    command is one-shot: the first SIGTERM or SIGINT cancels it and exits 128 + its number."""
+    if args.command in (None, "serve"):
+        return await _run(args, settings)
+    status, signum = await one_shot(_run(args, settings))
+    if signum is not None:
+        name = signal.Signals(signum).name
+        if getattr(args, "json", False):
+            print(json.dumps({"error": f"stopped by {name}", "code": "stopped"}))
+        else:
+            print(f"stopped by {name}", file=sys.stderr)
+    return status
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
@@ -177,26 +194,19 @@ async def _migrate(settings: Settings, url: str) -> int:
 
 
 async def _imagine(runtime: Runtime, args: argparse.Namespace) -> int:
+    job_ids: list[str] = []
+
     def progress(event: Progress) -> None:
+        if event.job_id and not job_ids:
+            job_ids.append(event.job_id)
         if not args.json and event.stage == "queued":
             print(f"queued: position {event.position}", file=sys.stderr)
 
-    result = await runtime.service.generate(
-        GenerateRequest(
-            prompt=args.prompt,
-            user_id=args.user,
-            model=args.model,
-            width=args.width,
-            height=args.height,
-            seed=args.seed,
-            steps=args.steps,
-            negative_prompt=args.negative,
-            count=args.count,
-            enhance=args.enhance,
-            fresh=args.fresh,
-            progress=progress,
-        )
-    )
+    try:
+        result = await _generate(runtime, args, progress)
+    except asyncio.CancelledError:  # a stop signal (``one_shot``): say what became of the job
+        print(await _stopped_job(runtime, job_ids[0] if job_ids else None), file=sys.stderr)
+        raise
     await runtime.service.record_delivery(result.job_id, "cli")
     if args.json:
         print(json.dumps(_result_json(result, runtime.service), indent=2))
@@ -220,6 +230,37 @@ async def _imagine(runtime: Runtime, args: argparse.Namespace) -> int:
     if runtime.service.renders_previews:
         print("(local preview renderer: set Cloudflare credentials for AI images)")
     return 0
+
+
+async def _generate(
+    runtime: Runtime, args: argparse.Namespace, progress: Callable[[Progress], None]
+) -> GenerationResult:
+    return await runtime.service.generate(
+        GenerateRequest(
+            prompt=args.prompt,
+            user_id=args.user,
+            model=args.model,
+            width=args.width,
+            height=args.height,
+            seed=args.seed,
+            steps=args.steps,
+            negative_prompt=args.negative,
+            count=args.count,
+            enhance=args.enhance,
+            fresh=args.fresh,
+            progress=progress,
+        )
+    )
+
+
+async def _stopped_job(runtime: Runtime, job_id: str | None) -> str:
+    """What a stop signal left of the image job: refunded, or (its images stored) charged."""
+    if job_id is None:
+        return "stopped before the image was made: it was not charged"
+    charged = await runtime.service.job_charge(job_id)
+    if charged is None:
+        return f"job {job_id} stopped before it finished: refunded, the image was not charged"
+    return f"job {job_id} had stored its image(s): charged {format_usd(charged)} (see 'usage')"
 
 
 def _result_json(result: GenerationResult, service: ImageService) -> dict[str, Any]:

@@ -181,6 +181,12 @@ class ImageService:
         self.metrics.deliveries.labels("undelivered").inc()
         return refunded
 
+    async def job_charge(self, job_id: str) -> int | None:
+        """What a closed job is charged, in micro-dollars; None if it was refunded (or is
+        unknown, or still open)."""
+        job = await self.ledger.get_job(job_id)
+        return job.micro_usd if job is not None and job.state == "settled" else None
+
     async def delivery_of(self, job_id: str | None) -> str | None:
         job = await self.ledger.get_job(job_id) if job_id else None
         return job.delivery if job is not None else None

@@ -7,10 +7,12 @@ exits at once. (The Discord process: tests/test_shard_processes.py stops its sha
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
 import sqlite3
+import sys
 from pathlib import Path
 
 import httpx
@@ -170,3 +172,61 @@ async def test_stop_signals_count_in_process(caplog: pytest.LogCaptureFixture) -
     assert (stops, exits) == ([None], [128 + signal.SIGTERM])
     assert "SIGINT: stopping" in caplog.text and "SIGTERM again: exiting now" in caplog.text
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+# -- one-shot commands: `python -m bot imagine` stopped mid-generation -----------------------
+
+
+async def imagine_stopped(  # type: ignore[no-untyped-def]
+    tmp_path: Path, fake, signum: int, *extra: str
+) -> tuple[int, str, str, Path]:
+    """``python -m bot imagine`` sent ``signum`` while its job is at the fake's /ai/run: exit
+    status, stdout, stderr, the data directory."""
+    data = tmp_path / "data"
+    data.mkdir()
+    env = {**bot_env(data, free_port(), fake, "cloudflare"), "JOB_LEASE_SECONDS": LONG_LEASE}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "imagine", "a lighthouse", "--user", "77", *extra,
+        cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+    async def generating() -> bool:
+        return fake.ai_calls > 0
+
+    await until(generating, "the job reached the provider")
+    process.send_signal(signum)
+    out, err = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode(), data
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_a_one_shot_imagine_stopped_mid_job_refunds_it_and_exits_128_plus_the_signal(
+    tmp_path, fake_cloudflare, signum
+):
+    fake_cloudflare.latency = 600.0  # the job stays at the provider until the signal
+    status, out, err, data = await imagine_stopped(tmp_path, fake_cloudflare, signum)
+    name = signal.Signals(signum).name
+    assert status == 128 + signum, err
+    assert "Traceback" not in err and out == "", err
+    assert "stopped before it finished: refunded, the image was not charged" in err
+    assert err.rstrip().endswith(f"stopped by {name}")
+    assert live_instances(data) == 0  # its lease given up, nothing left for recovery
+    ledger = await Ledger.open(data / "bot.sqlite3")
+    try:
+        assert await ledger.audit() == {"counter_mismatches": 0, "open_jobs": 0}
+        rows = await ledger.database.all("SELECT state FROM jobs WHERE kind = 'generate'")
+        assert [row[0] for row in rows] == ["refunded"]  # reserved, then refunded by the stop
+        usage = await ledger.user_usage("77")
+        assert (usage.images, usage.micro_usd) == (0, 0)
+    finally:
+        await ledger.close()
+
+
+async def test_a_one_shot_imagine_stopped_says_so_in_json(tmp_path, fake_cloudflare):
+    fake_cloudflare.latency = 600.0
+    status, out, err, _ = await imagine_stopped(
+        tmp_path, fake_cloudflare, signal.SIGTERM, "--json"
+    )
+    assert status == 128 + signal.SIGTERM and "Traceback" not in err
+    assert json.loads(out) == {"error": "stopped by SIGTERM", "code": "stopped"}
