@@ -95,3 +95,36 @@ async def test_a_settlement_that_meets_a_lock_lands_once_the_lock_goes(local_run
         await asyncio.sleep(0.05)
     assert (await ledger.get_job(job.id)).state == "settled"
     assert await ledger.audit() == {"counter_mismatches": 0, "open_jobs": 0}
+
+
+async def test_closing_the_ledger_leaves_no_connection_opening_behind(tmp_path, monkeypatch):
+    """A ledger closed right after it opened (a request refused at once) leaves no thread that
+    could still open its file: tests/test_properties.py once found its temporary folder not
+    empty at teardown, a file the WAL checkpointer's connect, cancelled but still pending in its
+    driver thread, created while the folder was being removed. Every connect made after
+    ``open`` returns is held here, as a loaded machine would hold it; there must be none."""
+    import asyncio
+    import threading
+
+    from bot.ledger.database import Database
+
+    before = set(threading.enumerate())
+    database = await Database.open(tmp_path / "bot.sqlite3")
+    held = threading.Event()
+    late: list[object] = []
+    connect = sqlite3.connect
+
+    def held_connect(*args, **kwargs):  # type: ignore[no-untyped-def]
+        late.append(args)
+        held.wait(30)
+        return connect(*args, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", held_connect)
+    for _ in range(5):
+        await asyncio.sleep(0)  # the loop runs whatever open() started
+    await database.close()
+    connects_after_open = list(late)
+    held.set()  # before: the checkpointer's connect, cancelled, still waiting in its thread
+    for thread in set(threading.enumerate()) - before:
+        thread.join(30)  # the driver's threads end once closed
+    assert connects_after_open == []

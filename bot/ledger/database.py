@@ -74,6 +74,7 @@ class Database(LedgerDatabase):
         self._write_seconds = seconds.labels("write")
         self._writes = GroupCommit(connection)
         self._checkpointer: asyncio.Task[None] | None = None
+        self._checkpoint_connection: aiosqlite.Connection | None = None
 
     @classmethod
     async def open(
@@ -83,6 +84,7 @@ class Database(LedgerDatabase):
         quiet_chatty_libraries()  # the driver logs statement parameters (secrets, prompts)
         connection = await aiosqlite.connect(path, isolation_level=None)
         connection.row_factory = aiosqlite.Row
+        database: Database | None = None
         try:
             await connection.execute("PRAGMA busy_timeout = 10000")
             await connection.execute("PRAGMA journal_mode = WAL")
@@ -92,10 +94,17 @@ class Database(LedgerDatabase):
             await connection.execute("PRAGMA wal_autocheckpoint = 0")
             database = cls(connection, clock, metrics)
             await database._migrate()
+            # Its own connection, opened here and closed in ``close``: a connect left to the
+            # task could still be running in its thread after ``close`` (a cancel does not stop
+            # a thread) and create the file again once its folder is being removed.
+            database._checkpoint_connection = await aiosqlite.connect(path, isolation_level=None)
+            await database._checkpoint_connection.execute("PRAGMA busy_timeout = 1000")
         except BaseException:
             await connection.close()
+            if database is not None and database._checkpoint_connection is not None:
+                await database._checkpoint_connection.close()
             raise
-        database._checkpointer = asyncio.create_task(database._checkpoint_forever(path))
+        database._checkpointer = asyncio.create_task(database._checkpoint_forever())
         return database
 
     async def close(self) -> None:
@@ -103,22 +112,23 @@ class Database(LedgerDatabase):
         if self._checkpointer is not None:
             self._checkpointer.cancel()
             await asyncio.gather(self._checkpointer, return_exceptions=True)
+        if self._checkpoint_connection is not None:  # waits for a checkpoint still running
+            await self._checkpoint_connection.close()
         # ValueError: the driver's connection is already gone; there is nothing to flush.
         with contextlib.suppress(sqlite3.Error, ValueError):
             await self.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         await self.connection.close()
 
-    async def _checkpoint_forever(self, path: Path) -> None:
+    async def _checkpoint_forever(self) -> None:
         """Copy the WAL back into the database from a connection of its own, so that no
         request's commit pays for it (SQLite's automatic checkpoint runs inside a commit)."""
-        async with aiosqlite.connect(path, isolation_level=None) as checkpointer:
-            await checkpointer.execute("PRAGMA busy_timeout = 1000")
-            while True:
-                await asyncio.sleep(self.CHECKPOINT_SECONDS)
-                try:
-                    await checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                except sqlite3.Error as exc:
-                    log.warning("WAL checkpoint failed: %s", exc)
+        assert self._checkpoint_connection is not None
+        while True:
+            await asyncio.sleep(self.CHECKPOINT_SECONDS)
+            try:
+                await self._checkpoint_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as exc:
+                log.warning("WAL checkpoint failed: %s", exc)
 
     async def _migrate(self) -> None:
         version = await self.schema_version()
