@@ -23,6 +23,7 @@ from bot.requests import GenerationResult
 from bot.runtime import Runtime, open_runtime
 from cogs.cancel import CANCELLED, answer, cancelled_text
 from tests.test_cancel import GUILD, Job, until
+from tests.test_lease_fence import Stall
 
 pytestmark = pytest.mark.both_ledgers
 
@@ -32,43 +33,31 @@ IN_TOKENS, OUT_TOKENS = 40, 60  # what the text model "bills", under the enhance
 BOOKS_EXACT = {"counter_mismatches": 0, "open_jobs": 0}
 
 
-class Held:
-    """One step held: ``reached`` once a call is in it, released by ``go``."""
-
-    def __init__(self) -> None:
-        self.reached = asyncio.Event()
-        self.go = asyncio.Event()
-
-    async def hold(self) -> None:
-        self.reached.set()
-        await self.go.wait()
-
-
 class BilledProvider(LocalProvider):
     """The local renderer with a text model that reports billed tokens (as Workers AI does);
     the content check, the enhancement and the image call can each be held."""
 
     def __init__(self) -> None:
-        self.check, self.enhancing, self.generating = Held(), Held(), Held()
+        self.check, self.enhancing, self.generating = Stall(), Stall(), Stall()
         for step in (self.check, self.enhancing, self.generating):
             step.go.set()  # not held unless a test clears it
         self.completes = self.images = 0
 
     async def moderate(self, model: ModelSpec, text: str) -> Verdict:
-        await self.check.hold()
+        await self.check.stall()
         return await super().moderate(model, text)
 
     async def complete(
         self, model: ModelSpec, system: str, user: str, *, max_tokens: int
     ) -> TextCompletion:
         self.completes += 1
-        await self.enhancing.hold()
+        await self.enhancing.stall()
         answer = await super().complete(model, system, user, max_tokens=max_tokens)
         return TextCompletion(answer.text, IN_TOKENS, OUT_TOKENS)
 
     async def generate(self, request: ImageRequest) -> GeneratedImage:
         self.images += 1
-        await self.generating.hold()
+        await self.generating.stall()
         return await super().generate(request)
 
 
@@ -236,11 +225,11 @@ async def test_stopped_while_generating_refunds_the_image_and_keeps_the_enhancem
 async def test_cancelled_while_storing_is_charged_for_both(billed):
     runtime, _ = billed
     store = runtime.service.store
-    held = Held()
+    held = Stall()
     put = store.put
 
     async def held_put(*args, **kwargs):  # type: ignore[no-untyped-def]
-        await held.hold()
+        await held.stall()
         return await put(*args, **kwargs)
 
     store.put = held_put  # type: ignore[method-assign]
