@@ -165,7 +165,8 @@ class JobCancelled(BotError):
         if paid_micro_usd:
             super().__init__(
                 "Cancelled before the image was generated: the image was not charged; the "
-                f"{paid_for} that already ran stays charged ({format_usd(paid_micro_usd)})."
+                f"{paid_for} that already ran {'stay' if ' and ' in paid_for else 'stays'} "
+                f"charged ({format_usd(paid_micro_usd)})."
             )
         else:
             super().__init__("Cancelled before the image was generated: nothing was charged.")

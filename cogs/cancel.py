@@ -49,8 +49,9 @@ def answer(done: Cancellation, requester_id: str) -> str:
         released = f" (the {format_usd(done.refunded_micro_usd)} reserved is released)"
         head = f"❌ Cancelled{released if done.refunded_micro_usd else ''}"
         if done.charged_micro_usd:  # it ran and was billed before the image was cancelled
+            stays = "stay" if " and " in done.charged_for else "stays"
             return (f"{head}: the image is not charged; the {done.charged_for} that already ran "
-                    f"stays charged ({format_usd(done.charged_micro_usd)}).")  # fmt: skip
+                    f"{stays} charged ({format_usd(done.charged_micro_usd)}).")  # fmt: skip
         return f"{head}: nothing is charged."
     if done.outcome == "too_late":
         if own:

@@ -247,3 +247,10 @@ async def test_cancelled_while_storing_is_charged_for_both(billed):
     assert result.cost.micro_usd == paid + image.micro_usd
     assert await totals(runtime, "u1") == (1, result.cost.micro_usd, result.cost.micro_usd)
     assert await runtime.ledger.audit() == BOOKS_EXACT
+
+
+def test_the_words_for_both_calls_that_stay_charged() -> None:
+    both = JobCancelled(30, "prompt enhancement and content check")
+    assert both.user_message.endswith(
+        "the prompt enhancement and content check that already ran stay charged ($0.00003)."
+    )
