@@ -115,6 +115,7 @@ def test_healthz_is_byte_identical_to_its_model(status: str, checks: dict[str, s
 
 def test_the_live_healthz_is_what_the_health_model_sends(first_requests: dict[str, Any]) -> None:
     status, text = first_requests["health"]
+    assert status == 200
     body = json.loads(text)
     assert body["status"] == "ok" and body["checks"]
     expected = json_response(Health.model_validate(body).to_json()).body
