@@ -25,7 +25,6 @@ from bot.ledger.ledger import NewJob
 from bot.ledger.records import ApiKey, Batch, BatchItem, new_id
 from bot.outbound import check_url, deliver_webhook
 from bot.presentation import presented
-from bot.public import public_batch
 from bot.requests import GenerateRequest
 from bot.service import ImageService
 from bot.validation import clean_text
@@ -212,6 +211,8 @@ class BatchService:
         batch = await self.ledger.get_batch(batch_id)
         if batch is None or batch.webhook_url is None:
             return
+        from bot.public import public_batch  # its pydantic models: only once a batch ends
+
         payload = public_batch(batch, await self.images_of(batch)).to_json()
         delivery = await deliver_webhook(
             self.http,

@@ -28,7 +28,6 @@ from bot.config_values import PostgresUrl
 from bot.errors import BotError, ConfigError
 from bot.logs import configure_logging
 from bot.money import format_neurons, format_usd
-from bot.public import image_to_public, model_json, report_json, usd
 from bot.requests import GenerateRequest, GenerationResult, Progress
 from bot.runtime import Runtime, catalog_of, open_runtime
 from bot.service import ImageService
@@ -264,6 +263,8 @@ async def _stopped_job(runtime: Runtime, job_id: str | None) -> str:
 
 
 def _result_json(result: GenerationResult, service: ImageService) -> dict[str, Any]:
+    from bot.public import image_to_public, usd  # --json only: the bot never loads pydantic
+
     images = []
     for image in result.images:
         item = image_to_public(image)
@@ -292,6 +293,8 @@ def _result_json(result: GenerationResult, service: ImageService) -> dict[str, A
 def _print_models(catalog: Catalog, as_json: bool) -> int:
     models = catalog.enabled_image_models()
     if as_json:
+        from bot.public import model_json
+
         print(json.dumps([model_json(m) for m in models], indent=2))
         return 0
     for m in models:
@@ -311,6 +314,8 @@ async def _usage(runtime: Runtime, args: argparse.Namespace) -> int:
     day = (args.day or date.fromisoformat(runtime.service.today())).isoformat()
     report = await runtime.service.usage_report(day)
     if args.json:
+        from bot.public import report_json
+
         print(json.dumps({"day": day, **report_json(report)}, indent=2))
         return 0
     print(f"{day} (UTC): {report.total_images} images, {format_usd(report.total_micro_usd)}"

@@ -29,7 +29,7 @@ from bot.config import Settings
 from bot.errors import ConfigError, InvalidModel
 from bot.gallery import GalleryService
 from bot.gallery_links import GalleryLinks, gallery_secret
-from bot.http_backend import ShardedTransport
+from bot.http_backend import Client, ShardedTransport
 from bot.leases import LeaseKeeper
 from bot.ledger import Ledger
 from bot.ledger.limits import AI_IMG2IMG, AI_RUN
@@ -118,7 +118,7 @@ async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIter
             read = float(settings.cloudflare_timeout_seconds)
             timeout = httpx.Timeout(connect=10.0, read=read, write=60.0, pool=30.0)
             http = await stack.enter_async_context(
-                httpx.AsyncClient(timeout=timeout, transport=ShardedTransport(limits=HTTP_LIMITS))
+                Client(timeout=timeout, transport=ShardedTransport(limits=HTTP_LIMITS))
             )
             assert settings.cloudflare_account_id and settings.cloudflare_api_token
             max_total_seconds = max(60.0, read * 2)
@@ -162,7 +162,7 @@ async def open_runtime(settings: Settings, *, recover: bool = True) -> AsyncIter
         else:
             store = LocalImageStore(settings.data_dir / "images", settings.public_base_url)
         outbound = await stack.enter_async_context(
-            httpx.AsyncClient(timeout=OUTBOUND_TIMEOUT, follow_redirects=False)
+            Client(timeout=OUTBOUND_TIMEOUT, follow_redirects=False)
         )
         service = ImageService(
             ledger=ledger,

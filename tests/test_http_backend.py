@@ -2,11 +2,12 @@
 sockets on 127.0.0.1: plain HTTP and TLS with a self-signed certificate (SNI and verification),
 httpx's own timeout exceptions, a server that closes an idle connection, flow control on a
 large body, no socket left open by a cancelled request, and no request waiting in one shard's
-pool while another has room."""
+pool while another has room; the bot's client leaves no response as cyclic garbage."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import ssl
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,7 +17,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bot.http_backend import READ_AHEAD_BYTES, AsyncioStream, AsyncioTransport, ShardedTransport
+from bot.http_backend import (
+    READ_AHEAD_BYTES,
+    AsyncioStream,
+    AsyncioTransport,
+    Client,
+    ShardedTransport,
+)
 from bot.runtime import HTTP_LIMITS
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -263,3 +270,46 @@ def test_the_bots_pools_split_the_connections_evenly() -> None:
     transport = ShardedTransport(limits=HTTP_LIMITS)
     sizes = [pool._pool._max_connections for pool in transport._pools]
     assert sum(sizes) == HTTP_LIMITS.max_connections and len(set(sizes)) == 1
+
+
+async def moved_or_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """GET /old is a 302 to /new; every other request is 'ok' (keep-alive)."""
+    while True:
+        head = await reader.readuntil(b"\r\n\r\n")
+        if head.startswith(b"GET /old "):
+            writer.write(b"HTTP/1.1 302 Found\r\nLocation: /new\r\nContent-Length: 0\r\n\r\n")
+        else:
+            writer.write(OK)
+        await writer.drain()
+
+
+async def http_garbage(client: type[httpx.AsyncClient]) -> tuple[int, list[str]]:
+    """httpx and httpcore objects left as cyclic garbage by 20 requests (some redirected)."""
+    async with (
+        serving(moved_or_ok) as (_, port),
+        client(transport=ShardedTransport(limits=LIMITS), follow_redirects=True) as http,
+    ):
+        gc.collect()
+        gc.disable()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            texts = []
+            for n in range(20):
+                response = await http.get(f"http://127.0.0.1:{port}/{'old' if n % 2 else n}")
+                texts.append(response.text)
+            del response
+            gc.collect()
+            left = sum(type(o).__module__.startswith(("httpx", "httpcore")) for o in gc.garbage)
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+    return left, texts
+
+
+async def test_the_bots_client_frees_its_answers_without_the_cycle_collector() -> None:
+    left, texts = await http_garbage(Client)
+    assert texts == ["ok"] * 20  # the bodies, redirected or not, read as before
+    assert left == 0
+    plain, _ = await http_garbage(httpx.AsyncClient)  # what httpx alone leaves behind
+    assert plain >= 20

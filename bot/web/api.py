@@ -1,26 +1,23 @@
-"""The JSON API under /api and the placeholder images at /{W}x{H}/{slug}.
+"""The JSON API under /api: loaded on the first API request (bot/web/routes.py), with pydantic
+and the models, so a process that never serves one never holds them.
 
 Thin handlers: they get the body already parsed with its model (bot/web/routes.py), read their
-query parameters (bot/web/params.py), call the same service methods the Discord cogs use (same
-quotas, same ledger, same errors), and answer with a reply model (bot/public.py).
+query parameters (declared in bot/web/api_context.py), call the same service methods the
+Discord cogs use (same quotas, same ledger, same errors), and answer with a reply model
+(bot/public.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import uuid
-from dataclasses import dataclass
 from datetime import date, timedelta
-from html import escape
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from bot.api_keys import ApiKeys
-from bot.batches import BatchService
-from bot.errors import Forbidden, IdempotencyKeyReused, InvalidRequest, Unauthorized
+from bot.errors import Forbidden, IdempotencyKeyReused, InvalidRequest
 from bot.library import UPLOAD_LIMIT
-from bot.placeholders import PlaceholderService, parse_placeholder
 from bot.public import (
     BatchAccepted,
     CostReport,
@@ -35,58 +32,20 @@ from bot.public import (
     usage_totals,
 )
 from bot.requests import ApiKey, GenerateRequest
-from bot.runtime import Runtime
-from bot.server_admin import template_scope
-from bot.web.bodies import BatchBody, GenerateBody, TemplateBody, UploadUrlBody
-from bot.web.http import (
-    PayloadTooLarge,
-    bot_error_response,
-    error_response,
-    json_response,
+from bot.web.api_context import (
+    COSTS_FROM,
+    COSTS_SCOPE,
+    COSTS_TO,
+    IMAGES_BEFORE,
+    IMAGES_LIMIT,
+    api_of,
+    is_admin,
+    key_of,
+    scope_of,
 )
-from bot.web.limits import KeyRateLimiter, check_anonymous_rate
-from bot.web.params import EARLIEST, Choice, Day, Flag, Text, WholeNumber
-
-
-@dataclass
-class Api:
-    """Everything the handlers need, kept on the app."""
-
-    runtime: Runtime
-    limiter: KeyRateLimiter
-
-    @property
-    def keys(self) -> ApiKeys:
-        return self.runtime.keys
-
-    @property
-    def batches(self) -> BatchService:
-        return self.runtime.batches
-
-    @property
-    def placeholders(self) -> PlaceholderService:
-        return self.runtime.placeholders
-
-
-API = web.AppKey("api", Api)
-KEY = web.RequestKey("api_key", ApiKey)
-
-
-def api_of(request: web.Request) -> Api:
-    return request.app[API]
-
-
-def key_of(request: web.Request) -> ApiKey:
-    return request[KEY]
-
-
-def scope_of(key: ApiKey) -> str:
-    return template_scope(key.guild_id, key.user_id)
-
-
-def is_admin(request: web.Request, key: ApiKey) -> bool:
-    return key.user_id.isdigit() and int(key.user_id) in api_of(request).runtime.settings.admin_ids
-
+from bot.web.bodies import BatchBody, GenerateBody, TemplateBody, UploadUrlBody
+from bot.web.http import PayloadTooLarge, error_response, json_response
+from bot.web.params import EARLIEST
 
 # -- images ----------------------------------------------------------------------------------
 
@@ -131,10 +90,6 @@ async def _generate(request: web.Request, key: ApiKey, body: GenerateBody) -> we
     )
     await api_of(request).runtime.service.record_delivery(result.job_id, "api")
     return json_response(public_image(result.images[0]).to_json(), status=201)
-
-
-IMAGES_LIMIT = WholeNumber("limit", default=25, low=1, high=100)
-IMAGES_BEFORE = Text("before", "The 'next' of the previous page")
 
 
 async def list_images(request: web.Request) -> web.Response:
@@ -183,9 +138,7 @@ async def upload(request: web.Request, body: UploadUrlBody | None) -> web.Respon
         data = await _multipart_file(request)
         record = await service.upload(data, user_id=key.user_id, guild_id=key.guild_id)
     else:
-        record = await service.upload_from_url(
-            body.url, user_id=key.user_id, guild_id=key.guild_id
-        )
+        record = await service.upload_from_url(body.url, user_id=key.user_id, guild_id=key.guild_id)
     uploaded = Uploaded(id=record.id, url=record.url, image=public_image(record))
     return json_response(uploaded.to_json(), 201)
 
@@ -252,11 +205,6 @@ async def delete_template(request: web.Request) -> web.Response:
     return json_response(public_template(template).to_json())
 
 
-COSTS_FROM = Day("from", "First day; empty or absent: 29 days before 'to'")
-COSTS_TO = Day("to", "Last day; empty or absent: today (UTC)")
-COSTS_SCOPE = Choice("scope", ("user", "server"), "Your own usage, or your server's (admins)")
-
-
 async def costs(request: web.Request) -> web.Response:
     """Own usage by default; ``scope=server`` gives the key's server (its admins only)."""
     key = key_of(request)
@@ -296,55 +244,3 @@ async def get_batch(request: web.Request) -> web.Response:
     api = api_of(request)
     batch = await api.batches.get(request.match_info["batch_id"], key_of(request))
     return json_response(public_batch(batch, await api.batches.images_of(batch)).to_json())
-
-
-# -- placeholders ---------------------------------------------------------------------------
-
-
-PLACEHOLDER_REDO = Flag("redo", "Generate again (needs an API key)")
-
-
-def placeholder_help(message: str) -> web.Response:
-    examples = ["800x600/sunglasses-sloth", "400x400/happy-robot", "1200x630/misty-mountains"]
-    items = "".join(f'<li><a href="/{e}">/{e}</a></li>' for e in examples)
-    page = (
-        "<!doctype html><html><head><meta charset='utf-8'><title>Placeholder images</title>"
-        f"</head><body><h1>Placeholder images</h1><p>{escape(message)}</p>"
-        "<p>Ask for <code>/WIDTHxHEIGHT/what-to-draw</code>, sides 16 to 4096, the name in "
-        "lowercase words joined by dashes:</p>"
-        f"<ul>{items}</ul></body></html>"
-    )
-    return web.Response(text=page, status=400, content_type="text/html")
-
-
-async def placeholder(request: web.Request) -> web.StreamResponse:
-    api = api_of(request)
-    redo = PLACEHOLDER_REDO.read(request)
-    if not redo:
-        check_anonymous_rate(request)
-    try:
-        width, height, prompt = parse_placeholder(
-            request.match_info["size"], request.match_info["slug"], api.runtime.variants.bounds
-        )
-    except InvalidRequest as exc:
-        return placeholder_help(exc.user_message)
-    redo_by = None
-    if redo:
-        header = request.headers.get("Authorization", "")
-        token = header[7:].strip() if header[:7].lower() == "bearer " else None
-        try:
-            redo_by = await api.keys.authenticate(token)
-        except Unauthorized as exc:
-            return bot_error_response(exc)
-        await api.limiter.check(redo_by.id)
-    slug = request.match_info["slug"]
-    image = await api.placeholders.image_for(slug, prompt, redo_by=redo_by)
-    data, content_type = await api.placeholders.render(image, width, height)
-    return web.Response(
-        body=data,
-        content_type=content_type,
-        headers={"Cache-Control": "public, max-age=86400", "X-Image-Id": image.id},
-    )
-
-
-# -- helpers and the router -----------------------------------------------------------------

@@ -8,7 +8,7 @@ import logging
 from aiohttp import web
 
 from bot.runtime import Runtime
-from bot.web.api import API, Api
+from bot.web.api_context import API, Api
 from bot.web.http import errors_middleware
 from bot.web.limits import ANONYMOUS_LIMITER, RUNTIME_KEY, AddressRateLimiter, KeyRateLimiter
 from bot.web.routes import add_routes, auth_middleware, stopping_middleware

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from typing import Any
 
 from aiohttp import web
 
 from bot import imaging
 from bot.errors import BotError, NotFound
 from bot.metrics import CONTENT_TYPE
-from bot.public import Health
 from bot.web.http import json_response
 from bot.web.limits import RUNTIME_KEY, check_anonymous_rate
 
@@ -66,8 +66,7 @@ async def healthz(request: web.Request) -> web.Response:
     provider and store are reachable; 503 names the check that failed (never a secret)."""
     runtime = request.app[RUNTIME_KEY]
     if runtime.service.closing:  # stopping: send new work elsewhere
-        stopping = Health(status="stopping", checks={"process": "stopping"})
-        return json_response(stopping.to_json(), status=503)
+        return json_response(health("stopping", {"process": "stopping"}), status=503)
     checks: dict[str, str] = {}
     healthy = True
     for name, check in runtime.service.health_checks():
@@ -78,8 +77,13 @@ async def healthz(request: web.Request) -> web.Response:
             healthy = False
             checks[name] = exc.user_message if isinstance(exc, BotError) else "unavailable"
             log.warning("health check %s failed: %s", name, type(exc).__name__)
-    health = Health(status="ok" if healthy else "degraded", checks=checks)
-    return json_response(health.to_json(), status=200 if healthy else 503)
+    return json_response(health("ok" if healthy else "degraded", checks), 200 if healthy else 503)
+
+
+def health(status: str, checks: dict[str, str]) -> dict[str, Any]:
+    """The body /healthz answers with, as bot/public.py's ``Health`` documents it (built as a
+    plain dict, so answering it loads no pydantic; tests/test_lazy_imports.py compares)."""
+    return {"status": status, "checks": checks}
 
 
 async def metrics(request: web.Request) -> web.Response:

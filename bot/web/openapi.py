@@ -6,16 +6,17 @@ it is written twice, so it cannot drift from what the server does."""
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Iterable
+from typing import Any
 
-from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
+from bot import public
 from bot.public import ErrorBody
+from bot.web import bodies
 from bot.web.bodies import StrictBody
+from bot.web.operations import Operation, Reply
 
 REF = "#/components/schemas/{model}"
 ERROR_TEXTS = {
@@ -31,38 +32,6 @@ ERROR_TEXTS = {
     503: "The database is locked or full: nothing was charged",
 }
 AUTH_ERRORS = (400, 401, 403, 429, 503)  # what any keyed request may meet
-
-
-@dataclass(frozen=True)
-class Reply:
-    """One documented answer: a JSON body of ``model``, or other ``media`` (type → schema)."""
-
-    description: str
-    model: type[BaseModel] | None = None
-    media: dict[str, dict[str, Any]] | None = None
-
-
-@dataclass(frozen=True)
-class Operation:
-    """One route: how it is served, and everything the document says about it.
-
-    ``handler`` takes the request, and the parsed ``body`` when the route has one; with
-    ``multipart`` a ``multipart/form-data`` request gets ``None`` (it reads the file itself).
-    ``before_body`` runs before any of the body is read (to refuse early).
-    """
-
-    method: Literal["GET", "POST", "DELETE"]
-    path: str  # as aiohttp routes it: ``{name}`` or ``{name:regex}``
-    handler: Callable[..., Awaitable[web.StreamResponse]]
-    summary: str
-    replies: dict[int, Reply]
-    errors: tuple[int, ...] = ()
-    body: type[StrictBody] | None = None
-    multipart: bool = False
-    before_body: Callable[[web.Request], Awaitable[None]] | None = None
-    public: bool = False  # no API key needed
-    parameters: tuple[dict[str, Any], ...] = ()
-    path_schemas: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def openapi_path(route_path: str) -> str:
@@ -93,25 +62,39 @@ def _json(ref: dict[str, Any], description: str) -> dict[str, Any]:
 Refs = dict[Any, dict[str, Any]]  # (model, mode) → its {"$ref": …}
 
 
+def body_model(op: Operation) -> type[StrictBody] | None:
+    """The model the route's body is parsed with (named in the table, from bot/web/bodies.py)."""
+    model = getattr(bodies, op.body) if op.body is not None else None
+    assert model is None or issubclass(model, StrictBody), op.body
+    return model
+
+
+def reply_model(reply: Reply) -> type[BaseModel] | None:
+    """The model of a documented JSON reply (named in the table, from bot/public.py)."""
+    model = getattr(public, reply.model) if reply.model is not None else None
+    assert model is None or issubclass(model, public.Shape), reply.model
+    return model
+
+
 def _components(operations: Iterable[Operation]) -> tuple[Refs, dict[str, Any]]:
     """Every model's schema under components (requests as validated, replies as serialized)."""
     wanted: dict[tuple[type[BaseModel], JsonSchemaMode], None] = {
         (ErrorBody, "serialization"): None
     }
     for op in operations:
-        if op.body is not None:
-            wanted[(op.body, "validation")] = None
+        if (body := body_model(op)) is not None:
+            wanted[(body, "validation")] = None
         for reply in op.replies.values():
-            if reply.model is not None:
-                wanted[(reply.model, "serialization")] = None
+            if (model := reply_model(reply)) is not None:
+                wanted[(model, "serialization")] = None
     refs, defs = models_json_schema(list(wanted), ref_template=REF)
     return refs, defs.get("$defs", {})
 
 
 def _operation(op: Operation, refs: Refs) -> dict[str, Any]:
     def reply(r: Reply) -> dict[str, Any]:
-        if r.model is not None:
-            return _json(refs[(r.model, "serialization")], r.description)
+        if (model := reply_model(r)) is not None:
+            return _json(refs[(model, "serialization")], r.description)
         return {"description": r.description, **({"content": r.media} if r.media else {})}
 
     error = refs[(ErrorBody, "serialization")]
@@ -134,8 +117,8 @@ def _operation(op: Operation, refs: Refs) -> dict[str, Any]:
     ]  # fmt: skip
     if parameters or op.parameters:
         out["parameters"] = [*parameters, *op.parameters]
-    if op.body is not None:
-        content = {"application/json": {"schema": refs[(op.body, "validation")]}}
+    if (body := body_model(op)) is not None:
+        content = {"application/json": {"schema": refs[(body, "validation")]}}
         if op.multipart:
             file = {"type": "object", "required": ["file"],
                     "properties": {"file": {"type": "string", "format": "binary"}}}  # fmt: skip

@@ -1,34 +1,69 @@
 """The route table: every HTTP route once, with its handler, its body model, its replies and
 whether it needs an API key. The router, body parsing, the key check and the OpenAPI document
-(``GET /api/openapi.json``) are all built from this one table."""
+(``GET /api/openapi.json``) are all built from this one table.
+
+The API's code (its handlers, the body and reply models, pydantic, the document's builder:
+about 10 MB resident) loads on the first request that needs it, on a worker thread
+(``api_code``), so a process that only hosts images and answers /healthz and /metrics (the
+Discord bot) never holds it. The table names models instead of importing them."""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from functools import cache
+from types import ModuleType
 from typing import Any
 
 from aiohttp import web
 
 from bot.errors import ShuttingDown
-from bot.public import (
-    BatchAccepted,
-    CostReport,
-    Health,
-    ImagePage,
-    ModelList,
-    PublicBatch,
-    PublicImage,
-    PublicTemplate,
-    TemplateList,
-    Uploaded,
-)
-from bot.web import api, gallery
-from bot.web.bodies import BatchBody, GenerateBody, TemplateBody, UploadUrlBody, parse_body
+from bot.web import api_context, gallery
 from bot.web.hosting import healthz, metrics, serve_image
 from bot.web.http import Handler, json_response, read_json
 from bot.web.limits import RUNTIME_KEY
-from bot.web.openapi import Operation, Reply, openapi_document
+from bot.web.operations import Operation, Reply
+from bot.web.placeholder import PLACEHOLDER_REDO, placeholder
+
+
+@dataclass(frozen=True)
+class ApiCode:
+    """The modules behind the API routes, once imported."""
+
+    handlers: ModuleType  # bot/web/api.py
+    bodies: ModuleType  # bot/web/bodies.py
+
+
+def _import_api_code() -> ApiCode:
+    from bot.web import api, bodies
+
+    return ApiCode(api, bodies)
+
+
+_LOADED: list[ApiCode] = []  # filled once, by the first API request
+
+
+async def api_code() -> ApiCode:
+    """The API's modules, imported off the loop the first time (~100 ms of CPU with pydantic:
+    too long a stall for the shard's other interactions)."""
+    if not _LOADED:
+        code = await asyncio.to_thread(_import_api_code)
+        if not _LOADED:
+            _LOADED.append(code)
+    return _LOADED[0]
+
+
+def later(name: str) -> Handler:
+    """A handler of bot/web/api.py by name, called once its module is loaded."""
+
+    async def handler(request: web.Request, *body: Any) -> web.StreamResponse:
+        function = getattr((await api_code()).handlers, name)
+        response: web.StreamResponse = await function(request, *body)
+        return response
+
+    handler.__name__ = handler.__qualname__ = name
+    return handler
+
 
 IMAGE_BYTES = {"image/*": {"schema": {"type": "string", "format": "binary"}}}
 IDEMPOTENCY_KEY = {
@@ -54,7 +89,13 @@ GALLERY_PAGE = {
 
 
 async def openapi(request: web.Request) -> web.Response:
+    if not api_document.cache_info().currsize:  # its builder and models, imported off the loop
+        await asyncio.to_thread(_import_document_builder)
     return json_response(api_document())
+
+
+def _import_document_builder() -> None:
+    from bot.web import openapi  # noqa: F401
 
 
 ROUTES: tuple[Operation, ...] = (
@@ -67,7 +108,7 @@ ROUTES: tuple[Operation, ...] = (
     Operation(
         "GET", "/healthz", healthz,
         "Ready: database reachable, migrations current, provider and store reachable",
-        {200: Reply("OK", Health), 503: Reply("Degraded: the failed check named", Health)},
+        {200: Reply("OK", "Health"), 503: Reply("Degraded: the failed check named", "Health")},
         public=True,
     ),
     Operation(
@@ -76,66 +117,68 @@ ROUTES: tuple[Operation, ...] = (
         public=True,
     ),
     Operation(
-        "POST", "/api/generate", api.generate, "Generate one image",
-        {201: Reply("Created", PublicImage)}, errors=(404, 409, 413, 415, 502),
-        body=GenerateBody, parameters=(IDEMPOTENCY_KEY,),
+        "POST", "/api/generate", later("generate"), "Generate one image",
+        {201: Reply("Created", "PublicImage")}, errors=(404, 409, 413, 415, 502),
+        body="GenerateBody", parameters=(IDEMPOTENCY_KEY,),
     ),
     Operation(
-        "GET", "/api/images", api.list_images, "Your images, newest first",
-        {200: Reply("OK", ImagePage)},
-        parameters=(api.IMAGES_LIMIT.document(), api.IMAGES_BEFORE.document()),
+        "GET", "/api/images", later("list_images"), "Your images, newest first",
+        {200: Reply("OK", "ImagePage")},
+        parameters=(api_context.IMAGES_LIMIT.document(), api_context.IMAGES_BEFORE.document()),
     ),
     Operation(
-        "GET", "/api/images/{image_id}", api.get_image, "One image",
-        {200: Reply("OK", PublicImage)}, errors=(404,),
+        "GET", "/api/images/{image_id}", later("get_image"), "One image",
+        {200: Reply("OK", "PublicImage")}, errors=(404,),
     ),
     Operation(
-        "DELETE", "/api/images/{image_id}", api.delete_image,
+        "DELETE", "/api/images/{image_id}", later("delete_image"),
         "Delete an image (its owner or an admin)",
-        {200: Reply("OK", PublicImage)}, errors=(404, 502),
+        {200: Reply("OK", "PublicImage")}, errors=(404, 502),
     ),
     Operation(
-        "POST", "/api/upload", api.upload, "Host an image: multipart field 'file', or JSON {url}",
-        {201: Reply("Created", Uploaded)}, errors=(409, 413, 415, 502),
-        body=UploadUrlBody, multipart=True, before_body=api.upload_allowed,
+        "POST", "/api/upload", later("upload"),
+        "Host an image: multipart field 'file', or JSON {url}",
+        {201: Reply("Created", "Uploaded")}, errors=(409, 413, 415, 502),
+        body="UploadUrlBody", multipart=True, before_body=later("upload_allowed"),
     ),
     Operation(
-        "GET", "/api/models", api.models, "The models and their price per image",
-        {200: Reply("OK", ModelList)}, public=True,
+        "GET", "/api/models", later("models"), "The models and their price per image",
+        {200: Reply("OK", "ModelList")}, public=True,
     ),
     Operation(
-        "POST", "/api/templates", api.create_template, "Save a template",
-        {201: Reply("Created", PublicTemplate)}, errors=(409, 413, 415), body=TemplateBody,
+        "POST", "/api/templates", later("create_template"), "Save a template",
+        {201: Reply("Created", "PublicTemplate")}, errors=(409, 413, 415), body="TemplateBody",
     ),
     Operation(
-        "GET", "/api/templates", api.list_templates, "Templates of the key's server",
-        {200: Reply("OK", TemplateList)},
+        "GET", "/api/templates", later("list_templates"), "Templates of the key's server",
+        {200: Reply("OK", "TemplateList")},
     ),
     Operation(
-        "GET", "/api/templates/{template_id}", api.get_template, "One template",
-        {200: Reply("OK", PublicTemplate)}, errors=(404,),
+        "GET", "/api/templates/{template_id}", later("get_template"), "One template",
+        {200: Reply("OK", "PublicTemplate")}, errors=(404,),
     ),
     Operation(
-        "DELETE", "/api/templates/{template_id}", api.delete_template,
+        "DELETE", "/api/templates/{template_id}", later("delete_template"),
         "Delete a template (its creator or an admin)",
-        {200: Reply("OK", PublicTemplate)}, errors=(404,),
+        {200: Reply("OK", "PublicTemplate")}, errors=(404,),
     ),
     Operation(
-        "GET", "/api/analytics/costs", api.costs,
+        "GET", "/api/analytics/costs", later("costs"),
         "Costs between two UTC days (yours, or your server's for admins)",
-        {200: Reply("OK", CostReport)},
+        {200: Reply("OK", "CostReport")},
         parameters=(
-            api.COSTS_FROM.document(), api.COSTS_TO.document(), api.COSTS_SCOPE.document()
+            api_context.COSTS_FROM.document(), api_context.COSTS_TO.document(),
+            api_context.COSTS_SCOPE.document(),
         ),
     ),
     Operation(
-        "POST", "/api/batch/generate", api.create_batch,
+        "POST", "/api/batch/generate", later("create_batch"),
         "Generate many images; poll the batch or get a signed webhook",
-        {202: Reply("Accepted", BatchAccepted)}, errors=(413, 415), body=BatchBody,
+        {202: Reply("Accepted", "BatchAccepted")}, errors=(413, 415), body="BatchBody",
     ),
     Operation(
-        "GET", "/api/batch/{batch_id:bat_[0-9a-f]+}", api.get_batch,
-        "A batch and each item's state", {200: Reply("OK", PublicBatch)}, errors=(404,),
+        "GET", "/api/batch/{batch_id:bat_[0-9a-f]+}", later("get_batch"),
+        "A batch and each item's state", {200: Reply("OK", "PublicBatch")}, errors=(404,),
     ),
     Operation(
         "GET", "/api/openapi.json", openapi, "This document",
@@ -143,7 +186,7 @@ ROUTES: tuple[Operation, ...] = (
         public=True,
     ),
     Operation(
-        "GET", "/{size:[0-9]+x[0-9]+}/{slug}", api.placeholder,
+        "GET", "/{size:[0-9]+x[0-9]+}/{slug}", placeholder,
         "A placeholder image: /800x600/sunglasses-sloth, resized exactly",
         {
             200: Reply("The image", media=IMAGE_BYTES),
@@ -151,7 +194,7 @@ ROUTES: tuple[Operation, ...] = (
                        media={"text/html": {"schema": {"type": "string"}}}),
         },
         errors=(401, 403, 404, 429, 502), public=True,
-        parameters=(api.PLACEHOLDER_REDO.document(),),
+        parameters=(PLACEHOLDER_REDO.document(),),
         path_schemas={"size": {"type": "string", "pattern": "^[0-9]{1,5}x[0-9]{1,5}$"}},
     ),
     *(
@@ -178,6 +221,8 @@ PUBLIC_API = frozenset(op.path for op in ROUTES if op.public and op.path.startsw
 @cache
 def api_document() -> dict[str, Any]:
     """The OpenAPI document of these routes (built once; it never changes while running)."""
+    from bot.web.openapi import openapi_document
+
     return openapi_document(ROUTES)
 
 
@@ -192,7 +237,9 @@ def endpoint(op: Operation) -> Handler:
             await op.before_body(request)
         if op.multipart and request.content_type == "multipart/form-data":
             return await op.handler(request, None)
-        return await op.handler(request, parse_body(body, await read_json(request)))
+        bodies = (await api_code()).bodies
+        parsed = bodies.parse_body(getattr(bodies, body), await read_json(request))
+        return await op.handler(request, parsed)
 
     return with_body
 
@@ -231,10 +278,10 @@ async def stopping_middleware(request: web.Request, handler: Handler) -> web.Str
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every /api route but the public ones needs a Bearer key; each key is rate-limited."""
     if request.path.startswith("/api/") and request.path not in PUBLIC_API:
-        state = api.api_of(request)
+        state = api_context.api_of(request)
         header = request.headers.get("Authorization", "")
         token = header[7:].strip() if header[:7].lower() == "bearer " else None
         key = await state.keys.authenticate(token)
         await state.limiter.check(key.id)
-        request[api.KEY] = key
+        request[api_context.KEY] = key
     return await handler(request)
