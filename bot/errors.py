@@ -164,12 +164,18 @@ class JobCancelled(BotError):
         self.paid_micro_usd = paid_micro_usd
         if paid_micro_usd:
             super().__init__(
-                "Cancelled before the image was generated: the image was not charged; the "
-                f"{paid_for} that already ran {'stay' if ' and ' in paid_for else 'stays'} "
-                f"charged ({format_usd(paid_micro_usd)})."
+                "Cancelled before the image was generated: the image was not charged; "
+                f"{still_charged(paid_micro_usd, paid_for)}."
             )
         else:
             super().__init__("Cancelled before the image was generated: nothing was charged.")
+
+
+def still_charged(micro_usd: int, calls: str) -> str:
+    """What a cancelled job keeps charged, in words: ``calls`` ('prompt enhancement', 'content
+    check', or both joined by 'and') ran before its image and were billed."""
+    verb = "stay" if " and " in calls else "stays"
+    return f"the {calls} that already ran {verb} charged ({format_usd(micro_usd)})"
 
 
 class TooLate(BotError):

@@ -16,7 +16,7 @@ from typing import Any
 
 import discord
 
-from bot.errors import JobCancelled
+from bot.errors import JobCancelled, still_charged
 from bot.money import format_usd
 from bot.requests import Cancellation
 from cogs.common import guarded, guild_key, is_admin, runtime_of
@@ -49,9 +49,8 @@ def answer(done: Cancellation, requester_id: str) -> str:
         released = f" (the {format_usd(done.refunded_micro_usd)} reserved is released)"
         head = f"❌ Cancelled{released if done.refunded_micro_usd else ''}"
         if done.charged_micro_usd:  # it ran and was billed before the image was cancelled
-            stays = "stay" if " and " in done.charged_for else "stays"
-            return (f"{head}: the image is not charged; the {done.charged_for} that already ran "
-                    f"{stays} charged ({format_usd(done.charged_micro_usd)}).")  # fmt: skip
+            kept = still_charged(done.charged_micro_usd, done.charged_for)
+            return f"{head}: the image is not charged; {kept}."
         return f"{head}: nothing is charged."
     if done.outcome == "too_late":
         if own:
