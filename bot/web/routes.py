@@ -4,13 +4,13 @@ whether it needs an API key. The router, body parsing, the key check and the Ope
 
 The API's code (its handlers, the body and reply models, pydantic, the document's builder:
 about 10 MB resident) loads on the first request that needs it, on a worker thread
-(``api_code``), so a process that only hosts images and answers /healthz and /metrics (the
+(``imported``), so a process that only hosts images and answers /healthz and /metrics (the
 Discord bot) never holds it. The table names models instead of importing them."""
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import importlib
 from functools import cache
 from types import ModuleType
 from typing import Any
@@ -25,39 +25,23 @@ from bot.web.limits import RUNTIME_KEY
 from bot.web.operations import Operation, Reply
 from bot.web.placeholder import PLACEHOLDER_REDO, placeholder
 
-
-@dataclass(frozen=True)
-class ApiCode:
-    """The modules behind the API routes, once imported."""
-
-    handlers: ModuleType  # bot/web/api.py
-    bodies: ModuleType  # bot/web/bodies.py
+_IMPORTED: dict[str, ModuleType] = {}  # a module's entry is set once its import has finished
 
 
-def _import_api_code() -> ApiCode:
-    from bot.web import api, bodies
-
-    return ApiCode(api, bodies)
-
-
-_LOADED: list[ApiCode] = []  # filled once, by the first API request
-
-
-async def api_code() -> ApiCode:
-    """The API's modules, imported off the loop the first time (~100 ms of CPU with pydantic:
-    too long a stall for the shard's other interactions)."""
-    if not _LOADED:
-        code = await asyncio.to_thread(_import_api_code)
-        if not _LOADED:
-            _LOADED.append(code)
-    return _LOADED[0]
+async def imported(name: str) -> ModuleType:
+    """The module ``name``, imported off the loop the first time (the API's handlers with
+    pydantic take ~100 ms of CPU: too long a stall for the shard's other interactions)."""
+    module = _IMPORTED.get(name)
+    if module is None:
+        module = _IMPORTED[name] = await asyncio.to_thread(importlib.import_module, name)
+    return module
 
 
 def later(name: str) -> Handler:
     """A handler of bot/web/api.py by name, called once its module is loaded."""
 
     async def handler(request: web.Request, *body: Any) -> web.StreamResponse:
-        function = getattr((await api_code()).handlers, name)
+        function = getattr(await imported("bot.web.api"), name)
         response: web.StreamResponse = await function(request, *body)
         return response
 
@@ -89,13 +73,8 @@ GALLERY_PAGE = {
 
 
 async def openapi(request: web.Request) -> web.Response:
-    if not api_document.cache_info().currsize:  # its builder and models, imported off the loop
-        await asyncio.to_thread(_import_document_builder)
+    await imported("bot.web.openapi")  # its builder and models: off the loop the first time
     return json_response(api_document())
-
-
-def _import_document_builder() -> None:
-    from bot.web import openapi  # noqa: F401
 
 
 ROUTES: tuple[Operation, ...] = (
@@ -237,7 +216,7 @@ def endpoint(op: Operation) -> Handler:
             await op.before_body(request)
         if op.multipart and request.content_type == "multipart/form-data":
             return await op.handler(request, None)
-        bodies = (await api_code()).bodies
+        bodies = await imported("bot.web.bodies")
         parsed = bodies.parse_body(getattr(bodies, body), await read_json(request))
         return await op.handler(request, parsed)
 
